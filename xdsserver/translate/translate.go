@@ -1,0 +1,378 @@
+// Package translate turns an immutable catalog snapshot into the xDS resources
+// that grpc-go's xDS client consumes: for every service a client Listener, a
+// RouteConfiguration, an EDS Cluster and a ClusterLoadAssignment.
+//
+// Translation is a pure function: no I/O, no clock, no logging, no globals.
+// Every rule about what gRPC accepts lives here, so that the control plane
+// never emits a resource a client would NACK. What cannot be translated is
+// left out and reported as a Skip, for the caller to log.
+//
+// This package must not import Consul's API, the xDS cache or the server.
+package translate
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// RouterFilterName is the name of the terminal HTTP filter in every
+// HttpConnectionManager Trellis emits.
+const RouterFilterName = "envoy.filters.http.router"
+
+// Options tune translation. The zero value is the documented default.
+type Options struct {
+	// ExcludeWarning leaves instances whose checks are warning out of the
+	// endpoint lists. Default: false (warning instances receive traffic, with
+	// their Warning weight).
+	ExcludeWarning bool
+}
+
+// Input is everything a translation reads.
+type Input struct {
+	// Catalog is the service catalog. Required.
+	Catalog *model.Snapshot
+}
+
+// Resources are the translated xDS resources, by name.
+type Resources struct {
+	Listeners map[string]*listenerv3.Listener
+	Routes    map[string]*routev3.RouteConfiguration
+	Clusters  map[string]*clusterv3.Cluster
+	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+}
+
+// ByTypeURL returns the resources keyed by xDS type URL, then by name: the
+// shape the xDS cache consumes.
+func (r *Resources) ByTypeURL() map[string]map[string]types.Resource {
+	out := map[string]map[string]types.Resource{
+		resource.ListenerType: make(map[string]types.Resource, len(r.Listeners)),
+		resource.RouteType:    make(map[string]types.Resource, len(r.Routes)),
+		resource.ClusterType:  make(map[string]types.Resource, len(r.Clusters)),
+		resource.EndpointType: make(map[string]types.Resource, len(r.Endpoints)),
+	}
+	for name, l := range r.Listeners {
+		out[resource.ListenerType][name] = l
+	}
+	for name, rc := range r.Routes {
+		out[resource.RouteType][name] = rc
+	}
+	for name, c := range r.Clusters {
+		out[resource.ClusterType][name] = c
+	}
+	for name, cla := range r.Endpoints {
+		out[resource.EndpointType][name] = cla
+	}
+	return out
+}
+
+// Skip records something left out of the translation, and why.
+type Skip struct {
+	// Service is the service concerned.
+	Service string
+	// Instance is the instance key (node/id), empty when the whole service
+	// was skipped.
+	Instance string
+	// Reason says what was wrong and what is accepted.
+	Reason string
+}
+
+// String formats the skip for a log line.
+func (s Skip) String() string {
+	if s.Instance == "" {
+		return fmt.Sprintf("service %q skipped: %s", s.Service, s.Reason)
+	}
+	return fmt.Sprintf("service %q instance %q skipped: %s", s.Service, s.Instance, s.Reason)
+}
+
+// Result is the outcome of one translation.
+type Result struct {
+	Resources Resources
+	// Skipped lists, in a deterministic order, the services and instances
+	// that were left out.
+	Skipped []Skip
+}
+
+// Translate converts in into xDS resources. It never fails as a whole: a
+// service that cannot be translated safely is left out and reported in
+// Result.Skipped, and the rest is translated.
+func Translate(in Input, opts Options) *Result {
+	res := &Result{Resources: Resources{
+		Listeners: map[string]*listenerv3.Listener{},
+		Routes:    map[string]*routev3.RouteConfiguration{},
+		Clusters:  map[string]*clusterv3.Cluster{},
+		Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+	}}
+	if in.Catalog == nil {
+		return res
+	}
+	for _, name := range in.Catalog.ServiceNames() {
+		svc := in.Catalog.Services[name]
+		if reason := checkServiceName(name); reason != "" {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
+			continue
+		}
+		cla, skips := loadAssignment(svc, opts)
+		res.Skipped = append(res.Skipped, skips...)
+		lis, err := clientListener(name)
+		if err != nil {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: err.Error()})
+			continue
+		}
+		out := serviceResources{
+			listener: lis,
+			route:    routeConfiguration(name),
+			cluster:  edsCluster(name),
+			cla:      cla,
+		}
+		if err := out.validate(); err != nil {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: err.Error()})
+			continue
+		}
+		res.Resources.Listeners[name] = out.listener
+		res.Resources.Routes[name] = out.route
+		res.Resources.Clusters[name] = out.cluster
+		res.Resources.Endpoints[name] = out.cla
+	}
+	return res
+}
+
+// serviceResources are the four resources of one service.
+type serviceResources struct {
+	listener *listenerv3.Listener
+	route    *routev3.RouteConfiguration
+	cluster  *clusterv3.Cluster
+	cla      *endpointv3.ClusterLoadAssignment
+}
+
+// validate runs the envoy protos' own validation on every resource: a last
+// guard so that a translation bug drops one service instead of making
+// clients NACK.
+func (s serviceResources) validate() error {
+	for _, r := range []interface{ ValidateAll() error }{s.listener, s.route, s.cluster, s.cla} {
+		if err := r.ValidateAll(); err != nil {
+			return fmt.Errorf("generated resource failed validation: %w", err)
+		}
+	}
+	return nil
+}
+
+// serviceNamePattern is what a service name must look like to be dialled as
+// xds:///name and matched as a virtual host domain.
+var serviceNamePattern = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$`)
+
+func checkServiceName(name string) string {
+	if name == "" {
+		return "empty service name"
+	}
+	if !serviceNamePattern.MatchString(name) {
+		return "the name cannot be carried in an xds:/// target; accepted: letters, digits, '_', and '.' or '-' between them"
+	}
+	return ""
+}
+
+// clientListener is the API listener gRPC resolves xds:///name to. It routes
+// through RDS over ADS to the route configuration of the same name.
+func clientListener(name string) (*listenerv3.Listener, error) {
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsConfigSource(),
+			RouteConfigName: name,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{router},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("translate: listener %q: %w", name, err)
+	}
+	return &listenerv3.Listener{
+		Name:        name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
+	}, nil
+}
+
+func routerFilter() (*hcmv3.HttpFilter, error) {
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, fmt.Errorf("translate: router filter: %w", err)
+	}
+	return &hcmv3.HttpFilter{
+		Name:       RouterFilterName,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+	}, nil
+}
+
+// routeConfiguration has one virtual host matching the authorities a client
+// of the service sends: the bare name and name:port, for any port.
+func routeConfiguration(name string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: name,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    name,
+			Domains: domainsFor(name),
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
+				}},
+			}},
+		}},
+	}
+}
+
+// domainsFor lists the virtual host domains for a service. gRPC matches them
+// case-sensitively against the channel authority, so a lower-case variant is
+// added for names with upper-case letters.
+func domainsFor(name string) []string {
+	domains := []string{name, name + ":*"}
+	if lower := strings.ToLower(name); lower != name {
+		domains = append(domains, lower, lower+":*")
+	}
+	return domains
+}
+
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig:   adsConfigSource(),
+			ServiceName: name,
+		},
+		LbPolicy: clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+func adsConfigSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
+
+// localityKey groups endpoints; it sorts by region then zone.
+type localityKey struct{ region, zone string }
+
+// loadAssignment lists the instances that may receive calls, grouped by
+// locality. Instances that are unhealthy, weightless, or whose address gRPC
+// cannot dial are left out; duplicates of an address already listed too
+// (gRPC NACKs duplicate addresses).
+func loadAssignment(svc *model.Service, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip) {
+	var skips []Skip
+	byLocality := map[localityKey][]*endpointv3.LbEndpoint{}
+	localityWeight := map[localityKey]uint32{}
+	seen := map[string]string{} // host:port -> instance key
+	for _, inst := range svc.Instances {
+		weight, ok := endpointWeight(inst, opts)
+		if !ok {
+			continue // unhealthy or weight 0: not an error, just not a target
+		}
+		addr, reason := endpointAddress(inst)
+		if reason != "" {
+			skips = append(skips, Skip{Service: svc.Name, Instance: inst.Key(), Reason: reason})
+			continue
+		}
+		hostPort := netip.AddrPortFrom(addr, uint16(inst.Port)).String()
+		if first, dup := seen[hostPort]; dup {
+			skips = append(skips, Skip{Service: svc.Name, Instance: inst.Key(),
+				Reason: fmt.Sprintf("address %s is already used by instance %q; each address may appear once", hostPort, first)})
+			continue
+		}
+		seen[hostPort] = inst.Key()
+		key := localityKey{region: inst.Datacenter, zone: inst.Zone}
+		byLocality[key] = append(byLocality[key], &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(addr.String(), inst.Port),
+			}},
+			HealthStatus:        corev3.HealthStatus_HEALTHY,
+			LoadBalancingWeight: wrapperspb.UInt32(weight),
+		})
+		localityWeight[key] += weight
+	}
+	keys := make([]localityKey, 0, len(byLocality))
+	for k := range byLocality {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(a, b int) bool {
+		if keys[a].region != keys[b].region {
+			return keys[a].region < keys[b].region
+		}
+		return keys[a].zone < keys[b].zone
+	})
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: svc.Name}
+	for _, k := range keys {
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:            &corev3.Locality{Region: k.region, Zone: k.zone},
+			LbEndpoints:         byLocality[k],
+			LoadBalancingWeight: wrapperspb.UInt32(localityWeight[k]),
+			Priority:            0,
+		})
+	}
+	return cla, skips
+}
+
+// endpointWeight is the weight an instance receives, and whether it receives
+// calls at all.
+func endpointWeight(inst model.Instance, opts Options) (uint32, bool) {
+	var w int
+	switch inst.Health {
+	case model.HealthPassing:
+		w = inst.Weights.Passing
+	case model.HealthWarning:
+		if opts.ExcludeWarning {
+			return 0, false
+		}
+		w = inst.Weights.Warning
+	default:
+		return 0, false
+	}
+	if w <= 0 {
+		return 0, false
+	}
+	return uint32(min(w, 1<<20)), true
+}
+
+// endpointAddress checks that the instance can be dialled: an IP address
+// (IPv4 or IPv6, without zone) and a port in 1..65535.
+func endpointAddress(inst model.Instance) (netip.Addr, string) {
+	if inst.Port <= 0 || inst.Port > 65535 {
+		return netip.Addr{}, "port " + strconv.Itoa(inst.Port) + " is not dialable; accepted: 1-65535"
+	}
+	if inst.Address == "" {
+		return netip.Addr{}, "no service or node address"
+	}
+	addr, err := netip.ParseAddr(inst.Address)
+	if err != nil || addr.Zone() != "" {
+		return netip.Addr{}, fmt.Sprintf("address %q is not an IP address; accepted: an IPv4 or IPv6 address without zone", inst.Address)
+	}
+	return addr.Unmap(), ""
+}
+
+func socketAddress(ip string, port int) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      corev3.SocketAddress_TCP,
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -31,7 +32,11 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trellis-mesh/trellis/internal/model"
+	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
+
+// defaultRetryBase is gRPC's default retry backoff base interval.
+const defaultRetryBase = 25 * time.Millisecond
 
 // RouterFilterName is the name of the terminal HTTP filter in every
 // HttpConnectionManager Trellis emits.
@@ -49,6 +54,9 @@ type Options struct {
 type Input struct {
 	// Catalog is the service catalog. Required.
 	Catalog *model.Snapshot
+	// Policies are the validated service policies, by destination service.
+	// Optional.
+	Policies map[string]*policyv1.ServicePolicy
 }
 
 // Resources are the translated xDS resources, by name.
@@ -87,19 +95,25 @@ func (r *Resources) ByTypeURL() map[string]map[string]types.Resource {
 type Skip struct {
 	// Service is the service concerned.
 	Service string
-	// Instance is the instance key (node/id), empty when the whole service
-	// was skipped.
+	// Instance is the instance key (node/id) when one instance was left out.
 	Instance string
+	// Route names the policy route concerned when part of a policy was left
+	// out.
+	Route string
 	// Reason says what was wrong and what is accepted.
 	Reason string
 }
 
 // String formats the skip for a log line.
 func (s Skip) String() string {
-	if s.Instance == "" {
+	switch {
+	case s.Instance != "":
+		return fmt.Sprintf("service %q instance %q skipped: %s", s.Service, s.Instance, s.Reason)
+	case s.Route != "":
+		return fmt.Sprintf("service %q %s: %s", s.Service, s.Route, s.Reason)
+	default:
 		return fmt.Sprintf("service %q skipped: %s", s.Service, s.Reason)
 	}
-	return fmt.Sprintf("service %q instance %q skipped: %s", s.Service, s.Instance, s.Reason)
 }
 
 // Result is the outcome of one translation.
@@ -123,50 +137,123 @@ func Translate(in Input, opts Options) *Result {
 	if in.Catalog == nil {
 		return res
 	}
+	clusters := newClusterIndex(in)
 	for _, name := range in.Catalog.ServiceNames() {
 		svc := in.Catalog.Services[name]
 		if reason := checkServiceName(name); reason != "" {
 			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
 			continue
 		}
-		cla, skips := loadAssignment(svc, opts)
-		res.Skipped = append(res.Skipped, skips...)
-		lis, err := clientListener(name)
+		pol := in.Policies[name]
+		out, skips, err := translateService(svc, pol, clusters, opts)
+		if err == nil {
+			err = out.validate()
+		}
+		if err != nil && pol != nil {
+			// Never let a policy break a service: serve it without one.
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: "policy not applied: " + err.Error()})
+			out, skips, err = translateService(svc, nil, clusters, opts)
+			if err == nil {
+				err = out.validate()
+			}
+		}
 		if err != nil {
 			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: err.Error()})
 			continue
 		}
-		out := serviceResources{
-			listener: lis,
-			route:    routeConfiguration(name),
-			cluster:  edsCluster(name),
-			cla:      cla,
+		res.Skipped = append(res.Skipped, skips...)
+		out.addTo(&res.Resources)
+	}
+	for _, name := range sortedKeys(in.Policies) {
+		if _, ok := in.Catalog.Services[name]; !ok {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: "a policy exists but the service is not in the catalog; nothing to serve yet"})
 		}
-		if err := out.validate(); err != nil {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: err.Error()})
-			continue
-		}
-		res.Resources.Listeners[name] = out.listener
-		res.Resources.Routes[name] = out.route
-		res.Resources.Clusters[name] = out.cluster
-		res.Resources.Endpoints[name] = out.cla
 	}
 	return res
 }
 
-// serviceResources are the four resources of one service.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// translateService builds the resources of one service, applying its policy
+// when it has one.
+func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters clusterIndex, opts Options) (*serviceResources, []Skip, error) {
+	name := svc.Name
+	cla, skips := loadAssignment(svc, name, opts)
+	lis, err := clientListener(name, usesFault(pol))
+	if err != nil {
+		return nil, nil, err
+	}
+	out := &serviceResources{listener: lis, route: routeConfiguration(name)}
+	if pol != nil {
+		routes, routeSkips, err := policyRoutes(name, pol, clusters)
+		if err != nil {
+			return nil, nil, err
+		}
+		skips = append(skips, routeSkips...)
+		out.route.VirtualHosts[0].Routes = routes
+	}
+	base := edsCluster(name)
+	if pol != nil {
+		if err := applyClusterPolicy(base, pol); err != nil {
+			return nil, nil, err
+		}
+	}
+	out.clusters = append(out.clusters, base)
+	out.clas = append(out.clas, cla)
+	for _, subset := range pol.GetSubsets() {
+		cname := SubsetClusterName(name, subset.GetName())
+		c := edsCluster(cname)
+		if err := applyClusterPolicy(c, pol); err != nil {
+			return nil, nil, err
+		}
+		// Problems with instances were reported for the whole service.
+		subsetCLA, _ := loadAssignment(subsetInstances(svc, subset), cname, opts)
+		out.clusters = append(out.clusters, c)
+		out.clas = append(out.clas, subsetCLA)
+	}
+	return out, skips, nil
+}
+
+// serviceResources are the resources of one service: a listener and a
+// route configuration, and a cluster with its load assignment for the
+// service and for each subset.
 type serviceResources struct {
 	listener *listenerv3.Listener
 	route    *routev3.RouteConfiguration
-	cluster  *clusterv3.Cluster
-	cla      *endpointv3.ClusterLoadAssignment
+	clusters []*clusterv3.Cluster
+	clas     []*endpointv3.ClusterLoadAssignment
+}
+
+func (s *serviceResources) addTo(r *Resources) {
+	r.Listeners[s.listener.GetName()] = s.listener
+	r.Routes[s.route.GetName()] = s.route
+	for _, c := range s.clusters {
+		r.Clusters[c.GetName()] = c
+	}
+	for _, cla := range s.clas {
+		r.Endpoints[cla.GetClusterName()] = cla
+	}
 }
 
 // validate runs the envoy protos' own validation on every resource: a last
 // guard so that a translation bug drops one service instead of making
 // clients NACK.
-func (s serviceResources) validate() error {
-	for _, r := range []interface{ ValidateAll() error }{s.listener, s.route, s.cluster, s.cla} {
+func (s *serviceResources) validate() error {
+	all := []interface{ ValidateAll() error }{s.listener, s.route}
+	for _, c := range s.clusters {
+		all = append(all, c)
+	}
+	for _, cla := range s.clas {
+		all = append(all, cla)
+	}
+	for _, r := range all {
 		if err := r.ValidateAll(); err != nil {
 			return fmt.Errorf("generated resource failed validation: %w", err)
 		}
@@ -190,18 +277,30 @@ func checkServiceName(name string) string {
 
 // clientListener is the API listener gRPC resolves xds:///name to. It routes
 // through RDS over ADS to the route configuration of the same name.
-func clientListener(name string) (*listenerv3.Listener, error) {
+func clientListener(name string, withFault bool) (*listenerv3.Listener, error) {
 	router, err := routerFilter()
 	if err != nil {
 		return nil, err
 	}
+	var filters []*hcmv3.HttpFilter
+	if withFault {
+		fault, err := faultFilter()
+		if err != nil {
+			return nil, fmt.Errorf("translate: listener %q: %w", name, err)
+		}
+		filters = append(filters, &hcmv3.HttpFilter{
+			Name:       FaultFilterName,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: fault},
+		})
+	}
+	filters = append(filters, router)
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
 		StatPrefix: name,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsConfigSource(),
 			RouteConfigName: name,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{router},
+		HttpFilters: filters,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("translate: listener %q: %w", name, err)
@@ -278,7 +377,7 @@ type localityKey struct{ region, zone string }
 // locality. Instances that are unhealthy, weightless, or whose address gRPC
 // cannot dial are left out; duplicates of an address already listed too
 // (gRPC NACKs duplicate addresses).
-func loadAssignment(svc *model.Service, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip) {
+func loadAssignment(svc *model.Service, clusterName string, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip) {
 	var skips []Skip
 	byLocality := map[localityKey][]*endpointv3.LbEndpoint{}
 	localityWeight := map[localityKey]uint32{}
@@ -320,7 +419,7 @@ func loadAssignment(svc *model.Service, opts Options) (*endpointv3.ClusterLoadAs
 		}
 		return keys[a].zone < keys[b].zone
 	})
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: svc.Name}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: clusterName}
 	for _, k := range keys {
 		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
 			Locality:            &corev3.Locality{Region: k.region, Zone: k.zone},

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/trellis-mesh/trellis/internal/model"
+	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files from the current output")
@@ -23,8 +24,22 @@ var update = flag.Bool("update", false, "rewrite the golden files from the curre
 // goldenInput is the YAML form of a test case: translation options and a
 // catalog.
 type goldenInput struct {
-	Options  Options         `json:"options"`
-	Services []goldenService `json:"services"`
+	Options  Options           `json:"options"`
+	Services []goldenService   `json:"services"`
+	Policies []json.RawMessage `json:"policies"`
+}
+
+func (in goldenInput) policies(t *testing.T) map[string]*policyv1.ServicePolicy {
+	t.Helper()
+	out := map[string]*policyv1.ServicePolicy{}
+	for i, raw := range in.Policies {
+		p := &policyv1.ServicePolicy{}
+		if err := protojson.Unmarshal(raw, p); err != nil {
+			t.Fatalf("policies[%d]: %v", i, err)
+		}
+		out[p.GetService()] = p
+	}
+	return out
 }
 
 type goldenService struct {
@@ -104,7 +119,7 @@ func TestGolden(t *testing.T) {
 			if err := yaml.UnmarshalStrict(raw, &in); err != nil {
 				t.Fatalf("parse %s: %v", path, err)
 			}
-			res := Translate(Input{Catalog: in.snapshot(t)}, in.Options)
+			res := Translate(Input{Catalog: in.snapshot(t), Policies: in.policies(t)}, in.Options)
 			for typeName, resources := range map[string]map[string]proto.Message{
 				"listeners": asMessages(res.Resources.Listeners),
 				"routes":    asMessages(res.Resources.Routes),

@@ -1,0 +1,143 @@
+// Package bootstrap writes the GRPC_XDS_BOOTSTRAP file that points grpc-go's
+// xDS client (and xds.NewGRPCServer) at Trellis.
+//
+// It owns the bootstrap format only. Certificate provider entries come from
+// the identity package as opaque JSON; this package must not import it, the
+// catalog or the xDS server.
+package bootstrap
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// ServerListenerTemplate names the Listener an xDS-enabled gRPC server asks
+// for: %s becomes the listening address exactly as net.Listener.Addr()
+// prints it. The translator names server Listeners the same way.
+const ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
+
+// Config describes one bootstrap file.
+type Config struct {
+	// Servers are the xDS servers as host:port, in order: the first is used
+	// while it works, later ones are fallbacks. At least one is required.
+	Servers []string
+	// NodeID identifies the workload to the control plane. Required.
+	NodeID string
+	// Cluster is the node's cluster, usually the service name. Optional.
+	Cluster string
+	// Zone and Region set the node's locality. Optional.
+	Zone   string
+	Region string
+	// Metadata is added to the node. Optional.
+	Metadata map[string]string
+	// ChannelCreds is the JSON of the xds_servers channel_creds list.
+	// Default: plaintext ([{"type": "insecure"}]).
+	ChannelCreds json.RawMessage
+	// CertificateProviders maps instance names to certificate provider
+	// configurations ({"plugin_name": ..., "config": ...}). Optional.
+	CertificateProviders map[string]json.RawMessage
+}
+
+type file struct {
+	XDSServers                          []server                   `json:"xds_servers"`
+	Node                                node                       `json:"node"`
+	ServerListenerResourceNameTemplate  string                     `json:"server_listener_resource_name_template"`
+	ClientDefaultListenerResourceNameTp string                     `json:"client_default_listener_resource_name_template,omitempty"`
+	CertificateProviders                map[string]json.RawMessage `json:"certificate_providers,omitempty"`
+}
+
+type server struct {
+	ServerURI      string          `json:"server_uri"`
+	ChannelCreds   json.RawMessage `json:"channel_creds"`
+	ServerFeatures []string        `json:"server_features"`
+}
+
+type node struct {
+	ID       string            `json:"id"`
+	Cluster  string            `json:"cluster,omitempty"`
+	Locality *locality         `json:"locality,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+type locality struct {
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
+}
+
+// Generate validates cfg and renders the bootstrap JSON.
+func Generate(cfg Config) ([]byte, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	creds := cfg.ChannelCreds
+	if len(creds) == 0 {
+		creds = json.RawMessage(`[{"type":"insecure"}]`)
+	}
+	f := file{
+		Node: node{
+			ID:       cfg.NodeID,
+			Cluster:  cfg.Cluster,
+			Metadata: cfg.Metadata,
+		},
+		ServerListenerResourceNameTemplate: ServerListenerTemplate,
+		CertificateProviders:               cfg.CertificateProviders,
+	}
+	if cfg.Zone != "" || cfg.Region != "" {
+		f.Node.Locality = &locality{Region: cfg.Region, Zone: cfg.Zone}
+	}
+	for _, s := range cfg.Servers {
+		f.XDSServers = append(f.XDSServers, server{
+			ServerURI:      s,
+			ChannelCreds:   creds,
+			ServerFeatures: []string{"xds_v3"},
+		})
+	}
+	out, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: encode: %w", err)
+	}
+	return append(out, '\n'), nil
+}
+
+func (cfg Config) validate() error {
+	var errs []error
+	if len(cfg.Servers) == 0 {
+		errs = append(errs, errors.New("bootstrap: xds server: at least one is required (host:port)"))
+	}
+	for i, s := range cfg.Servers {
+		if err := checkHostPort(s); err != nil {
+			errs = append(errs, fmt.Errorf("bootstrap: xds server[%d] %q: %w", i, s, err))
+		}
+	}
+	if strings.TrimSpace(cfg.NodeID) == "" {
+		errs = append(errs, errors.New("bootstrap: node id: required, e.g. the service instance id"))
+	}
+	if len(cfg.ChannelCreds) > 0 && !json.Valid(cfg.ChannelCreds) {
+		errs = append(errs, errors.New("bootstrap: channel creds: not valid JSON"))
+	}
+	for name, p := range cfg.CertificateProviders {
+		if !json.Valid(p) {
+			errs = append(errs, fmt.Errorf("bootstrap: certificate provider %q: not valid JSON", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port ([ipv6]:port for IPv6): %w", err)
+	}
+	if host == "" {
+		return errors.New("host is empty; want host:port")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q: want 1-65535", port)
+	}
+	return nil
+}

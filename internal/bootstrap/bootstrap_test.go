@@ -1,0 +1,73 @@
+package bootstrap
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestGenerate(t *testing.T) {
+	out, err := Generate(Config{
+		Servers: []string{"127.0.0.1:18000", "[::1]:18000"},
+		NodeID:  "echo-1",
+		Cluster: "echo",
+		Zone:    "zone-a",
+		CertificateProviders: map[string]json.RawMessage{
+			"files": json.RawMessage(`{"plugin_name":"file_watcher","config":{"certificate_file":"/c/cert.pem","private_key_file":"/c/key.pem","ca_certificate_file":"/c/ca.pem","refresh_interval":"60s"}}`),
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		XDSServers []struct {
+			ServerURI string `json:"server_uri"`
+		} `json:"xds_servers"`
+		Node struct {
+			ID       string `json:"id"`
+			Locality struct {
+				Zone string `json:"zone"`
+			} `json:"locality"`
+		} `json:"node"`
+		ServerTemplate       string                     `json:"server_listener_resource_name_template"`
+		CertificateProviders map[string]json.RawMessage `json:"certificate_providers"`
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Node.ID != "echo-1" || got.Node.Locality.Zone != "zone-a" {
+		t.Errorf("node = %+v", got.Node)
+	}
+	if len(got.XDSServers) != 2 || got.XDSServers[0].ServerURI != "127.0.0.1:18000" || got.XDSServers[1].ServerURI != "[::1]:18000" {
+		t.Errorf("xds servers = %+v, want both in order (ordered fallback)", got.XDSServers)
+	}
+	if got.ServerTemplate != ServerListenerTemplate {
+		t.Errorf("server listener template = %q", got.ServerTemplate)
+	}
+	if _, ok := got.CertificateProviders["files"]; !ok {
+		t.Error("certificate provider \"files\" missing")
+	}
+}
+
+func TestGenerateRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"no servers", Config{NodeID: "n"}, "at least one is required"},
+		{"no port", Config{Servers: []string{"localhost"}, NodeID: "n"}, `xds server[0] "localhost"`},
+		{"bad port", Config{Servers: []string{"localhost:0"}, NodeID: "n"}, "want 1-65535"},
+		{"no node id", Config{Servers: []string{"localhost:1"}}, "node id: required"},
+		{"bad provider json", Config{Servers: []string{"localhost:1"}, NodeID: "n",
+			CertificateProviders: map[string]json.RawMessage{"x": json.RawMessage(`{`)}}, `certificate provider "x"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Generate(tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}

@@ -24,7 +24,7 @@ tools:
 	scripts/tools.sh consul spire
 
 ## test: the whole suite, unit and integration, against real Consul and SPIRE.
-test: tools build
+test: tools build check-generated
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
@@ -39,6 +39,34 @@ bench: tools
 ## demo: run the mesh locally: Consul, the xDS server, three echo servers and a client.
 demo: tools build
 	scripts/demo.sh
+
+# The pinned buf and protoc plugins (tools/proto), built into $(PROTO_TOOLS).
+PROTO_TOOLS := bin/proto-tools
+PROTO_BUILD = cd tools/proto && $(GO) build -o $(CURDIR)/$(PROTO_TOOLS)/ \
+	github.com/bufbuild/buf/cmd/buf \
+	google.golang.org/protobuf/cmd/protoc-gen-go \
+	google.golang.org/grpc/cmd/protoc-gen-go-grpc
+BUF = PATH="$(CURDIR)/$(PROTO_TOOLS):$$PATH" $(PROTO_TOOLS)/buf
+
+## generate: regenerate the Go code next to the .proto files under proto/ (buf.gen.yaml).
+generate:
+	$(PROTO_BUILD)
+	$(BUF) generate
+
+## check-generated: fail when the committed generated code differs from a fresh generation.
+check-generated:
+	@$(PROTO_BUILD)
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(BUF) generate -o "$$tmp" && \
+	(cd proto && find . -name '*.pb.go' | sed 's|^\./||' | sort) >"$$tmp/committed.txt" && \
+	(cd "$$tmp/proto" && find . -name '*.pb.go' | sed 's|^\./||' | sort) >"$$tmp/generated.txt" && \
+	status=0 && \
+	{ diff -u --label committed --label generated "$$tmp/committed.txt" "$$tmp/generated.txt" || status=1; } && \
+	for f in $$(cat "$$tmp/generated.txt"); do \
+		[ -f "proto/$$f" ] || continue; \
+		diff -u --label "proto/$$f" --label "generated/$$f" "proto/$$f" "$$tmp/proto/$$f" || status=1; \
+	done && \
+	if [ $$status -ne 0 ]; then echo "check-generated: the generated code under proto/ is stale; run 'make generate'" >&2; exit 1; fi
 
 clean:
 	rm -rf bin

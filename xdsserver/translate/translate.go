@@ -48,6 +48,14 @@ type Options struct {
 	// endpoint lists. Default: false (warning instances receive traffic, with
 	// their Warning weight).
 	ExcludeWarning bool
+	// DisablePanicRouting turns off panic routing: by default, when no
+	// instance of a service is healthy, calls are spread over every
+	// instance not in maintenance, as Envoy does below its healthy panic
+	// threshold, rather than over none. Consul marks every instance critical
+	// in situations that are not outages (TTL checks after an agent
+	// restart, a partitioned agent); failing every call then is worse than
+	// trying the instances. Default: false (panic routing on).
+	DisablePanicRouting bool
 }
 
 // Input is everything a translation reads.
@@ -119,6 +127,9 @@ func (s Skip) String() string {
 // Result is the outcome of one translation.
 type Result struct {
 	Resources Resources
+	// Panicking lists, sorted, the services (and subset clusters) with no
+	// healthy instance whose calls are spread over all their instances.
+	Panicking []string
 	// Skipped lists, in a deterministic order, the services and instances
 	// that were left out.
 	Skipped []Skip
@@ -162,6 +173,7 @@ func Translate(in Input, opts Options) *Result {
 			continue
 		}
 		res.Skipped = append(res.Skipped, skips...)
+		res.Panicking = append(res.Panicking, out.panicking...)
 		out.addTo(&res.Resources)
 	}
 	for _, name := range sortedKeys(in.Policies) {
@@ -185,12 +197,15 @@ func sortedKeys[V any](m map[string]V) []string {
 // when it has one.
 func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters clusterIndex, opts Options) (*serviceResources, []Skip, error) {
 	name := svc.Name
-	cla, skips := loadAssignment(svc, name, opts)
+	cla, skips, panicking := loadAssignment(svc, name, opts)
 	lis, err := clientListener(name, usesFault(pol))
 	if err != nil {
 		return nil, nil, err
 	}
 	out := &serviceResources{listener: lis, route: routeConfiguration(name)}
+	if panicking {
+		out.panicking = append(out.panicking, name)
+	}
 	if pol != nil {
 		routes, routeSkips, err := policyRoutes(name, pol, clusters)
 		if err != nil {
@@ -214,7 +229,10 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 			return nil, nil, err
 		}
 		// Problems with instances were reported for the whole service.
-		subsetCLA, _ := loadAssignment(subsetInstances(svc, subset), cname, opts)
+		subsetCLA, _, subsetPanicking := loadAssignment(subsetInstances(svc, subset), cname, opts)
+		if subsetPanicking {
+			out.panicking = append(out.panicking, cname)
+		}
 		out.clusters = append(out.clusters, c)
 		out.clas = append(out.clas, subsetCLA)
 	}
@@ -229,6 +247,8 @@ type serviceResources struct {
 	route    *routev3.RouteConfiguration
 	clusters []*clusterv3.Cluster
 	clas     []*endpointv3.ClusterLoadAssignment
+	// panicking names the clusters routed in panic mode.
+	panicking []string
 }
 
 func (s *serviceResources) addTo(r *Resources) {
@@ -377,13 +397,36 @@ type localityKey struct{ region, zone string }
 // locality. Instances that are unhealthy, weightless, or whose address gRPC
 // cannot dial are left out; duplicates of an address already listed too
 // (gRPC NACKs duplicate addresses).
-func loadAssignment(svc *model.Service, clusterName string, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip) {
+func loadAssignment(svc *model.Service, clusterName string, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip, bool) {
+	cla, skips := buildLoadAssignment(svc, clusterName, func(inst model.Instance) (uint32, bool) {
+		return endpointWeight(inst, opts)
+	})
+	if len(cla.Endpoints) > 0 || opts.DisablePanicRouting {
+		return cla, skips, false
+	}
+	panicCLA, panicSkips := buildLoadAssignment(svc, clusterName, panicWeight)
+	if len(panicCLA.Endpoints) == 0 {
+		return cla, skips, false
+	}
+	return panicCLA, panicSkips, true
+}
+
+// panicWeight admits every instance not in maintenance, with its passing
+// weight (at least 1).
+func panicWeight(inst model.Instance) (uint32, bool) {
+	if inst.Health == model.HealthMaintenance {
+		return 0, false
+	}
+	return uint32(min(max(inst.Weights.Passing, 1), 1<<20)), true
+}
+
+func buildLoadAssignment(svc *model.Service, clusterName string, weightOf func(model.Instance) (uint32, bool)) (*endpointv3.ClusterLoadAssignment, []Skip) {
 	var skips []Skip
 	byLocality := map[localityKey][]*endpointv3.LbEndpoint{}
 	localityWeight := map[localityKey]uint32{}
 	seen := map[string]string{} // host:port -> instance key
 	for _, inst := range svc.Instances {
-		weight, ok := endpointWeight(inst, opts)
+		weight, ok := weightOf(inst)
 		if !ok {
 			continue // unhealthy or weight 0: not an error, just not a target
 		}

@@ -133,15 +133,21 @@ func TestGolden(t *testing.T) {
 				}
 				compareGolden(t, filepath.Join("testdata", name+"."+typeName+".golden.json"), encodeResources(t, resources))
 			}
-			skipped := make([]string, 0, len(res.Skipped))
+			report := struct {
+				Skipped   []string `json:"skipped"`
+				Panicking []string `json:"panicking"`
+			}{Skipped: []string{}, Panicking: res.Panicking}
 			for _, s := range res.Skipped {
-				skipped = append(skipped, s.String())
+				report.Skipped = append(report.Skipped, s.String())
 			}
-			got, err := json.MarshalIndent(skipped, "", "  ")
+			if report.Panicking == nil {
+				report.Panicking = []string{}
+			}
+			got, err := json.MarshalIndent(report, "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}
-			compareGolden(t, filepath.Join("testdata", name+".skipped.golden.json"), append(got, '\n'))
+			compareGolden(t, filepath.Join("testdata", name+".report.golden.json"), append(got, '\n'))
 		})
 	}
 }

@@ -1,0 +1,38 @@
+// Command trellis is the Trellis control plane and its tooling:
+//
+//	trellis server      the xDS control plane fed by the Consul catalog
+//	trellis bootstrap   writes a GRPC_XDS_BOOTSTRAP file for a workload
+//
+// This is the only place where Trellis components are wired together.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCommand().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "trellis:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "trellis",
+		Short:         "A gRPC-native service mesh without proxies, fed by Consul",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(newServerCommand(), newBootstrapCommand())
+	return root
+}

@@ -1,0 +1,293 @@
+// Package certprovider is the in-process gRPC certificate provider plugin
+// "trellis_spiffe": it serves a workload's X.509 SVID and trust bundles from
+// the SPIFFE Workload API to grpc-go's xDS credentials, and picks up every
+// rotation without a restart.
+//
+// Importing the package registers the plugin with grpc-go:
+//
+//	import _ "github.com/trellis-mesh/trellis/identity/certprovider"
+//
+// and the xDS bootstrap names it (see identity.ProviderFragment):
+//
+//	"certificate_providers": {
+//	  "trellis": {
+//	    "plugin_name": "trellis_spiffe",
+//	    "config": {"workload_api_addr": "unix:///run/spire/agent.sock"}
+//	  }
+//	}
+//
+// The package must not import anything of Trellis outside identity.
+package certprovider
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	grpccertprovider "google.golang.org/grpc/credentials/tls/certprovider"
+
+	"github.com/trellis-mesh/trellis/identity"
+	"github.com/trellis-mesh/trellis/identity/internal/x509watch"
+)
+
+// PluginName is the name the plugin registers under.
+const PluginName = identity.ProviderPluginName
+
+func init() {
+	grpccertprovider.Register(builder{})
+}
+
+// Config configures a Provider.
+type Config struct {
+	// WorkloadAPIAddr is the SPIFFE Workload API address, such as
+	// "unix:///run/spire/agent.sock".
+	// Default: the SPIFFE_ENDPOINT_SOCKET environment variable.
+	WorkloadAPIAddr string
+	// SPIFFEID picks one SVID when the Workload API offers several.
+	// Default: the Workload API's default (first) SVID.
+	SPIFFEID spiffeid.ID
+	// Logger receives rotations and Workload API failures.
+	// Default: slog.Default() with component=identity.
+	Logger *slog.Logger
+}
+
+// Provider is a grpc-go certificate provider fed by the Workload API.
+//
+// KeyMaterial returns the current SVID as the identity certificate, the
+// X.509 roots of every trust domain as Roots, and the same bundles keyed by
+// trust domain as SPIFFEBundleMap, so that grpc-go's xDS credentials verify
+// each peer against the roots of the peer's own trust domain and match its
+// SPIFFE ID (URI SAN) against the SAN matchers from the control plane.
+//
+// Until the first SVID arrives KeyMaterial blocks; once the Workload API has
+// failed without ever delivering one, KeyMaterial returns that failure while
+// the Provider keeps retrying. After the first SVID, failures and expiry are
+// logged and the last SVID is served until a new one arrives.
+type Provider struct {
+	addr   string
+	want   spiffeid.ID
+	logger *slog.Logger
+	dist   *grpccertprovider.Distributor
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	expiry *time.Timer // fires when the current SVID expires
+
+	mu   sync.Mutex
+	svid *x509svid.SVID // current SVID; nil before the first
+}
+
+var _ grpccertprovider.Provider = (*Provider)(nil)
+
+// New validates cfg and starts watching the Workload API in the background.
+// It does not wait for the first SVID: KeyMaterial does.
+func New(cfg Config) (*Provider, error) {
+	addr, err := identity.WorkloadAPIAddr(cfg.WorkloadAPIAddr)
+	if err != nil {
+		return nil, fmt.Errorf("certprovider: %w", err)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default().With("component", "identity")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Provider{
+		addr:   addr,
+		want:   cfg.SPIFFEID,
+		logger: logger.With("workload_api", addr),
+		dist:   grpccertprovider.NewDistributor(),
+		cancel: cancel,
+		expiry: time.NewTimer(time.Hour),
+	}
+	p.expiry.Stop()
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		if err := x509watch.Watch(ctx, addr, p.logger, (*watchHandler)(p)); err != nil {
+			p.logger.Error("Workload API watch stopped", "error", err)
+			p.fail(err)
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		p.reportExpiry(ctx)
+	}()
+	return p, nil
+}
+
+// KeyMaterial returns the current identity certificate and trust bundles,
+// waiting for the first SVID until ctx ends. Callers must not modify it.
+func (p *Provider) KeyMaterial(ctx context.Context) (*grpccertprovider.KeyMaterial, error) {
+	km, err := p.dist.KeyMaterial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("certprovider: %w", err)
+	}
+	return km, nil
+}
+
+// Close stops the Provider and waits for its goroutines. It is idempotent.
+func (p *Provider) Close() {
+	p.closeOnce.Do(func() {
+		p.cancel()
+		p.wg.Wait()
+		p.expiry.Stop()
+		p.dist.Stop()
+	})
+}
+
+// watchHandler receives the Workload API stream for a Provider.
+type watchHandler Provider
+
+var _ x509watch.Handler = (*watchHandler)(nil)
+
+// OnUpdate serves a new SVID and bundles.
+func (h *watchHandler) OnUpdate(c *workloadapi.X509Context) {
+	p := (*Provider)(h)
+	svid, err := identity.SelectSVID(c.SVIDs, p.want)
+	if err != nil {
+		h.OnError(err)
+		return
+	}
+	cert, err := identity.TLSCertificate(svid)
+	if err != nil {
+		h.OnError(err)
+		return
+	}
+	km := &grpccertprovider.KeyMaterial{
+		Certs:           []tls.Certificate{cert},
+		Roots:           identity.RootPool(c.Bundles),
+		SPIFFEBundleMap: identity.SPIFFEBundleMap(c.Bundles),
+	}
+
+	p.mu.Lock()
+	p.dist.Set(km, nil)
+	p.svid = svid
+	p.expiry.Reset(time.Until(svid.Certificates[0].NotAfter))
+	p.mu.Unlock()
+	leaf := svid.Certificates[0]
+	p.logger.Info("X.509 SVID updated", "spiffe_id", svid.ID.String(),
+		"serial", leaf.SerialNumber.String(), "not_after", leaf.NotAfter.UTC())
+}
+
+// OnError reports a failure and keeps the current SVID, if any.
+func (h *watchHandler) OnError(err error) {
+	p := (*Provider)(h)
+	p.mu.Lock()
+	svid := p.svid
+	p.mu.Unlock()
+	if svid == nil {
+		p.logger.Warn("no X.509 SVID from the Workload API yet; retrying", "error", err)
+		p.fail(err)
+		return
+	}
+	leaf := svid.Certificates[0]
+	p.logger.Warn("Workload API failed; serving the last X.509 SVID until a new one arrives",
+		"error", err, "spiffe_id", svid.ID.String(), "not_after", leaf.NotAfter.UTC(),
+		"expired", !time.Now().Before(leaf.NotAfter))
+}
+
+// fail makes KeyMaterial return err, unless an SVID has arrived.
+func (p *Provider) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.svid != nil {
+		return
+	}
+	p.dist.Set(nil, fmt.Errorf("no X.509 SVID from the Workload API at %s: %w", p.addr, err))
+}
+
+// reportExpiry logs when the served SVID expires before a new one arrives.
+func (p *Provider) reportExpiry(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.expiry.C:
+			p.mu.Lock()
+			svid := p.svid
+			p.mu.Unlock()
+			if svid == nil || time.Now().Before(svid.Certificates[0].NotAfter) {
+				continue
+			}
+			p.logger.Error("X.509 SVID expired and the Workload API has not delivered a new one; still serving it, peers will reject it",
+				"spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC())
+		}
+	}
+}
+
+// builder is the grpc-go plugin builder.
+type builder struct{}
+
+func (builder) Name() string { return PluginName }
+
+// ParseConfig parses the plugin's bootstrap config (identity.ProviderConfig
+// as JSON), resolving the Workload API address from SPIFFE_ENDPOINT_SOCKET
+// when the config names none.
+func (builder) ParseConfig(c any) (*grpccertprovider.BuildableConfig, error) {
+	raw, ok := c.(json.RawMessage)
+	if !ok {
+		return nil, fmt.Errorf("certprovider: %s config: unsupported type %T, want JSON", PluginName, c)
+	}
+	cfg, err := parseConfig(raw)
+	if err != nil {
+		return nil, err
+	}
+	canonical, err := json.Marshal(identity.ProviderConfig{WorkloadAPIAddr: cfg.WorkloadAPIAddr, SPIFFEID: idString(cfg.SPIFFEID)})
+	if err != nil {
+		return nil, fmt.Errorf("certprovider: %s config: %w", PluginName, err)
+	}
+	return grpccertprovider.NewBuildableConfig(PluginName, canonical, func(grpccertprovider.BuildOptions) grpccertprovider.Provider {
+		p, err := New(cfg)
+		if err != nil {
+			// Unreachable: parseConfig validated cfg. grpc-go reports a
+			// nil Provider as a build failure.
+			slog.Default().Error("certprovider: build", "error", err)
+			return nil
+		}
+		return p
+	}), nil
+}
+
+// parseConfig decodes and validates the plugin config. Unknown fields are
+// rejected so that a misspelt field cannot silently fall back to a default.
+func parseConfig(raw json.RawMessage) (Config, error) {
+	var pc identity.ProviderConfig
+	if len(raw) > 0 && string(raw) != "null" {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&pc); err != nil {
+			return Config{}, fmt.Errorf("certprovider: %s config %s: %w (fields: workload_api_addr, spiffe_id)", PluginName, raw, err)
+		}
+	}
+	if err := pc.Validate(); err != nil {
+		return Config{}, fmt.Errorf("certprovider: %s config: %w", PluginName, err)
+	}
+	addr, err := identity.WorkloadAPIAddr(pc.WorkloadAPIAddr)
+	if err != nil {
+		return Config{}, fmt.Errorf("certprovider: %s config: workload_api_addr: %w", PluginName, err)
+	}
+	cfg := Config{WorkloadAPIAddr: addr}
+	if pc.SPIFFEID != "" {
+		if cfg.SPIFFEID, err = spiffeid.FromString(pc.SPIFFEID); err != nil {
+			return Config{}, fmt.Errorf("certprovider: %s config: spiffe_id %q: %w", PluginName, pc.SPIFFEID, err)
+		}
+	}
+	return cfg, nil
+}
+
+func idString(id spiffeid.ID) string {
+	if id.IsZero() {
+		return ""
+	}
+	return id.String()
+}

@@ -1,0 +1,201 @@
+package catalog
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// fakeConsul is an in-process Consul HTTP API serving the catalog service
+// list, service health and the leader, with blocking queries. Tests use it
+// for what a real Consul cannot be made to do on demand: indexes going
+// backwards or to 0, and server errors.
+type fakeConsul struct {
+	srv *httptest.Server
+
+	mu sync.Mutex
+	// changed is closed and replaced on every change.
+	changed   chan struct{}
+	resources map[string]*fakeResource // by URL path
+	// failStatus maps a URL path, or "" for every catalog and health
+	// path, to an HTTP status to answer instead of data.
+	failStatus map[string]int
+	requests   []fakeRequest
+}
+
+// fakeResource is one endpoint's current answer.
+type fakeResource struct {
+	index uint64
+	body  any
+	// noLeader answers X-Consul-KnownLeader: false.
+	noLeader bool
+}
+
+// fakeRequest records one catalog or health request.
+type fakeRequest struct {
+	path  string
+	index uint64
+}
+
+const fakeListPath = "/v1/catalog/services"
+
+func fakeHealthPath(name string) string { return "/v1/health/service/" + name }
+
+func newFakeConsul(t *testing.T) *fakeConsul {
+	t.Helper()
+	f := &fakeConsul{
+		changed:    make(chan struct{}),
+		resources:  make(map[string]*fakeResource),
+		failStatus: make(map[string]int),
+	}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// client returns a Consul API client for the fake.
+func (f *fakeConsul) client(t *testing.T) *api.Client {
+	t.Helper()
+	return newTestClient(t, strings.TrimPrefix(f.srv.URL, "http://"))
+}
+
+// set sets the answer of one path and wakes blocked queries.
+func (f *fakeConsul) set(path string, index uint64, body any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resources[path] = &fakeResource{index: index, body: body}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// setNotReady makes a service's health answer what a restarting Consul
+// answers before it restored its state: index 1, no instances, no leader.
+func (f *fakeConsul) setNotReady(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resources[fakeHealthPath(name)] = &fakeResource{index: 1, body: []*api.ServiceEntry{}, noLeader: true}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// setServices sets the service list (every service without tags).
+func (f *fakeConsul) setServices(index uint64, names ...string) {
+	list := make(map[string][]string, len(names))
+	for _, n := range names {
+		list[n] = []string{}
+	}
+	f.set(fakeListPath, index, list)
+}
+
+// setInstances sets the health answer for a service: one passing instance
+// per port on node "n1", address 10.0.0.1.
+func (f *fakeConsul) setInstances(name string, index uint64, ports ...int) {
+	entries := make([]*api.ServiceEntry, 0, len(ports))
+	for _, p := range ports {
+		id := name + "-" + strconv.Itoa(p)
+		entries = append(entries, &api.ServiceEntry{
+			Node:    &api.Node{Node: "n1", Address: "10.0.0.1", Datacenter: "dc1"},
+			Service: &api.AgentService{ID: id, Service: name, Port: p},
+			Checks: api.HealthChecks{
+				{Node: "n1", CheckID: "serfHealth", Status: api.HealthPassing},
+				{Node: "n1", CheckID: "service:" + id, ServiceID: id, Status: api.HealthPassing},
+			},
+		})
+	}
+	f.set(fakeHealthPath(name), index, entries)
+}
+
+// fail makes requests to path ("" for every catalog and health path)
+// answer status; 0 restores normal answers.
+func (f *fakeConsul) fail(path string, status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if status == 0 {
+		delete(f.failStatus, path)
+	} else {
+		f.failStatus[path] = status
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// requestsTo returns the indexes of the requests made so far to path.
+func (f *fakeConsul) requestsTo(path string) []uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []uint64
+	for _, r := range f.requests {
+		if r.path == path {
+			out = append(out, r.index)
+		}
+	}
+	return out
+}
+
+func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/v1/status/leader" {
+		writeJSON(w, 0, true, "127.0.0.1:8300")
+		return
+	}
+	if r.URL.Path != fakeListPath && !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+		http.NotFound(w, r)
+		return
+	}
+	minIndex, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+	wait, err := time.ParseDuration(r.URL.Query().Get("wait"))
+	if err != nil || wait <= 0 {
+		wait = 5 * time.Minute
+	}
+	timeout := time.NewTimer(wait)
+	defer timeout.Stop()
+
+	f.mu.Lock()
+	f.requests = append(f.requests, fakeRequest{path: r.URL.Path, index: minIndex})
+	f.mu.Unlock()
+	for {
+		f.mu.Lock()
+		status := f.failStatus[""]
+		if status == 0 {
+			status = f.failStatus[r.URL.Path]
+		}
+		res, changed := f.resources[r.URL.Path], f.changed
+		f.mu.Unlock()
+		if status != 0 {
+			http.Error(w, "injected failure", status)
+			return
+		}
+		if res == nil {
+			// An unknown service: no instances, as Consul answers.
+			res = &fakeResource{index: 1, body: []*api.ServiceEntry{}}
+		}
+		// Like Consul, block while the index is not above the one asked
+		// for, until the wait time is over.
+		if minIndex == 0 || res.index > minIndex {
+			writeJSON(w, res.index, !res.noLeader, res.body)
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			writeJSON(w, res.index, !res.noLeader, res.body)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, index uint64, knownLeader bool, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
+	w.Header().Set("X-Consul-KnownLeader", strconv.FormatBool(knownLeader))
+	w.Header().Set("X-Consul-LastContact", "0")
+	_ = json.NewEncoder(w).Encode(body)
+}

@@ -1,0 +1,377 @@
+package catalog
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// fakeConfig is a Watcher configuration for the fake Consul: short waits so
+// that blocking queries cycle quickly.
+func fakeConfig(t *testing.T, f *fakeConsul) Config {
+	return Config{
+		Client:        f.client(t),
+		WaitTime:      300 * time.Millisecond,
+		MinInterval:   10 * time.Millisecond,
+		Coalesce:      50 * time.Millisecond,
+		ProbeInterval: 200 * time.Millisecond,
+		MaxBackoff:    400 * time.Millisecond,
+	}
+}
+
+// hasPorts returns a snapshot check that wants service name to have
+// exactly the given instance ports.
+func hasPorts(want map[string][]int) func(*model.Snapshot) error {
+	return func(snap *model.Snapshot) error {
+		for name, p := range want {
+			if got := ports(snap, name); !slices.Equal(got, p) {
+				return fmt.Errorf("service %s ports %v, want %v", name, got, p)
+			}
+		}
+		return nil
+	}
+}
+
+// waitRequests polls until cond accepts the indexes requested on path.
+func waitRequests(t *testing.T, f *fakeConsul, path string, cond func([]uint64) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond(f.requestsTo(path)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("requests to %s: %v", path, f.requestsTo(path))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestIndexGoingBackwardsResets(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a")
+	f.setInstances("a", 10, 1)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+
+	// The list's index drops from 10 to 5 and its content changes.
+	f.setServices(5, "a", "b")
+	f.setInstances("b", 6, 2)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {2}}))
+
+	// After a query at index 10 answered with 5, the next one starts over
+	// at 0 instead of blocking on 5.
+	reqs := f.requestsTo(fakeListPath)
+	i := slices.Index(reqs, 10)
+	if i < 0 {
+		t.Fatalf("list query indexes %v: none at index 10", reqs)
+	}
+	rest := reqs[i:]
+	if j := slices.Index(rest, 0); j < 0 || slices.Contains(rest[:j], 5) {
+		t.Errorf("list query indexes %v: want a query at index 0 right after the index went back from 10 to 5", reqs)
+	}
+}
+
+// TestRestartingConsulIgnored plays what Consul's streaming backend
+// answers blocking health queries right after a server restart, before the
+// state is restored: index 1, no instances, no known leader. Publishing it
+// would empty the service.
+func TestRestartingConsulIgnored(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a")
+	f.setInstances("a", 10, 1)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+
+	f.setNotReady("a")
+	// The watch resets to index 0 and is answered the empty state again.
+	waitRequests(t, f, fakeHealthPath("a"), func(r []uint64) bool {
+		i := slices.Index(r, 10)
+		return i >= 0 && slices.Contains(r[i:], 0)
+	})
+	waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if s.Reachable {
+			return fmt.Errorf("a Consul that is not ready counts as reachable")
+		}
+		return nil
+	})
+
+	f.setInstances("a", 12, 2)
+	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
+		if p := ports(s, "a"); len(p) == 0 {
+			t.Errorf("published service a without instances from a restarting Consul")
+		}
+		return hasPorts(map[string][]int{"a": {2}})(s)
+	})
+}
+
+func TestIndexZeroTreatedAsOne(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(0, "a")
+	f.setInstances("a", 3, 1)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+
+	waitRequests(t, f, fakeListPath, func(r []uint64) bool { return len(r) >= 3 })
+	reqs := f.requestsTo(fakeListPath)
+	if reqs[0] != 0 {
+		t.Errorf("first list query at index %d, want 0", reqs[0])
+	}
+	for _, idx := range reqs[1:] {
+		if idx != 1 {
+			t.Fatalf("list query indexes %v: after index 0, want every query at index 1 (blocking)", reqs)
+		}
+	}
+}
+
+func TestUnchangedIndexOrDataPublishesNothing(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a")
+	f.setInstances("a", 10, 1)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+	published := metricValue(t, w, "trellis_catalog_snapshots_total")
+	healthA := fakeHealthPath("a")
+
+	// Same index, different content: Consul would never do this; the
+	// watcher must ignore it, as the index says nothing changed.
+	f.setInstances("a", 10, 2)
+	// Two more queries at index 10 prove the answer was read.
+	waitRequests(t, f, healthA, func(r []uint64) bool { return len(r) >= 3 && r[len(r)-1] == 10 && r[len(r)-2] == 10 })
+
+	// New index, same content as published: nothing to publish either.
+	f.setInstances("a", 11, 1)
+	waitRequests(t, f, healthA, func(r []uint64) bool { return slices.Contains(r, 11) })
+
+	// Let a coalescing period pass: nothing may have been published.
+	time.Sleep(3 * 50 * time.Millisecond)
+	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != published {
+		t.Errorf("snapshots published = %v, want %v (nothing changed)", got, published)
+	}
+
+	// A real change is published, and the ignored port 2 never was.
+	f.setInstances("a", 12, 3)
+	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
+		if p := ports(s, "a"); slices.Contains(p, 2) {
+			t.Errorf("published ports %v from a response whose index had not changed", p)
+		}
+		return hasPorts(map[string][]int{"a": {3}})(s)
+	})
+}
+
+func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a", "b")
+	f.setInstances("a", 10, 1)
+	f.setInstances("b", 10, 2)
+	reg := prometheus.NewRegistry()
+	cfg := fakeConfig(t, f)
+	cfg.Registerer = reg
+	w := startWatcher(t, cfg)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {2}}))
+	waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if !s.Synced || !s.Reachable || s.Services != 2 {
+			return fmt.Errorf("want synced, reachable, 2 services")
+		}
+		return nil
+	})
+	published := metricValue(t, w, "trellis_catalog_snapshots_total")
+
+	f.fail("", http.StatusInternalServerError)
+	before := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeHealthPath("a"))) + len(f.requestsTo(fakeHealthPath("b")))
+	// Blocked queries run out their 300ms wait, then fail.
+	st := waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if s.Reachable {
+			return fmt.Errorf("still reachable")
+		}
+		return nil
+	})
+	if !strings.Contains(st.LastError, "500") {
+		t.Errorf("LastError = %q, want the 500 error", st.LastError)
+	}
+	if got := metricValue(t, w, "trellis_catalog_consul_reachable"); got != 0 {
+		t.Errorf("trellis_catalog_consul_reachable = %v, want 0", got)
+	}
+	time.Sleep(2 * time.Second)
+	after := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeHealthPath("a"))) + len(f.requestsTo(fakeHealthPath("b")))
+	// Three watches, each retrying after 125ms..400ms: at most about 16
+	// requests each in 2.3s; without backoff they would be thousands.
+	if n := after - before; n > 50 || n < 3 {
+		t.Errorf("%d requests during 2s of errors, want a few per watch (backoff)", n)
+	}
+	if got := metricValue(t, w, "trellis_catalog_errors_total"); got < 3 {
+		t.Errorf("trellis_catalog_errors_total = %v, want at least 3", got)
+	}
+	select {
+	case snap := <-w.Snapshots():
+		t.Errorf("published a snapshot while Consul failed: %v", snap.ServiceNames())
+	default:
+	}
+	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != published {
+		t.Errorf("snapshots published during errors: %v, want %v", got-published, 0)
+	}
+	if st := w.Status(); !st.Synced || st.Services != 2 {
+		t.Errorf("status during errors = %+v, want synced with 2 services", st)
+	}
+
+	// Consul recovers with a change.
+	f.setInstances("b", 20, 3)
+	f.fail("", 0)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {3}}))
+	waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if !s.Reachable || s.LastError != "" {
+			return fmt.Errorf("want reachable with no error")
+		}
+		return nil
+	})
+	if got := metricValue(t, w, "trellis_catalog_consul_reachable"); got != 1 {
+		t.Errorf("trellis_catalog_consul_reachable = %v, want 1", got)
+	}
+	if got := metricValue(t, w, "trellis_catalog_services"); got != 2 {
+		t.Errorf("trellis_catalog_services = %v, want 2", got)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, mf := range families {
+		names = append(names, mf.GetName())
+	}
+	want := []string{"trellis_catalog_consul_reachable", "trellis_catalog_errors_total", "trellis_catalog_services", "trellis_catalog_snapshots_total"}
+	if !slices.Equal(names, want) {
+		t.Errorf("registered metrics %v, want %v", names, want)
+	}
+}
+
+func TestBurstIsCoalesced(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a", "b", "c")
+	for _, s := range []string{"a", "b", "c"} {
+		f.setInstances(s, 10, 1)
+	}
+	cfg := fakeConfig(t, f)
+	cfg.Coalesce = 300 * time.Millisecond
+	w := startWatcher(t, cfg)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {1}, "c": {1}}))
+	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != 1 {
+		t.Fatalf("snapshots after the first sync = %v, want 1", got)
+	}
+
+	for _, s := range []string{"a", "b", "c"} {
+		f.setInstances(s, 11, 2)
+	}
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {2}, "b": {2}, "c": {2}}))
+	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != 2 {
+		t.Errorf("snapshots after a burst of 3 changes = %v, want 2 (one for the burst)", got)
+	}
+}
+
+func TestSteadyChangesStillPublish(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a")
+	f.setInstances("a", 10, 1)
+	cfg := fakeConfig(t, f)
+	cfg.Coalesce = 200 * time.Millisecond // publish at the latest 2s after the first change
+	w := startWatcher(t, cfg)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+
+	// A change every 50ms never leaves a 200ms quiet period; a snapshot
+	// must still come within the 2s bound.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := uint64(11); ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				f.setInstances("a", i, int(i))
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	nextSnapshot(t, w, 4*time.Second, func(s *model.Snapshot) error {
+		if p := ports(s, "a"); len(p) != 1 || p[0] < 11 {
+			return fmt.Errorf("ports %v: no change published yet", p)
+		}
+		return nil
+	})
+}
+
+func TestFirstSnapshotWaitsForCompleteSync(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a", "b")
+	f.setInstances("a", 10, 1)
+	f.setInstances("b", 10, 2)
+	f.fail(fakeHealthPath("b"), http.StatusInternalServerError)
+	w := startWatcher(t, fakeConfig(t, f))
+
+	// a answered (and was queried again), b failed twice.
+	waitRequests(t, f, fakeHealthPath("a"), func(r []uint64) bool { return len(r) >= 2 })
+	waitRequests(t, f, fakeHealthPath("b"), func(r []uint64) bool { return len(r) >= 2 })
+	time.Sleep(3 * 50 * time.Millisecond) // a coalescing period
+	select {
+	case snap := <-w.Snapshots():
+		t.Fatalf("published %v before the health of every service was known", snap.ServiceNames())
+	default:
+	}
+	if st := w.Status(); st.Synced {
+		t.Errorf("Status().Synced = true before the first complete sync")
+	}
+
+	f.fail(fakeHealthPath("b"), 0)
+	snap := nextSnapshot(t, w, 10*time.Second, func(*model.Snapshot) error { return nil })
+	if err := hasPorts(map[string][]int{"a": {1}, "b": {2}})(snap); err != nil {
+		t.Errorf("first snapshot: %v", err)
+	}
+}
+
+func TestRemovedServiceStopsItsWatch(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(10, "a", "b")
+	f.setInstances("a", 10, 1)
+	f.setInstances("b", 10, 2)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {2}}))
+
+	f.setServices(11, "a")
+	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
+		if _, ok := s.Services["b"]; ok {
+			return fmt.Errorf("b still in the snapshot")
+		}
+		return nil
+	})
+	n := len(f.requestsTo(fakeHealthPath("b")))
+
+	// A change to b would wake a watch still running; a change to a then
+	// proves time passed through the whole pipeline.
+	f.setInstances("b", 12, 3)
+	f.setInstances("a", 12, 4)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {4}}))
+	time.Sleep(200 * time.Millisecond)
+	if got := len(f.requestsTo(fakeHealthPath("b"))); got != n {
+		t.Errorf("%d health queries for b after it left the service list, want 0", got-n)
+	}
+}
+
+func TestRunTwice(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setServices(1)
+	w := startWatcher(t, fakeConfig(t, f))
+	// Reachable proves the first Run is under way.
+	waitStatus(t, w, 10*time.Second, func(s Status) error {
+		if !s.Reachable {
+			return fmt.Errorf("not reachable yet")
+		}
+		return nil
+	})
+	if err := w.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "more than once") {
+		t.Errorf("second Run() = %v, want an error", err)
+	}
+}

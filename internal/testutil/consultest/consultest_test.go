@@ -1,0 +1,207 @@
+package consultest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestBinaryMissing(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		path string
+	}{
+		{name: "does not exist", path: filepath.Join(dir, "nope")},
+		{name: "directory", path: dir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(EnvBinary, tt.path)
+			_, err := binary()
+			if err == nil {
+				t.Fatal("binary() succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), "run `make tools`") {
+				t.Errorf("error %q does not say to run `make tools`", err)
+			}
+		})
+	}
+}
+
+// serviceStatus returns the aggregated status of one instance as Consul's
+// health endpoint reports it, or "" when the instance is not in the catalog.
+func serviceStatus(c *api.Client, name, id string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	entries, _, err := c.Health().Service(name, "", false, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		if e.Service.ID == id {
+			return e.Checks.AggregatedStatus(), nil
+		}
+	}
+	return "", nil
+}
+
+func waitStatus(t *testing.T, c *api.Client, name, id, want string) {
+	t.Helper()
+	WaitFor(t, 10*time.Second, func() error {
+		got, err := serviceStatus(c, name, id)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("instance %s of %s: status %q, want %q", id, name, got, want)
+		}
+		return nil
+	})
+}
+
+func TestAgentServicesAndTTL(t *testing.T) {
+	a := Start(t, Options{})
+	c := a.Client(t)
+	if !strings.HasPrefix(a.HTTPAddr(), "127.0.0.1:") {
+		t.Fatalf("HTTPAddr() = %q, want 127.0.0.1:PORT", a.HTTPAddr())
+	}
+
+	check := a.RegisterService(t, &api.AgentServiceRegistration{Name: "echo", ID: "echo-1", Port: 9001})
+	if check != TTLCheckID("echo-1") {
+		t.Errorf("check ID = %q, want %q", check, TTLCheckID("echo-1"))
+	}
+	waitStatus(t, c, "echo", "echo-1", api.HealthPassing)
+
+	for _, status := range []string{api.HealthWarning, api.HealthCritical, api.HealthPassing} {
+		a.SetTTL(t, check, status)
+		waitStatus(t, c, "echo", "echo-1", status)
+		if got := a.CatalogCheckStatus(t, check); got != status {
+			t.Errorf("CatalogCheckStatus(%q) = %q, want %q", check, got, status)
+		}
+	}
+
+	a.DeregisterService(t, "echo-1")
+	waitStatus(t, c, "echo", "echo-1", "")
+}
+
+func TestPauseResume(t *testing.T) {
+	a := Start(t, Options{})
+	c := a.Client(t)
+	leader := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, err := c.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		return err
+	}
+
+	a.Pause(t)
+	if err := leader(time.Second); err == nil {
+		t.Fatal("a paused agent answered")
+	}
+	a.Resume(t)
+	WaitFor(t, 10*time.Second, func() error { return leader(2 * time.Second) })
+}
+
+// TestRestartRestoresAgentState shows what an agent keeps across Restart: a
+// Persistent agent restores its own service registrations and the status of
+// their TTL checks; a dev agent starts empty.
+func TestRestartRestoresAgentState(t *testing.T) {
+	tests := []struct {
+		name       string
+		persistent bool
+		// wantStatus is the instance's status after the restart; "" means
+		// the instance is gone.
+		wantStatus string
+	}{
+		{name: "persistent", persistent: true, wantStatus: api.HealthWarning},
+		{name: "dev", persistent: false, wantStatus: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := Start(t, Options{Persistent: tt.persistent, NodeName: "node-7"})
+			c := a.Client(t)
+			addr := a.HTTPAddr()
+
+			check := a.RegisterService(t, &api.AgentServiceRegistration{Name: "echo", ID: "echo-1", Port: 9001})
+			a.SetTTL(t, check, api.HealthWarning)
+			waitStatus(t, c, "echo", "echo-1", api.HealthWarning)
+
+			a.Restart(t)
+			if a.HTTPAddr() != addr {
+				t.Errorf("HTTPAddr() after Restart = %q, want %q", a.HTTPAddr(), addr)
+			}
+			// The agent's node keeps its name.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			node, _, err := c.Catalog().Node("node-7", (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil || node == nil {
+				t.Fatalf("node-7 after Restart: %v, %v", node, err)
+			}
+
+			waitStatus(t, c, "echo", "echo-1", tt.wantStatus)
+			agentServices, err := c.Agent().Services()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, registered := agentServices["echo-1"]
+			if want := tt.wantStatus != ""; registered != want {
+				t.Errorf("agent has echo-1 registered after Restart: %t, want %t", registered, want)
+			}
+			// The agent's own view decides what its anti-entropy sync
+			// writes to the catalog from now on.
+			agentChecks, err := c.Agent().Checks()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var agentStatus string
+			if ac, ok := agentChecks[check]; ok {
+				agentStatus = ac.Status
+			}
+			if agentStatus != tt.wantStatus {
+				t.Errorf("agent status of %s after Restart = %q, want %q", check, agentStatus, tt.wantStatus)
+			}
+			if got := a.CatalogCheckStatus(t, check); got != tt.wantStatus {
+				t.Errorf("catalog status of %s after Restart = %q, want %q", check, got, tt.wantStatus)
+			}
+		})
+	}
+}
+
+func TestLogOutputAndNodeMeta(t *testing.T) {
+	// Read only after Stop, which waits for the agent's output to be copied.
+	var out strings.Builder
+	a := Start(t, Options{NodeMeta: map[string]string{"zone": "z1"}, LogOutput: &out})
+	c := a.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	node, _, err := c.Catalog().Node(a.NodeName(), (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := node.Node.Meta["zone"]; got != "z1" {
+		t.Errorf("node meta zone = %q, want z1", got)
+	}
+	a.Stop(t)
+	if !strings.Contains(out.String(), "Consul agent running!") {
+		t.Errorf("LogOutput did not receive the agent's output")
+	}
+	b, err := os.ReadFile(a.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "Consul agent running!") {
+		t.Errorf("agent log %s lacks the agent's startup output", a.LogPath())
+	}
+}

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Runs the mesh on this machine and narrates what happens:
+#   a dev Consul, the Trellis xDS server, three echo servers that register
+#   themselves in Consul, and an echo client that dials xds:///echo. Calls
+#   spread across the three; then echo-2 is stopped and the calls move off it.
+#
+# Usage: scripts/demo.sh        (`make demo` builds what it needs first)
+#
+# Everything listens on 127.0.0.1 and lives in a temporary folder. Everything
+# the script starts is stopped when it exits, including on Ctrl-C.
+#
+# Environment:
+#   DEMO_CONSUL_PORT    Consul HTTP port; the next three serve Serf and RPC (default 18500)
+#   DEMO_XDS_PORT       trellis xDS port (default 18000)
+#   DEMO_ADMIN_PORT     trellis admin port (default 18001)
+#   DEMO_ECHO_PORT      first of the three echo servers' ports (default 18101)
+#   TRELLIS_CONSUL_BIN  Consul binary (default ~/.cache/trellis/tools/consul-v1.16.1)
+#   TRELLIS_BIN_DIR     folder holding trellis, echo-server, echo-client (default bin/)
+#   DEMO_KEEP=1         keep the mesh running at the end until Ctrl-C
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+consul_bin=${TRELLIS_CONSUL_BIN:-$HOME/.cache/trellis/tools/consul-v1.16.1}
+bin_dir=${TRELLIS_BIN_DIR:-$root/bin}
+
+consul_port=${DEMO_CONSUL_PORT:-18500}
+consul_http=127.0.0.1:$consul_port
+consul_serf_lan=$((consul_port + 1))
+consul_serf_wan=$((consul_port + 2))
+consul_server=$((consul_port + 3))
+xds_addr=127.0.0.1:${DEMO_XDS_PORT:-18000}
+admin_addr=127.0.0.1:${DEMO_ADMIN_PORT:-18001}
+echo_port=${DEMO_ECHO_PORT:-18101}
+echo_ports=("$echo_port" $((echo_port + 1)) $((echo_port + 2)))
+
+# ---- helpers ----------------------------------------------------------------
+
+say() { printf '\n== %s\n' "$*"; }
+note() { printf '   %s\n' "$*"; }
+
+# fail MESSAGE [LOG]: report, show the end of LOG, and exit (the trap cleans up).
+fail() {
+	printf '\ndemo: %s\n' "$1" >&2
+	if [ $# -ge 2 ] && [ -f "$2" ]; then
+		printf -- '--- last lines of %s:\n' "$2" >&2
+		tail -n 30 "$2" >&2
+	fi
+	exit 1
+}
+
+# port_in_use PORT: true when something on 127.0.0.1 accepts connections on PORT.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS LOG COMMAND...: poll COMMAND until it succeeds.
+wait_for() {
+	local what=$1 timeout=$2 log=$3
+	shift 3
+	local deadline=$((SECONDS + timeout))
+	until "$@" >/dev/null 2>&1; do
+		if [ $SECONDS -ge $deadline ]; then
+			fail "timed out after ${timeout}s waiting for $what" "$log"
+		fi
+		sleep 0.2
+	done
+}
+
+# passing_echo_instances: how many echo instances pass their checks in Consul.
+passing_echo_instances() {
+	curl -sf "http://$consul_http/v1/health/checks/echo?filter=Status%20%3D%3D%20passing" |
+		grep -o '"CheckID"' | wc -l
+}
+echo_instances_passing_eq() { [ "$(passing_echo_instances)" -eq "$1" ]; }
+
+# ---- process bookkeeping ----------------------------------------------------
+
+tmp=""    # the demo's folder, made once the preflight checks pass
+pids=()   # everything started, in start order
+names=()
+
+# start NAME LOG COMMAND...: run COMMAND in the background, logging to LOG.
+start() {
+	local name=$1 log=$2
+	shift 2
+	"$@" >"$log" 2>&1 &
+	pids+=("$!")
+	names+=("$name")
+}
+
+# stop_pid PID: SIGTERM, then SIGKILL if it is still there after 10 s.
+stop_pid() {
+	local pid=$1 i
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	local i
+	if [ ${#pids[@]} -gt 0 ]; then
+		printf '\n== cleaning up: stopping %s\n' "${names[*]}"
+		# Reverse order: clients and workloads first, Consul last.
+		for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+			stop_pid "${pids[i]}"
+		done
+	fi
+	if [ -n "$tmp" ]; then
+		case $status in
+		0 | 130 | 143) rm -rf "$tmp" ;; # success or interrupted
+		*) printf 'demo: logs kept in %s\n' "$tmp" >&2 ;;
+		esac
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- preflight ----------------------------------------------------------------
+
+for b in trellis echo-server echo-client; do
+	[ -x "$bin_dir/$b" ] || fail "$bin_dir/$b is missing: run \`make demo\` (or \`make build\`)"
+done
+[ -x "$consul_bin" ] || fail "$consul_bin is missing: run \`make tools\`"
+command -v curl >/dev/null || fail "curl is needed to poll Consul and the admin endpoint"
+for p in "${consul_http##*:}" "$consul_serf_lan" "$consul_serf_wan" "$consul_server" \
+	"${xds_addr##*:}" "${admin_addr##*:}" "${echo_ports[@]}"; do
+	if port_in_use "$p"; then
+		fail "port 127.0.0.1:$p is already in use (another demo still running? the DEMO_*_PORT variables move the demo)"
+	fi
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/trellis-demo.XXXXXX")
+
+# ---- the demo -------------------------------------------------------------------
+
+say "step 1: starting a dev Consul agent (HTTP on $consul_http)"
+start consul "$tmp/consul.log" "$consul_bin" agent -dev \
+	-bind 127.0.0.1 -client 127.0.0.1 -data-dir "$tmp/consul-data" \
+	-http-port "${consul_http##*:}" -grpc-port -1 -grpc-tls-port -1 -dns-port -1 \
+	-serf-lan-port "$consul_serf_lan" -serf-wan-port "$consul_serf_wan" -server-port "$consul_server"
+wait_for "Consul to elect itself leader" 60 "$tmp/consul.log" \
+	bash -c "curl -sf http://$consul_http/v1/status/leader | grep -q :"
+note "Consul is up"
+
+say "step 2: starting the Trellis xDS server (xDS on $xds_addr, admin on $admin_addr)"
+export CONSUL_HTTP_ADDR=$consul_http
+start trellis "$tmp/trellis.log" "$bin_dir/trellis" server --xds-listen "$xds_addr" --admin-listen "$admin_addr"
+wait_for "trellis to become ready (http://$admin_addr/readyz)" 60 "$tmp/trellis.log" \
+	curl -sf "http://$admin_addr/readyz"
+note "trellis is ready: it has synced the Consul catalog"
+
+say "step 3: writing the gRPC xDS bootstrap for the client"
+"$bin_dir/trellis" bootstrap --xds-server "$xds_addr" --node-id demo-client -o "$tmp/bootstrap.json" ||
+	fail "trellis bootstrap failed"
+note "GRPC_XDS_BOOTSTRAP=$tmp/bootstrap.json"
+awk '{ print "     " $0 }' "$tmp/bootstrap.json"
+
+say "step 4: starting three echo servers; each registers in Consul with a gRPC health check"
+echo_pids=()
+for i in 1 2 3; do
+	port=${echo_ports[i - 1]}
+	start "echo-$i" "$tmp/echo-$i.log" "$bin_dir/echo-server" \
+		--listen "127.0.0.1:$port" --instance-id "echo-$i" --service echo \
+		--consul-addr "$consul_http" --check-interval 1s
+	echo_pids+=("${pids[-1]}")
+	note "echo-$i on 127.0.0.1:$port"
+done
+wait_for "three passing echo instances in Consul" 60 "$tmp/echo-1.log" echo_instances_passing_eq 3
+note "Consul reports 3 passing instances of service echo"
+sleep 1 # the catalog change reaches trellis within a blocking query round trip
+
+say "step 5: the client dials xds:///echo and calls 10 times a second for 8 s"
+note "its endpoints come from trellis, not from DNS or a proxy"
+export GRPC_XDS_BOOTSTRAP=$tmp/bootstrap.json
+"$bin_dir/echo-client" --target xds:///echo --rate 10 --duration 8s 2>"$tmp/client-1.log" |
+	tee "$tmp/phase1.out" | sed -u 's/^/   /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "the echo client failed" "$tmp/client-1.log"
+total=$(grep '^total:' "$tmp/phase1.out")
+for i in 1 2 3; do
+	grep -q " echo-$i=" <<<"$total" || fail "echo-$i answered no call in step 5" "$tmp/trellis.log"
+done
+note "all three instances answered"
+
+say "step 6: stopping echo-2 with SIGTERM while the client keeps calling (6 s)"
+note "echo-2 deregisters from Consul, trellis drops it from the endpoints, and the client's"
+note "balancer moves its calls to echo-1 and echo-3; echo-2 then drains and exits"
+: >"$tmp/phase2.out" # exists before the follower below opens it
+"$bin_dir/echo-client" --target xds:///echo --rate 10 --duration 6s 2>"$tmp/client-2.log" \
+	>"$tmp/phase2.out" &
+client_pid=$!
+pids+=("$client_pid")
+names+=(echo-client)
+tail -n +1 -s 0.1 -f --pid "$client_pid" "$tmp/phase2.out" 2>/dev/null | sed -u 's/^/   /' &
+tail_pid=$!
+pids+=("$tail_pid")
+names+=(output-follower)
+sleep 2.5
+note ">>> SIGTERM echo-2"
+stop_pid "${echo_pids[1]}"
+client_status=0
+wait "$client_pid" || client_status=$?
+wait "$tail_pid" 2>/dev/null || true
+[ "$client_status" -eq 0 ] || fail "the echo client failed" "$tmp/client-2.log"
+grep -q 'deregistered from consul' "$tmp/echo-2.log" || fail "echo-2 did not deregister" "$tmp/echo-2.log"
+# The last two per-second lines must not show echo-2 any more.
+if grep '^t=' "$tmp/phase2.out" | tail -n 2 | grep -q ' echo-2='; then
+	fail "echo-2 still received calls at the end of step 6" "$tmp/trellis.log"
+fi
+note "echo-2 left the mesh; its calls moved to echo-1 and echo-3"
+failed=0
+while read -r n; do
+	failed=$((failed + n))
+done < <(grep -h '^total:' "$tmp/phase1.out" "$tmp/phase2.out" | sed -n 's/.* failed=\([0-9]*\).*/\1/p')
+note "failed calls over the whole demo: $failed"
+
+if [ "${DEMO_KEEP:-}" = 1 ]; then
+	say "DEMO_KEEP=1: the mesh keeps running (Consul, trellis, echo-1, echo-3); Ctrl-C stops it"
+	note "export CONSUL_HTTP_ADDR=$consul_http GRPC_XDS_BOOTSTRAP=$tmp/bootstrap.json"
+	note "$bin_dir/echo-client --target xds:///echo          # call the mesh"
+	note "$bin_dir/echo-server --listen 127.0.0.1:$((echo_port + 3)) --instance-id echo-4 --consul-addr $consul_http"
+	note "curl http://$admin_addr/debug/xds/streams              # what trellis sent"
+	note "logs: $tmp"
+	while :; do sleep 1; done
+fi
+
+say "done: every step behaved as described"

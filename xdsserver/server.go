@@ -1,0 +1,196 @@
+// Package xdsserver serves the xDS resources held by an xdscache.Cache to
+// gRPC clients over state-of-the-world ADS, and tracks what every stream
+// requested, was sent, ACKed and NACKed.
+//
+// It owns the gRPC server of the xDS listener (ADS and the gRPC health
+// service, keepalive policy, graceful shutdown) and the ACK/NACK tracker
+// with its metrics. It serves only what the cache holds: it must not import
+// the catalog, the model, the translator or identity.
+package xdsserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
+)
+
+// Defaults of Config.
+const (
+	DefaultShutdownGrace = 5 * time.Second
+	// maxConcurrentStreams bounds the streams one connection may open.
+	maxConcurrentStreams = 1_000_000
+)
+
+// Config configures a Server.
+type Config struct {
+	// Cache holds the resources to serve. Required.
+	Cache *xdscache.Cache
+	// Logger receives the server's logs. Default: logs are discarded.
+	Logger *slog.Logger
+	// Registerer receives the server's metrics (trellis_xds_*). Default: a
+	// private registry, so the metrics are not exported.
+	Registerer prometheus.Registerer
+	// ServerOptions are added after the defaults (keepalive enforcement
+	// and pings, maximum concurrent streams), e.g. transport credentials.
+	// Optional.
+	ServerOptions []grpc.ServerOption
+	// ShutdownGrace is how long Serve waits, once its context is done, for
+	// RPCs to finish before closing every connection. Default: 5s.
+	ShutdownGrace time.Duration
+}
+
+// Server is the ADS gRPC server.
+type Server struct {
+	cache   *xdscache.Cache
+	logger  *slog.Logger
+	tracker *tracker
+	opts    []grpc.ServerOption
+	grace   time.Duration
+	serving atomic.Bool
+}
+
+// New validates cfg and registers the server's metrics.
+func New(cfg Config) (*Server, error) {
+	if cfg.Cache == nil {
+		return nil, errors.New("xdsserver: Config.Cache is required")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	tr, err := newTracker(logger, reg)
+	if err != nil {
+		return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
+	}
+	grace := cfg.ShutdownGrace
+	if grace <= 0 {
+		grace = DefaultShutdownGrace
+	}
+	opts := []grpc.ServerOption{
+		// gRPC xDS clients may ping as often as every 10s, even with no
+		// RPC in flight; a stricter policy would make the server close
+		// their connections with ENHANCE_YOUR_CALM.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		// Pings detect clients that vanished without closing their
+		// streams.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    30 * time.Second,
+			Timeout: 10 * time.Second,
+		}),
+		grpc.MaxConcurrentStreams(maxConcurrentStreams),
+	}
+	opts = append(opts, cfg.ServerOptions...)
+	return &Server{cache: cfg.Cache, logger: logger, tracker: tr, opts: opts, grace: grace}, nil
+}
+
+// Serve serves ADS (StreamAggregatedResources, state of the world only) and
+// the gRPC health service on lis until ctx is done, then stops: open ADS
+// streams are ended, RPCs get ShutdownGrace to finish, and remaining
+// connections are closed. It returns nil after ctx is done, or the error
+// that stopped serving. lis is closed on return. Serve may be called once.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if !s.serving.CompareAndSwap(false, true) {
+		_ = lis.Close() // the error that matters is the one returned
+		return errors.New("xdsserver: Serve called more than once")
+	}
+	gs := grpc.NewServer(s.opts...)
+	// The sotw server ends every stream when ctx is done: ADS streams never
+	// end by themselves, so without it GracefulStop would wait for the
+	// whole grace period.
+	xds := sotw.NewServer(ctx, s.cache.ConfigWatcher(), s.tracker,
+		sotw.DeactivateLegacyWildcard(),
+		sotw.WithLogger(cpLogger{s.logger}))
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &ads{sotw: xds})
+	hs := health.NewServer()
+	hs.SetServingStatus(discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	s.logger.Info("serving ADS", "addr", lis.Addr().String())
+
+	select {
+	case err := <-errc:
+		gs.Stop()
+		hs.Shutdown()
+		if err != nil {
+			return fmt.Errorf("xdsserver: serve %s: %w", lis.Addr(), err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(stopped)
+	}()
+	timer := time.NewTimer(s.grace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+	case <-timer.C:
+		s.logger.Warn("RPCs still running after the shutdown grace period; closing connections", "grace", s.grace)
+		gs.Stop()
+		<-stopped
+	}
+	<-errc
+	s.logger.Info("stopped serving ADS")
+	return nil
+}
+
+// Streams returns the status of every open ADS stream, sorted by ID.
+func (s *Server) Streams() []StreamStatus { return s.tracker.snapshot() }
+
+// Totals returns the server's response, ACK and NACK counters.
+func (s *Server) Totals() Totals { return s.tracker.totalsSnapshot() }
+
+// ads serves StreamAggregatedResources with go-control-plane's
+// state-of-the-world server; delta ADS is not served.
+type ads struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	sotw sotw.Server
+}
+
+func (a *ads) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return a.sotw.StreamHandler(st, resource.AnyType)
+}
+
+// cpLogger adapts slog to go-control-plane's logger. go-control-plane logs
+// routine events at info level, so Infof maps to Debug.
+type cpLogger struct{ l *slog.Logger }
+
+func (l cpLogger) log(level slog.Level, format string, args []any) {
+	if !l.l.Enabled(context.Background(), level) {
+		return
+	}
+	l.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
+}
+
+func (l cpLogger) Debugf(format string, args ...any) { l.log(slog.LevelDebug, format, args) }
+func (l cpLogger) Infof(format string, args ...any)  { l.log(slog.LevelDebug, format, args) }
+func (l cpLogger) Warnf(format string, args ...any)  { l.log(slog.LevelWarn, format, args) }
+func (l cpLogger) Errorf(format string, args ...any) { l.log(slog.LevelError, format, args) }

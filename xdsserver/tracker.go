@@ -1,0 +1,296 @@
+package xdsserver
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/peer"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+)
+
+// StreamStatus is what the server knows of one open ADS stream.
+type StreamStatus struct {
+	// ID is the stream's number, unique within the server.
+	ID int64 `json:"id"`
+	// NodeID is the client's node.id from its bootstrap.
+	NodeID string `json:"node_id"`
+	// UserAgent is the client's user agent name and version, e.g.
+	// "gRPC Go 1.85.0".
+	UserAgent string `json:"user_agent,omitempty"`
+	// Peer is the client's address.
+	Peer string `json:"peer"`
+	// OpenedAt is when the stream opened.
+	OpenedAt time.Time `json:"opened_at"`
+	// Types holds one entry per type URL requested, sorted by type URL.
+	Types []TypeStatus `json:"types"`
+}
+
+// TypeStatus is the state of one type URL on one stream.
+type TypeStatus struct {
+	// TypeURL is the resource type.
+	TypeURL string `json:"type_url"`
+	// ResourceNames are the names the last request asked for, sorted.
+	ResourceNames []string `json:"resource_names"`
+	// SentVersion and SentNonce identify the last response sent.
+	SentVersion string `json:"sent_version,omitempty"`
+	SentNonce   string `json:"sent_nonce,omitempty"`
+	// SentResources is the number of resources in the last response.
+	SentResources int `json:"sent_resources"`
+	// SentAt is when the last response was sent.
+	SentAt time.Time `json:"sent_at,omitzero"`
+	// Pending reports that the last response is neither ACKed nor NACKed
+	// yet.
+	Pending bool `json:"pending"`
+	// AckedVersion is the last version the client accepted.
+	AckedVersion string `json:"acked_version,omitempty"`
+	// AckedAt is when AckedVersion was accepted.
+	AckedAt time.Time `json:"acked_at,omitzero"`
+	// ACKs and NACKs count the responses accepted and rejected.
+	ACKs  int `json:"acks"`
+	NACKs int `json:"nacks"`
+	// LastNACKVersion and LastNACKError describe the last rejected
+	// response: its version and the client's error detail.
+	LastNACKVersion string    `json:"last_nack_version,omitempty"`
+	LastNACKError   string    `json:"last_nack_error,omitempty"`
+	LastNACKAt      time.Time `json:"last_nack_at,omitzero"`
+}
+
+// Totals are the server's counters since it was created, across all
+// streams.
+type Totals struct {
+	Streams   int64 `json:"streams"`
+	Responses int64 `json:"responses"`
+	ACKs      int64 `json:"acks"`
+	NACKs     int64 `json:"nacks"`
+}
+
+// tracker follows every ADS stream through go-control-plane's callbacks:
+// what was requested, what was sent, what was ACKed or NACKed.
+type tracker struct {
+	logger *slog.Logger
+
+	streamsGauge prometheus.Gauge
+	responses    *prometheus.CounterVec
+	acks         *prometheus.CounterVec
+	nacks        *prometheus.CounterVec
+
+	mu      sync.Mutex
+	streams map[int64]*streamState
+	totals  Totals
+}
+
+type streamState struct {
+	status StreamStatus
+	types  map[string]*typeState
+}
+
+type typeState struct {
+	status TypeStatus
+	// answered is the nonce of the last response already ACKed or
+	// NACKed: later requests carrying it only change the subscription.
+	answered string
+}
+
+var _ sotw.Callbacks = (*tracker)(nil)
+
+func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error) {
+	t := &tracker{
+		logger:  logger,
+		streams: make(map[int64]*streamState),
+		streamsGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_xds_streams",
+			Help: "Open ADS streams.",
+		}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_xds_responses_total",
+			Help: "xDS responses sent, by resource type (listener, route, cluster, endpoint, or the type's message name).",
+		}, []string{"type"}),
+		acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_xds_acks_total",
+			Help: "xDS responses accepted by clients, by resource type.",
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_xds_nacks_total",
+			Help: "xDS responses rejected by clients, by resource type.",
+		}, []string{"type"}),
+	}
+	for _, c := range []prometheus.Collector{t.streamsGauge, t.responses, t.acks, t.nacks} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Known types start at zero so that rate() works from the first event.
+	for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
+		l := typeLabel(typeURL)
+		t.responses.WithLabelValues(l)
+		t.acks.WithLabelValues(l)
+		t.nacks.WithLabelValues(l)
+	}
+	return t, nil
+}
+
+// typeLabel is the metric label of a type URL.
+func typeLabel(typeURL string) string {
+	switch typeURL {
+	case resource.ListenerType:
+		return "listener"
+	case resource.RouteType:
+		return "route"
+	case resource.ClusterType:
+		return "cluster"
+	case resource.EndpointType:
+		return "endpoint"
+	}
+	if i := strings.LastIndexByte(typeURL, '/'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}
+
+// OnStreamOpen implements sotw.Callbacks.
+func (t *tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	st := &streamState{
+		status: StreamStatus{ID: id, OpenedAt: time.Now()},
+		types:  make(map[string]*typeState),
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		st.status.Peer = p.Addr.String()
+	}
+	t.mu.Lock()
+	t.streams[id] = st
+	t.totals.Streams++
+	t.mu.Unlock()
+	t.streamsGauge.Inc()
+	t.logger.Debug("ADS stream opened", "stream", id, "peer", st.status.Peer)
+	return nil
+}
+
+// OnStreamClosed implements sotw.Callbacks.
+func (t *tracker) OnStreamClosed(id int64, node *corev3.Node) {
+	t.mu.Lock()
+	st, ok := t.streams[id]
+	delete(t.streams, id)
+	t.mu.Unlock()
+	if !ok {
+		return
+	}
+	t.streamsGauge.Dec()
+	t.logger.Debug("ADS stream closed", "stream", id, "node", node.GetId(), "peer", st.status.Peer,
+		"duration", time.Since(st.status.OpenedAt).Round(time.Millisecond))
+}
+
+// OnStreamRequest implements sotw.Callbacks. A request carrying the nonce
+// of the last response of its type ACKs it, or NACKs it when it has an
+// error detail.
+func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.streams[id]
+	if !ok {
+		return nil
+	}
+	if n := req.GetNode(); n != nil && n.GetId() != "" && st.status.NodeID == "" {
+		st.status.NodeID = n.GetId()
+		st.status.UserAgent = strings.TrimSpace(n.GetUserAgentName() + " " + n.GetUserAgentVersion())
+		t.logger.Debug("ADS stream identified", "stream", id, "node", st.status.NodeID, "user_agent", st.status.UserAgent)
+	}
+	typeURL := req.GetTypeUrl()
+	ts, ok := st.types[typeURL]
+	if !ok {
+		ts = &typeState{status: TypeStatus{TypeURL: typeURL}}
+		st.types[typeURL] = ts
+	}
+	nonce := req.GetResponseNonce()
+	if ts.status.SentNonce != "" && nonce != ts.status.SentNonce {
+		// The server ignores a request answering an older response.
+		return nil
+	}
+	names := slices.Clone(req.GetResourceNames())
+	slices.Sort(names)
+	ts.status.ResourceNames = slices.Compact(names)
+	if nonce == "" || nonce == ts.answered {
+		return nil
+	}
+	ts.answered = nonce
+	ts.status.Pending = false
+	now := time.Now()
+	label := typeLabel(typeURL)
+	if detail := req.GetErrorDetail(); detail != nil {
+		ts.status.NACKs++
+		ts.status.LastNACKVersion = ts.status.SentVersion
+		ts.status.LastNACKError = detail.GetMessage()
+		ts.status.LastNACKAt = now
+		t.totals.NACKs++
+		t.nacks.WithLabelValues(label).Inc()
+		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "peer", st.status.Peer,
+			"stream", id, "type", typeURL, "version", ts.status.SentVersion, "error", detail.GetMessage())
+		return nil
+	}
+	ts.status.ACKs++
+	ts.status.AckedVersion = req.GetVersionInfo()
+	ts.status.AckedAt = now
+	t.totals.ACKs++
+	t.acks.WithLabelValues(label).Inc()
+	t.logger.Debug("xDS response accepted", "node", st.status.NodeID, "stream", id, "type", typeURL, "version", req.GetVersionInfo())
+	return nil
+}
+
+// OnStreamResponse implements sotw.Callbacks.
+func (t *tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.totals.Responses++
+	t.responses.WithLabelValues(typeLabel(resp.GetTypeUrl())).Inc()
+	st, ok := t.streams[id]
+	if !ok {
+		return
+	}
+	ts, ok := st.types[resp.GetTypeUrl()]
+	if !ok {
+		ts = &typeState{status: TypeStatus{TypeURL: resp.GetTypeUrl()}}
+		st.types[resp.GetTypeUrl()] = ts
+	}
+	ts.status.SentVersion = resp.GetVersionInfo()
+	ts.status.SentNonce = resp.GetNonce()
+	ts.status.SentResources = len(resp.GetResources())
+	ts.status.SentAt = time.Now()
+	ts.status.Pending = true
+}
+
+// snapshot returns the status of every open stream, sorted by ID.
+func (t *tracker) snapshot() []StreamStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]StreamStatus, 0, len(t.streams))
+	for _, id := range slices.Sorted(maps.Keys(t.streams)) {
+		st := t.streams[id]
+		s := st.status
+		s.Types = make([]TypeStatus, 0, len(st.types))
+		for _, typeURL := range slices.Sorted(maps.Keys(st.types)) {
+			ts := st.types[typeURL].status
+			ts.ResourceNames = slices.Clone(ts.ResourceNames)
+			if ts.ResourceNames == nil {
+				ts.ResourceNames = []string{}
+			}
+			s.Types = append(s.Types, ts)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func (t *tracker) totalsSnapshot() Totals {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.totals
+}

@@ -1,0 +1,528 @@
+// Package xdscache holds the xDS resources the control plane serves and hands
+// them to go-control-plane's state-of-the-world server.
+//
+// It owns resource versioning: every resource is versioned by a hash of its
+// deterministic encoding (Any payloads included), and Apply forwards to the per-type
+// go-control-plane LinearCache only the resources whose hash changed plus the
+// deletions, so an unchanged resource is never pushed to a client again. It
+// also owns Listener aliases for dial targets that carry a port (see
+// ConfigWatcher).
+//
+// It serves what it is given and knows nothing of where resources come from:
+// it must not import the catalog, the model, the translator or identity.
+package xdscache
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+)
+
+// Resources is a complete xDS state: type URL (resource.ListenerType,
+// resource.RouteType, resource.ClusterType, resource.EndpointType or any
+// other type URL) -> resource name -> resource.
+type Resources map[string]map[string]types.Resource
+
+// DefaultMaxAliases is the default bound on materialized Listener aliases.
+const DefaultMaxAliases = 4096
+
+// Config configures a Cache.
+type Config struct {
+	// Logger receives the cache's logs. Default: logs are discarded.
+	Logger *slog.Logger
+	// VersionPrefix starts every version the cache sends, so that a client
+	// reconnecting with a version from another control plane instance (or
+	// an earlier process) is always answered. Default: random per Cache.
+	VersionPrefix string
+	// MaxAliases bounds the number of Listener aliases (see ConfigWatcher)
+	// held at once. Default: DefaultMaxAliases.
+	MaxAliases int
+}
+
+// entry is one served resource with its content version.
+type entry struct {
+	res     types.Resource
+	version string
+	// aliasOf is the Listener this entry was cloned from, "" when the
+	// entry is not an alias.
+	aliasOf string
+}
+
+// Cache holds the current xDS resources. It is safe for concurrent use.
+type Cache struct {
+	logger     *slog.Logger
+	prefix     string
+	maxAliases int
+
+	// mux is replaced (copy on write) when Apply brings a new type URL, so
+	// that CreateWatch can read it without locking.
+	mux atomic.Pointer[cache.MuxCache]
+
+	mu sync.Mutex
+	// linear holds one LinearCache per type URL. Guarded by mu.
+	linear map[string]*cache.LinearCache
+	// served is exactly what the LinearCaches hold: the applied resources
+	// plus the materialized Listener aliases. Guarded by mu.
+	served map[string]map[string]entry
+	// aliasRefs counts, per Listener name of the form host:port, the open
+	// LDS watches that name it. Guarded by mu.
+	aliasRefs map[string]int
+	// aliasIdle marks materialized aliases found unreferenced by the last
+	// Apply; an alias still unreferenced at the next Apply is dropped.
+	// Guarded by mu.
+	aliasIdle map[string]bool
+}
+
+// wellKnownTypes get a LinearCache up front so that a client asking for
+// them before the first Apply gets a watch, not an error.
+var wellKnownTypes = []string{
+	resource.ListenerType,
+	resource.RouteType,
+	resource.ClusterType,
+	resource.EndpointType,
+	resource.ScopedRouteType,
+	resource.VirtualHostType,
+	resource.SecretType,
+	resource.RuntimeType,
+	resource.ExtensionConfigType,
+}
+
+// New returns an empty Cache.
+func New(cfg Config) *Cache {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	prefix := cfg.VersionPrefix
+	if prefix == "" {
+		prefix = randomPrefix()
+	}
+	maxAliases := cfg.MaxAliases
+	if maxAliases <= 0 {
+		maxAliases = DefaultMaxAliases
+	}
+	c := &Cache{
+		logger:     logger,
+		prefix:     prefix,
+		maxAliases: maxAliases,
+		linear:     make(map[string]*cache.LinearCache),
+		served:     make(map[string]map[string]entry),
+		aliasRefs:  make(map[string]int),
+		aliasIdle:  make(map[string]bool),
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, t := range wellKnownTypes {
+		c.linearLocked(t)
+	}
+	return c
+}
+
+// randomPrefix returns 8 random hex digits and a dot.
+func randomPrefix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never returns an error.
+	return hex.EncodeToString(b[:]) + "."
+}
+
+// linearLocked returns the LinearCache for typeURL, creating it (and
+// publishing a new MuxCache) when needed. c.mu must be held.
+func (c *Cache) linearLocked(typeURL string) *cache.LinearCache {
+	if lc, ok := c.linear[typeURL]; ok {
+		return lc
+	}
+	lc := cache.NewLinearCache(typeURL,
+		cache.WithVersionPrefix(c.prefix),
+		cache.WithLogger(cpLogger{c.logger.With("type", typeURL)}))
+	c.linear[typeURL] = lc
+	caches := make(map[string]cache.Cache, len(c.linear))
+	for t, l := range c.linear {
+		caches[t] = l
+	}
+	c.mux.Store(&cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        caches,
+	})
+	return lc
+}
+
+// TypeChange counts what one Apply changed for one type URL.
+type TypeChange struct {
+	// Updated counts resources sent to the LinearCache: new or changed.
+	Updated int `json:"updated"`
+	// Deleted counts resources removed.
+	Deleted int `json:"deleted"`
+	// Total is the number of resources of the type after the Apply,
+	// Listener aliases included.
+	Total int `json:"total"`
+}
+
+// ApplyResult reports what an Apply changed.
+type ApplyResult struct {
+	// Types holds one entry per type URL present before or after the
+	// Apply.
+	Types map[string]TypeChange
+	// Err lists the resources that could not be taken (nil, named
+	// differently from their key, or not encodable). Each keeps its
+	// previous version, if it had one, and is left out otherwise.
+	Err error
+}
+
+// Changed reports whether any resource was updated or deleted.
+func (r ApplyResult) Changed() bool {
+	for _, tc := range r.Types {
+		if tc.Updated > 0 || tc.Deleted > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// LogValue renders the result compactly for slog.
+func (r ApplyResult) LogValue() slog.Value {
+	attrs := make([]slog.Attr, 0, len(r.Types)+1)
+	for _, t := range slices.Sorted(maps.Keys(r.Types)) {
+		tc := r.Types[t]
+		attrs = append(attrs, slog.String(shortType(t),
+			fmt.Sprintf("updated=%d deleted=%d total=%d", tc.Updated, tc.Deleted, tc.Total)))
+	}
+	if r.Err != nil {
+		attrs = append(attrs, slog.String("error", r.Err.Error()))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// shortType returns the message name of a type URL.
+func shortType(typeURL string) string {
+	if i := strings.LastIndexByte(typeURL, '/'); i >= 0 {
+		return typeURL[i+1:]
+	}
+	return typeURL
+}
+
+// Apply replaces the whole state with next. Only resources whose content
+// changed, and deletions, reach the clients; Listener aliases follow their
+// base Listener. next is not modified and must not be modified afterwards.
+//
+// Content is compared by a canonical encoding: deterministic, with the
+// payload of each embedded Any of a type linked into the binary re-encoded
+// deterministically, so Any values built without deterministic marshaling
+// do not make an unchanged resource look changed.
+func (c *Cache) Apply(next Resources) ApplyResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	var errs []error
+	nextServed := make(map[string]map[string]entry, len(next))
+	for typeURL, byName := range next {
+		m := make(map[string]entry, len(byName))
+		for name, res := range byName {
+			e, err := newEntry(name, res)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("xdscache: %s %q: %w", shortType(typeURL), name, err))
+				if prev, ok := c.served[typeURL][name]; ok && prev.aliasOf == "" {
+					m[name] = prev
+				}
+				continue
+			}
+			m[name] = e
+		}
+		nextServed[typeURL] = m
+	}
+	c.aliasesLocked(nextServed)
+
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	result := ApplyResult{Types: make(map[string]TypeChange), Err: errors.Join(errs...)}
+	typeURLs := make(map[string]bool, len(nextServed)+len(c.served))
+	for t := range nextServed {
+		typeURLs[t] = true
+	}
+	for t := range c.served {
+		typeURLs[t] = true
+	}
+	for typeURL := range typeURLs {
+		prev, cur := c.served[typeURL], nextServed[typeURL]
+		var updated map[string]types.Resource
+		var deleted []string
+		for name, e := range cur {
+			if p, ok := prev[name]; !ok || p.version != e.version {
+				if updated == nil {
+					updated = make(map[string]types.Resource)
+				}
+				updated[name] = e.res
+			}
+		}
+		for name := range prev {
+			if _, ok := cur[name]; !ok {
+				deleted = append(deleted, name)
+			}
+		}
+		result.Types[typeURL] = TypeChange{Updated: len(updated), Deleted: len(deleted), Total: len(cur)}
+		if len(updated) == 0 && len(deleted) == 0 {
+			continue
+		}
+		if err := c.linearLocked(typeURL).UpdateResources(updated, deleted); err != nil {
+			// The LinearCache has taken the resources; only notifying a
+			// watch failed. Clients get them on their next request.
+			c.logger.Error("notify watches", "type", typeURL, "error", err)
+		}
+	}
+	for typeURL, m := range nextServed {
+		if len(m) == 0 {
+			delete(nextServed, typeURL)
+		}
+	}
+	c.served = nextServed
+	return result
+}
+
+// newEntry validates res and computes its content version.
+func newEntry(name string, res types.Resource) (entry, error) {
+	if res == nil || !res.ProtoReflect().IsValid() {
+		return entry{}, errors.New("nil resource")
+	}
+	if own := cache.GetResourceName(res); own != "" && own != name {
+		return entry{}, fmt.Errorf("resource names itself %q", own)
+	}
+	v, err := contentVersion(res)
+	if err != nil {
+		return entry{}, err
+	}
+	return entry{res: res, version: v}, nil
+}
+
+// contentVersion hashes the canonical encoding of res: deterministic, with
+// the payload of every Any of a known type re-encoded deterministically too,
+// so that equal content always gets the same version.
+func contentVersion(res types.Resource) (string, error) {
+	canon := proto.Clone(res)
+	if err := canonicalizeAnys(canon.ProtoReflect()); err != nil {
+		return "", err
+	}
+	b, err := deterministic.Marshal(canon)
+	if err != nil {
+		return "", fmt.Errorf("encode: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8]), nil
+}
+
+var deterministic = proto.MarshalOptions{Deterministic: true}
+
+// canonicalizeAnys re-encodes, in place and depth first, the payload of
+// every Any in m whose type is linked into the binary. Payloads of unknown
+// types are left as they are.
+func canonicalizeAnys(m protoreflect.Message) error {
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Message() == nil {
+				return true
+			}
+			v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
+				err = canonicalizeAnys(mv.Message())
+				return err == nil
+			})
+		case fd.Message() == nil:
+			return true
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len() && err == nil; i++ {
+				err = canonicalizeAnys(l.Get(i).Message())
+			}
+		default:
+			err = canonicalizeAnys(v.Message())
+		}
+		return err == nil
+	})
+	if err != nil {
+		return err
+	}
+	a, ok := m.Interface().(*anypb.Any)
+	if !ok {
+		return nil
+	}
+	inner, uerr := a.UnmarshalNew()
+	if uerr != nil {
+		return nil // a type this binary does not know: compared as bytes
+	}
+	if err := canonicalizeAnys(inner.ProtoReflect()); err != nil {
+		return err
+	}
+	b, err := deterministic.Marshal(inner)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", a.GetTypeUrl(), err)
+	}
+	a.Value = b
+	return nil
+}
+
+// aliasesLocked adds to next the Listener aliases that are requested (or
+// still kept) and whose base Listener is in next, and drops the aliases
+// that stayed unreferenced across two Applies. c.mu must be held.
+func (c *Cache) aliasesLocked(next map[string]map[string]entry) {
+	wanted := make(map[string]bool, len(c.aliasRefs))
+	for name := range c.aliasRefs {
+		wanted[name] = true
+	}
+	for name, e := range c.served[resource.ListenerType] {
+		if e.aliasOf == "" || c.aliasRefs[name] > 0 {
+			continue
+		}
+		if c.aliasIdle[name] {
+			delete(c.aliasIdle, name)
+			continue
+		}
+		c.aliasIdle[name] = true
+		wanted[name] = true
+	}
+	for name := range c.aliasIdle {
+		if !wanted[name] {
+			delete(c.aliasIdle, name)
+		}
+	}
+	if len(wanted) == 0 {
+		return
+	}
+	listeners := next[resource.ListenerType]
+	if listeners == nil {
+		listeners = make(map[string]entry)
+		next[resource.ListenerType] = listeners
+	}
+	// Base listeners only: an alias is never cloned from another alias.
+	bases := maps.Clone(listeners)
+	n := 0
+	for _, name := range slices.Sorted(maps.Keys(wanted)) {
+		if _, real := bases[name]; real {
+			continue
+		}
+		host, ok := splitHostPort(name)
+		if !ok {
+			continue
+		}
+		base, ok := bases[host]
+		if !ok {
+			continue
+		}
+		if n >= c.maxAliases {
+			c.logger.Warn("listener alias limit reached; alias not served", "listener", name, "max", c.maxAliases)
+			continue
+		}
+		e, err := aliasEntry(name, base)
+		if err != nil {
+			c.logger.Error("listener alias", "listener", name, "error", err)
+			continue
+		}
+		listeners[name] = e
+		n++
+	}
+}
+
+// aliasEntry clones the base Listener under the alias name.
+func aliasEntry(name string, base entry) (entry, error) {
+	l, ok := base.res.(*listenerv3.Listener)
+	if !ok {
+		return entry{}, fmt.Errorf("base is a %T, not a Listener", base.res)
+	}
+	clone := proto.Clone(l).(*listenerv3.Listener)
+	clone.Name = name
+	v, err := contentVersion(clone)
+	if err != nil {
+		return entry{}, err
+	}
+	return entry{res: clone, version: v, aliasOf: l.GetName()}, nil
+}
+
+// splitHostPort splits a Listener name host:port at its last colon; the
+// port must be a decimal number in 1..65535 and the host non-empty.
+func splitHostPort(name string) (string, bool) {
+	i := strings.LastIndexByte(name, ':')
+	if i <= 0 || i == len(name)-1 {
+		return "", false
+	}
+	port := name[i+1:]
+	for _, r := range port {
+		if r < '0' || r > '9' {
+			return "", false
+		}
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return "", false
+	}
+	return name[:i], true
+}
+
+// Resource returns the resource served under typeURL and name (Listener
+// aliases included) with its content version. The resource is shared and
+// must not be modified.
+func (c *Cache) Resource(typeURL, name string) (types.Resource, string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.served[typeURL][name]
+	if !ok {
+		return nil, "", false
+	}
+	return e.res, e.version, true
+}
+
+// Names returns the sorted names of the resources served under typeURL,
+// Listener aliases included.
+func (c *Cache) Names(typeURL string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.served[typeURL]))
+}
+
+// Versions returns, per type URL, every served resource name with its
+// content version. The result is a copy, safe to encode as JSON.
+func (c *Cache) Versions() map[string]map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]map[string]string, len(c.served))
+	for typeURL, m := range c.served {
+		v := make(map[string]string, len(m))
+		for name, e := range m {
+			v[name] = e.version
+		}
+		out[typeURL] = v
+	}
+	return out
+}
+
+// cpLogger adapts slog to go-control-plane's logger. go-control-plane logs
+// every watch at info level, so Infof maps to Debug.
+type cpLogger struct{ l *slog.Logger }
+
+func (l cpLogger) log(level slog.Level, format string, args []any) {
+	if !l.l.Enabled(context.Background(), level) {
+		return
+	}
+	l.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
+}
+
+func (l cpLogger) Debugf(format string, args ...any) { l.log(slog.LevelDebug, format, args) }
+func (l cpLogger) Infof(format string, args ...any)  { l.log(slog.LevelDebug, format, args) }
+func (l cpLogger) Warnf(format string, args ...any)  { l.log(slog.LevelWarn, format, args) }
+func (l cpLogger) Errorf(format string, args ...any) { l.log(slog.LevelError, format, args) }

@@ -233,17 +233,33 @@ type echoBackend struct {
 
 	mu    sync.Mutex
 	calls int
+	// inFlight counts calls being answered right now.
+	inFlight int
 	// behave, when set, decides the outcome of each call.
 	behave func(ctx context.Context, method string) error
 }
 
 func (b *echoBackend) Echo(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	return b.answer(ctx, "/trellis.echo.v1.Echo/Echo", req)
+}
+
+func (b *echoBackend) Reverse(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	return b.answer(ctx, "/trellis.echo.v1.Echo/Reverse", req)
+}
+
+func (b *echoBackend) answer(ctx context.Context, method string, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
 	b.mu.Lock()
 	b.calls++
+	b.inFlight++
 	behave := b.behave
 	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.inFlight--
+		b.mu.Unlock()
+	}()
 	if behave != nil {
-		if err := behave(ctx, "/trellis.echo.v1.Echo/Echo"); err != nil {
+		if err := behave(ctx, method); err != nil {
 			return nil, err
 		}
 	}

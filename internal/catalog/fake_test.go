@@ -28,6 +28,13 @@ type fakeConsul struct {
 	// path, to an HTTP status to answer instead of data.
 	failStatus map[string]int
 	requests   []fakeRequest
+	// down, when not 0, is answered by every request, the leader's too.
+	down int
+	// hanging makes every request hang until its client gives up.
+	hanging bool
+	// epoch counts hangs: a request that started in an earlier epoch
+	// never gets an answer, like one sent on a connection that died.
+	epoch int
 }
 
 // fakeResource is one endpoint's current answer.
@@ -139,7 +146,47 @@ func (f *fakeConsul) requestsTo(path string) []uint64 {
 	return out
 }
 
+// setDown makes every request, the leader's too, answer status; 0 brings
+// the fake back.
+func (f *fakeConsul) setDown(status int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = status
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// hang makes every request hang, as on a paused process, until unhang.
+// Requests made before unhang never get an answer, even afterwards.
+func (f *fakeConsul) hang() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hanging = true
+	f.epoch++
+}
+
+func (f *fakeConsul) unhang() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hanging = false
+}
+
 func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
+	minIndex, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+	f.mu.Lock()
+	down, hanging, epoch := f.down, f.hanging, f.epoch
+	if r.URL.Path != "/v1/status/leader" {
+		f.requests = append(f.requests, fakeRequest{path: r.URL.Path, index: minIndex})
+	}
+	f.mu.Unlock()
+	if hanging {
+		<-r.Context().Done()
+		return
+	}
+	if down != 0 {
+		http.Error(w, "injected outage", down)
+		return
+	}
 	if r.URL.Path == "/v1/status/leader" {
 		writeJSON(w, 0, true, "127.0.0.1:8300")
 		return
@@ -148,7 +195,6 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	minIndex, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
 	wait, err := time.ParseDuration(r.URL.Query().Get("wait"))
 	if err != nil || wait <= 0 {
 		wait = 5 * time.Minute
@@ -156,17 +202,21 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	timeout := time.NewTimer(wait)
 	defer timeout.Stop()
 
-	f.mu.Lock()
-	f.requests = append(f.requests, fakeRequest{path: r.URL.Path, index: minIndex})
-	f.mu.Unlock()
 	for {
 		f.mu.Lock()
 		status := f.failStatus[""]
 		if status == 0 {
 			status = f.failStatus[r.URL.Path]
 		}
-		res, changed := f.resources[r.URL.Path], f.changed
+		if f.down != 0 {
+			status = f.down
+		}
+		res, changed, lost := f.resources[r.URL.Path], f.changed, f.epoch != epoch
 		f.mu.Unlock()
+		if lost {
+			<-r.Context().Done()
+			return
+		}
 		if status != 0 {
 			http.Error(w, "injected failure", status)
 			return

@@ -248,6 +248,67 @@ func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
 	}
 }
 
+// TestRecoveryWakesWatches checks that a change made once Consul is back is
+// published within about a probe interval, even when the queries in flight
+// died with their connections or the retries backed off for long.
+func TestRecoveryWakesWatches(t *testing.T) {
+	tests := []struct {
+		name     string
+		outage   func(t *testing.T, f *fakeConsul)
+		recovery func(f *fakeConsul)
+	}{
+		{
+			// Queries in flight would only end at their 15s deadline.
+			name:     "hung connections",
+			outage:   func(_ *testing.T, f *fakeConsul) { f.hang() },
+			recovery: func(f *fakeConsul) { f.unhang() },
+		},
+		{
+			// After its 6th failure in a row, the service list watch
+			// waits 4s to 8s before it retries. The query blocked when
+			// the outage starts fails first, then come 5 retries.
+			name: "long backoff",
+			outage: func(t *testing.T, f *fakeConsul) {
+				n := len(f.requestsTo(fakeListPath))
+				f.setDown(http.StatusServiceUnavailable)
+				waitRequests(t, f, fakeListPath, func(r []uint64) bool { return len(r) >= n+5 })
+			},
+			recovery: func(f *fakeConsul) { f.setDown(0) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeConsul(t)
+			f.setServices(10, "a")
+			f.setInstances("a", 10, 1)
+			cfg := fakeConfig(t, f)
+			cfg.WaitTime = 10 * time.Second
+			cfg.MaxBackoff = 10 * time.Second
+			w := startWatcher(t, cfg)
+			nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+			// Let the watches block on their next queries.
+			waitRequests(t, f, fakeListPath, func(r []uint64) bool { return slices.Contains(r, 10) })
+
+			tt.outage(t, f)
+			waitStatus(t, w, 5*time.Second, func(s Status) error {
+				if s.Reachable {
+					return fmt.Errorf("still reachable")
+				}
+				return nil
+			})
+			tt.recovery(f)
+			recovered := time.Now()
+			f.setInstances("b", 11, 2)
+			f.setServices(11, "a", "b")
+			nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {2}}))
+			// Probe interval 200ms, probe timeout 1s, plus slack.
+			if d := time.Since(recovered); d > 2500*time.Millisecond {
+				t.Errorf("change published %s after Consul recovered, want about a probe interval", d)
+			}
+		})
+	}
+}
+
 func TestBurstIsCoalesced(t *testing.T) {
 	f := newFakeConsul(t)
 	f.setServices(10, "a", "b", "c")

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/policy"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
@@ -273,17 +274,24 @@ func applySettings(route *routev3.Route, action *routev3.RouteAction, s *policyv
 	return nil
 }
 
-// retryOnNames maps the accepted gRPC codes to xDS retry_on names.
-var retryOnNames = map[string]string{
-	"CANCELLED":          "cancelled",
-	"DEADLINE_EXCEEDED":  "deadline-exceeded",
-	"INTERNAL":           "internal",
-	"RESOURCE_EXHAUSTED": "resource-exhausted",
-	"UNAVAILABLE":        "unavailable",
+// retryOnNames maps the gRPC codes xDS clients retry on to their xDS
+// retry_on names.
+var retryOnNames = map[codes.Code]string{
+	codes.Canceled:          "cancelled",
+	codes.DeadlineExceeded:  "deadline-exceeded",
+	codes.Internal:          "internal",
+	codes.ResourceExhausted: "resource-exhausted",
+	codes.Unavailable:       "unavailable",
 }
 
-func retryOnName(code string) string {
-	return retryOnNames[strings.ToUpper(strings.ReplaceAll(code, "-", "_"))]
+// retryOnName is the xDS name of a status code name in any accepted
+// spelling, or "" for codes gRPC does not retry on.
+func retryOnName(name string) string {
+	c, ok := policy.ParseCode(name)
+	if !ok {
+		return ""
+	}
+	return retryOnNames[c]
 }
 
 func retryPolicy(r *policyv1.RetryPolicy) *routev3.RetryPolicy {
@@ -341,12 +349,11 @@ func httpFault(f *policyv1.FaultInjection) *faultv3.HTTPFault {
 	return out
 }
 
-// grpcCode parses a status code name such as "UNAVAILABLE" or
-// "unavailable"; unknown names map to UNKNOWN (validation refuses them
-// before they get here).
+// grpcCode parses a status code name in any accepted spelling; unknown
+// names map to UNKNOWN (validation refuses them before they get here).
 func grpcCode(name string) codes.Code {
-	var c codes.Code
-	if err := c.UnmarshalJSON([]byte(`"` + strings.ToUpper(name) + `"`)); err != nil {
+	c, ok := policy.ParseCode(name)
+	if !ok {
 		return codes.Unknown
 	}
 	return c

@@ -27,6 +27,21 @@ func (s *echoServer) Echo(ctx context.Context, req *echov1.EchoRequest) (*echov1
 	}, nil
 }
 
+// Reverse returns the request's message reversed, with the same identities
+// as Echo.
+func (s *echoServer) Reverse(ctx context.Context, req *echov1.EchoRequest) (*echov1.EchoResponse, error) {
+	resp, err := s.Echo(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	runes := []rune(resp.Message)
+	for i, j := 0, len(runes)-1; i < j; i, j = i+1, j-1 {
+		runes[i], runes[j] = runes[j], runes[i]
+	}
+	resp.Message = string(runes)
+	return resp, nil
+}
+
 // peerIdentity returns the caller's SPIFFE ID when the call came over mTLS
 // with a SPIFFE certificate, else its first URI SAN, else "".
 func peerIdentity(ctx context.Context) string {

@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -67,6 +68,9 @@ type config struct {
 	// Zone is registered as the instance's "zone" metadata, which Trellis
 	// maps to the endpoint's locality. Default: none.
 	Zone string
+	// Meta is more service metadata to register, e.g. version=v2 for
+	// policies that select subsets. Default: none.
+	Meta map[string]string
 	// XDS creates the server with xds.NewGRPCServer and xDS credentials.
 	// Default: false.
 	XDS bool
@@ -86,6 +90,17 @@ func main() {
 	fs.DurationVar(&cfg.CheckInterval, "check-interval", 2*time.Second, "interval of the Consul gRPC health check")
 	fs.StringVar(&cfg.AdvertiseAddress, "advertise-address", "", "host:port to register in Consul (default: the listen address)")
 	fs.StringVar(&cfg.Zone, "zone", "", `zone registered as the instance's "zone" metadata`)
+	fs.Func("meta", "service metadata key=value to register (repeatable), e.g. version=v2", func(kv string) error {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want key=value, got %q", kv)
+		}
+		if cfg.Meta == nil {
+			cfg.Meta = map[string]string{}
+		}
+		cfg.Meta[k] = v
+		return nil
+	})
 	fs.BoolVar(&cfg.XDS, "xds", false, "create the server with xds.NewGRPCServer (needs GRPC_XDS_BOOTSTRAP)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to drain in-flight calls on shutdown")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError: Parse exits on a bad flag.

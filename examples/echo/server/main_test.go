@@ -42,6 +42,7 @@ func TestRunRegistersServesAndDeregisters(t *testing.T) {
 		ConsulAddr:      agent.HTTPAddr(),
 		CheckInterval:   500 * time.Millisecond,
 		Zone:            "zone-a",
+		Meta:            map[string]string{"version": "v2"},
 		ShutdownTimeout: 5 * time.Second,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -65,7 +66,7 @@ func TestRunRegistersServesAndDeregisters(t *testing.T) {
 		svc = entries[0].Service
 		return nil
 	})
-	if svc.ID != cfg.InstanceID || svc.Address != "127.0.0.1" || svc.Port == 0 || svc.Meta["zone"] != "zone-a" {
+	if svc.ID != cfg.InstanceID || svc.Address != "127.0.0.1" || svc.Port == 0 || svc.Meta["zone"] != "zone-a" || svc.Meta["version"] != "v2" {
 		t.Fatalf("registered service = id %q address %q port %d meta %v, want id %q on 127.0.0.1 with zone-a",
 			svc.ID, svc.Address, svc.Port, svc.Meta, cfg.InstanceID)
 	}

@@ -35,9 +35,12 @@ func newRegistration(cfg config, advertise string) (*registration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("advertise address %q: %w", advertise, err)
 	}
-	var meta map[string]string
+	meta := map[string]string{}
+	for k, v := range cfg.Meta {
+		meta[k] = v
+	}
 	if cfg.Zone != "" {
-		meta = map[string]string{"zone": cfg.Zone}
+		meta["zone"] = cfg.Zone
 	}
 	return &registration{
 		agent: client.Agent(),

@@ -153,9 +153,10 @@ const file_trellis_echo_v1_echo_proto_rawDesc = "" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\x12\x18\n" +
 	"\aservice\x18\x03 \x01(\tR\aservice\x12#\n" +
-	"\rpeer_identity\x18\x04 \x01(\tR\fpeerIdentity2K\n" +
+	"\rpeer_identity\x18\x04 \x01(\tR\fpeerIdentity2\x93\x01\n" +
 	"\x04Echo\x12C\n" +
-	"\x04Echo\x12\x1c.trellis.echo.v1.EchoRequest\x1a\x1d.trellis.echo.v1.EchoResponseB>Z<github.com/trellis-mesh/trellis/proto/trellis/echo/v1;echov1b\x06proto3"
+	"\x04Echo\x12\x1c.trellis.echo.v1.EchoRequest\x1a\x1d.trellis.echo.v1.EchoResponse\x12F\n" +
+	"\aReverse\x12\x1c.trellis.echo.v1.EchoRequest\x1a\x1d.trellis.echo.v1.EchoResponseB>Z<github.com/trellis-mesh/trellis/proto/trellis/echo/v1;echov1b\x06proto3"
 
 var (
 	file_trellis_echo_v1_echo_proto_rawDescOnce sync.Once
@@ -176,9 +177,11 @@ var file_trellis_echo_v1_echo_proto_goTypes = []any{
 }
 var file_trellis_echo_v1_echo_proto_depIdxs = []int32{
 	0, // 0: trellis.echo.v1.Echo.Echo:input_type -> trellis.echo.v1.EchoRequest
-	1, // 1: trellis.echo.v1.Echo.Echo:output_type -> trellis.echo.v1.EchoResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	0, // 1: trellis.echo.v1.Echo.Reverse:input_type -> trellis.echo.v1.EchoRequest
+	1, // 2: trellis.echo.v1.Echo.Echo:output_type -> trellis.echo.v1.EchoResponse
+	1, // 3: trellis.echo.v1.Echo.Reverse:output_type -> trellis.echo.v1.EchoResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name

@@ -134,8 +134,9 @@ func (x *ServicePolicy) GetOutlierDetection() *OutlierDetection {
 // metadata key with the given value.
 type Subset struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name, unique within the policy: letters, digits, '-' and '_'.
-	Name          string            `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Name, unique within the policy: 1 to 63 letters, digits, '-' and '_'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A subset needs at least one tag or metadata entry.
 	Tags          []string          `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
 	Meta          map[string]string `protobuf:"bytes,3,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
@@ -199,6 +200,7 @@ type Route struct {
 	Name  string      `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Match *RouteMatch `protobuf:"bytes,2,opt,name=match,proto3" json:"match,omitempty"`
 	// Where matching calls go: one destination, or a weighted split.
+	// Unset: the policy's own service, all instances.
 	//
 	// Types that are valid to be assigned to Action:
 	//
@@ -310,7 +312,9 @@ type RouteSettings struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,1,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	Retry   *RetryPolicy         `protobuf:"bytes,2,opt,name=retry,proto3" json:"retry,omitempty"`
 	Fault   *FaultInjection      `protobuf:"bytes,3,opt,name=fault,proto3" json:"fault,omitempty"`
-	// Request affinity for ring hash load balancing.
+	// Request affinity for ring hash load balancing. Only allowed when the
+	// policy's service uses ring_hash; a hash policy for calls routed to
+	// another service that does not use ring_hash has no effect there.
 	HashPolicy    []*HashPolicy `protobuf:"bytes,4,rep,name=hash_policy,json=hashPolicy,proto3" json:"hash_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -389,7 +393,8 @@ type RouteMatch struct {
 	// Match only this percentage of the calls that match otherwise. 0 to 100;
 	// unset: all of them.
 	Percent *uint32 `protobuf:"varint,5,opt,name=percent,proto3,oneof" json:"percent,omitempty"`
-	// Match method names case-insensitively. Default: false.
+	// Match method names case-insensitively. Default: false. Only with
+	// method_exact or service_prefix; for method_regex, use "(?i)".
 	IgnoreCase    bool `protobuf:"varint,6,opt,name=ignore_case,json=ignoreCase,proto3" json:"ignore_case,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -507,8 +512,10 @@ func (*RouteMatch_MethodRegex) isRouteMatch_Method() {}
 
 type HeaderMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Header name, lower case. Binary ("-bin") headers and pseudo-headers
-	// other than ":authority" cannot be matched.
+	// Metadata key, lower case. gRPC clients match routes against the call's
+	// metadata, so pseudo-headers (":authority" included), binary ("-bin")
+	// headers, "grpc-" headers, "te" and "user-agent" cannot be matched.
+	// "content-type" is "application/grpc" (or "application/grpc+<subtype>").
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Types that are valid to be assigned to Match:
 	//
@@ -629,10 +636,12 @@ type HeaderMatch_Exact struct {
 }
 
 type HeaderMatch_Prefix struct {
+	// Not empty (use present to match any value).
 	Prefix string `protobuf:"bytes,3,opt,name=prefix,proto3,oneof"`
 }
 
 type HeaderMatch_Suffix struct {
+	// Not empty.
 	Suffix string `protobuf:"bytes,4,opt,name=suffix,proto3,oneof"`
 }
 
@@ -642,7 +651,7 @@ type HeaderMatch_Regex struct {
 }
 
 type HeaderMatch_Present struct {
-	// true: the header is present (any value).
+	// true: the header is present (any value); false: it is absent.
 	Present bool `protobuf:"varint,6,opt,name=present,proto3,oneof"`
 }
 
@@ -756,8 +765,9 @@ func (x *WeightedSplit) GetDestinations() []*WeightedDestination {
 }
 
 type WeightedDestination struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Destination *Destination           `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset: the policy's own service, all instances.
+	Destination *Destination `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
 	// Relative weight. The weights of a split must sum to more than 0.
 	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -811,14 +821,17 @@ func (x *WeightedDestination) GetWeight() uint32 {
 // RetryPolicy retries failed calls on the listed gRPC status codes.
 type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Status codes that are retried. Accepted: CANCELLED, DEADLINE_EXCEEDED,
-	// INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE.
+	// Status codes that are retried, at least one. Accepted: CANCELLED,
+	// DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE, in any
+	// letter case with '_' or '-'; stored in upper case with '_'.
 	RetryOn []string `protobuf:"bytes,1,rep,name=retry_on,json=retryOn,proto3" json:"retry_on,omitempty"`
 	// Retries after the first attempt: 1 to 4 (gRPC caps attempts at 5).
+	// Required.
 	NumRetries uint32 `protobuf:"varint,2,opt,name=num_retries,json=numRetries,proto3" json:"num_retries,omitempty"`
-	// First backoff interval. Default: 25ms.
+	// First backoff interval, 1ms to 1m. Default: 25ms.
 	BaseInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=base_interval,json=baseInterval,proto3" json:"base_interval,omitempty"`
-	// Largest backoff interval. Default: 10 x base_interval.
+	// Largest backoff interval, base_interval to 10m. Default:
+	// 10 x base_interval.
 	MaxInterval   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_interval,json=maxInterval,proto3" json:"max_interval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -882,6 +895,7 @@ func (x *RetryPolicy) GetMaxInterval() *durationpb.Duration {
 	return nil
 }
 
+// FaultInjection needs a delay, an abort or both.
 type FaultInjection struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Delay         *FaultDelay            `protobuf:"bytes,1,opt,name=delay,proto3" json:"delay,omitempty"`
@@ -938,7 +952,7 @@ type FaultDelay struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Delay added before the call proceeds. 1ms to 1h.
 	FixedDelay *durationpb.Duration `protobuf:"bytes,1,opt,name=fixed_delay,json=fixedDelay,proto3" json:"fixed_delay,omitempty"`
-	// Percentage of calls delayed, 0 to 100.
+	// Percentage of calls delayed, 0 to 100 (0: none).
 	Percent       uint32 `protobuf:"varint,2,opt,name=percent,proto3" json:"percent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -991,9 +1005,9 @@ func (x *FaultDelay) GetPercent() uint32 {
 type FaultAbort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// gRPC status code name the call fails with, e.g. "UNAVAILABLE"
-	// (not "OK").
+	// (not "OK"); spelled like retry_on codes.
 	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
-	// Percentage of calls aborted, 0 to 100.
+	// Percentage of calls aborted, 0 to 100 (0: none).
 	Percent       uint32 `protobuf:"varint,2,opt,name=percent,proto3" json:"percent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1123,13 +1137,14 @@ type isHashPolicy_Policy interface {
 }
 
 type HashPolicy_Header struct {
-	// Hash the value of this request header (lower case).
+	// Hash the value of this request header (lower case, with the same
+	// restrictions as HeaderMatch.name).
 	Header string `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
 }
 
 type HashPolicy_ChannelId struct {
 	// Hash the client channel: every call of one channel goes to the same
-	// instance.
+	// instance. Must be true when set.
 	ChannelId bool `protobuf:"varint,2,opt,name=channel_id,json=channelId,proto3,oneof"`
 }
 
@@ -1453,13 +1468,15 @@ type WeightedRoundRobin struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Receive load reports out of band instead of per call.
 	EnableOobLoadReport bool `protobuf:"varint,1,opt,name=enable_oob_load_report,json=enableOobLoadReport,proto3" json:"enable_oob_load_report,omitempty"`
-	// Out-of-band report period. Default: 10s.
+	// Out-of-band report period, 100ms to 24h; only with
+	// enable_oob_load_report. Default: 10s. grpc-go's ORCA service reports at
+	// most every 30s unless configured otherwise.
 	OobReportingPeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=oob_reporting_period,json=oobReportingPeriod,proto3" json:"oob_reporting_period,omitempty"`
-	// Ignore weights older than this. Default: 3m.
+	// Ignore weights older than this, 1ms to 24h. Default: 3m.
 	WeightExpirationPeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=weight_expiration_period,json=weightExpirationPeriod,proto3" json:"weight_expiration_period,omitempty"`
-	// How often weights are recomputed. Default: 1s.
+	// How often weights are recomputed, 100ms to 24h. Default: 1s.
 	WeightUpdatePeriod *durationpb.Duration `protobuf:"bytes,4,opt,name=weight_update_period,json=weightUpdatePeriod,proto3" json:"weight_update_period,omitempty"`
-	// Penalty for error rate. Default: 0.
+	// Penalty for error rate, >= 0. 0 or unset: gRPC's default, 1.
 	ErrorUtilizationPenalty float32 `protobuf:"fixed32,5,opt,name=error_utilization_penalty,json=errorUtilizationPenalty,proto3" json:"error_utilization_penalty,omitempty"`
 	unknownFields           protoimpl.UnknownFields
 	sizeCache               protoimpl.SizeCache
@@ -1576,14 +1593,17 @@ func (x *CircuitBreaker) GetMaxRequests() uint32 {
 	return 0
 }
 
-// OutlierDetection ejects instances that fail more than their peers.
+// OutlierDetection ejects instances that fail more than their peers. At
+// least one of success_rate and failure_percentage is required.
 type OutlierDetection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How often ejection is evaluated. Default: 10s.
+	// How often ejection is evaluated, 10ms to 24h. Default: 10s.
 	Interval *durationpb.Duration `protobuf:"bytes,1,opt,name=interval,proto3" json:"interval,omitempty"`
-	// Base ejection time, multiplied by the times ejected. Default: 30s.
+	// Base ejection time, multiplied by the times ejected, 1ms to 24h.
+	// Default: 30s.
 	BaseEjectionTime *durationpb.Duration `protobuf:"bytes,2,opt,name=base_ejection_time,json=baseEjectionTime,proto3" json:"base_ejection_time,omitempty"`
-	// Longest ejection. Default: max(base_ejection_time, 300s).
+	// Longest ejection, base_ejection_time to 24h. Default:
+	// max(base_ejection_time, 300s).
 	MaxEjectionTime *durationpb.Duration `protobuf:"bytes,3,opt,name=max_ejection_time,json=maxEjectionTime,proto3" json:"max_ejection_time,omitempty"`
 	// Most instances ejected at once, in percent. Default: 10.
 	MaxEjectionPercent *uint32                    `protobuf:"varint,4,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3,oneof" json:"max_ejection_percent,omitempty"`
@@ -1740,7 +1760,8 @@ func (x *SuccessRateEjection) GetRequestVolume() uint32 {
 
 type FailurePercentageEjection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ejects instances failing at least this percentage of calls. Default: 85.
+	// Ejects instances failing more than this percentage of their calls, 0
+	// to 100. Default: 85.
 	Threshold *uint32 `protobuf:"varint,1,opt,name=threshold,proto3,oneof" json:"threshold,omitempty"`
 	// Percent chance of ejecting an outlier. Default: 100.
 	EnforcementPercentage *uint32 `protobuf:"varint,2,opt,name=enforcement_percentage,json=enforcementPercentage,proto3,oneof" json:"enforcement_percentage,omitempty"`

@@ -9,7 +9,7 @@ export TRELLIS_SPIRE_AGENT_BIN ?= $(TRELLIS_TOOLS_DIR)/spire-agent-v1.13.3
 
 TEST_TIMEOUT ?= 40m
 
-.PHONY: all build tools test unit bench demo generate check-generated vet clean
+.PHONY: all build tools test bench demo generate check-generated vet clean
 
 all: build
 
@@ -24,13 +24,12 @@ tools:
 	scripts/tools.sh consul spire
 
 ## test: the whole suite, unit and integration, against real Consul and SPIRE.
+## The end-to-end tests in integration/ measure reaction times, so they run
+## on their own after the rest.
 test: tools build check-generated
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-
-## unit: the tests that need no external process.
-unit:
-	$(GO) test -count=1 -short ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /integration)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
 
 ## bench: benchmarks, reported as ratios against a baseline in the same run.
 bench: tools

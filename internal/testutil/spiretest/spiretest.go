@@ -94,9 +94,6 @@ type SPIRE struct {
 // when the test ends.
 func Start(t testing.TB, opts Options) *SPIRE {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("spiretest: needs real SPIRE; not run with -short")
-	}
 	if opts.TrustDomain == "" {
 		opts.TrustDomain = DefaultTrustDomain
 	}

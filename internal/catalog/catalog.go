@@ -410,15 +410,11 @@ func sameServices(a, b map[string]*model.Service) bool {
 	return true
 }
 
-// publish replaces any unread snapshot with snap. Only the coordinator
-// sends, so after draining the buffered channel the send never blocks.
+// publish updates the status and metrics, then replaces any unread
+// snapshot with snap, so that a reader of snap sees a status that counts
+// it. Only the coordinator sends, so after draining the buffered channel the
+// send never blocks.
 func (w *Watcher) publish(snap *model.Snapshot) {
-	select {
-	case <-w.snapshots:
-	default:
-	}
-	w.snapshots <- snap
-
 	w.metrics.snapshots.Inc()
 	w.metrics.services.Set(float64(len(snap.Services)))
 	w.mu.Lock()
@@ -426,6 +422,12 @@ func (w *Watcher) publish(snap *model.Snapshot) {
 	w.status.Synced = true
 	w.status.Services = len(snap.Services)
 	w.mu.Unlock()
+
+	select {
+	case <-w.snapshots:
+	default:
+	}
+	w.snapshots <- snap
 	if first {
 		w.logger.Info("first complete catalog sync", "services", len(snap.Services))
 	} else {

@@ -2,6 +2,7 @@
 //
 //	trellis server      the xDS control plane fed by the Consul catalog
 //	trellis bootstrap   writes a GRPC_XDS_BOOTSTRAP file for a workload
+//	trellis policy      manages service policies (apply, get, list, delete, validate)
 //
 // This is the only place where Trellis components are wired together.
 package main
@@ -33,6 +34,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newBootstrapCommand())
+	root.AddCommand(newServerCommand(), newBootstrapCommand(), newPolicyCommand())
 	return root
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/policy/store"
 	"github.com/trellis-mesh/trellis/xdsserver"
 	"github.com/trellis-mesh/trellis/xdsserver/admin"
 	"github.com/trellis-mesh/trellis/xdsserver/translate"
@@ -37,6 +38,7 @@ type serverOptions struct {
 	zoneMetaKeys   []string
 	logLevel       string
 	logFormat      string
+	policy         policyOptions
 }
 
 func newServerCommand() *cobra.Command {
@@ -51,8 +53,13 @@ Consul is reached as Consul's own tools reach it: CONSUL_HTTP_ADDR,
 CONSUL_HTTP_TOKEN, CONSUL_CACERT, CONSUL_HTTP_SSL, ... The --consul-* flags
 override them.
 
-The xDS listener serves nothing until the first complete Consul sync. The
-admin listener serves /healthz, /readyz, /metrics and /debug/xds/*.`,
+Service policies (routes, retries, traffic policy) are read from Consul's
+key/value store under --policy-prefix and managed through the policy API
+(trellis policy ...), which the admin listener serves over gRPC.
+
+The xDS listener serves nothing until the first complete Consul sync of the
+catalog and the policies. The admin listener serves /healthz, /readyz,
+/metrics, /debug/xds/* and the policy API.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServer(cmd.Context(), opts)
@@ -69,6 +76,7 @@ admin listener serves /healthz, /readyz, /metrics and /debug/xds/*.`,
 	f.StringSliceVar(&opts.zoneMetaKeys, "zone-meta-key", nil, "service or node meta keys holding an instance's zone, in order (default: the catalog's)")
 	f.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&opts.logFormat, "log-format", "text", "log format: text or json")
+	addPolicyServerFlags(f, &opts.policy)
 	return cmd
 }
 
@@ -138,6 +146,10 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 	applier := newApplier(cache, translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic}, logger.With("component", "translate"), registry)
+	policies, err := newPolicyServer(opts.policy, client, logger, registry, applier.knownService)
+	if err != nil {
+		return err
+	}
 
 	ready := func() (bool, string) {
 		st := watcher.Status()
@@ -152,6 +164,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		if !st.Reachable && applier.ready() {
 			detail.WriteString("serving the last good configuration until Consul is reachable again\n")
 		}
+		policies.readyDetail(&detail)
 		return applier.ready(), detail.String()
 	}
 	adminServer := admin.New(admin.Config{
@@ -160,6 +173,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		Ready:     ready,
 		Streams:   func() any { return xds.Streams() },
 		Resources: func() any { return cache.Versions() },
+		GRPC:      policies.grpc,
 	})
 
 	// Bind both listeners up front so that a busy port fails fast; the xDS
@@ -180,7 +194,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
-	g.Go(func() error { return applier.run(ctx, watcher.Snapshots(), synced) })
+	g.Go(func() error { return policies.run(ctx) })
+	g.Go(func() error { return applier.run(ctx, watcher.Snapshots(), policies.watcher.Snapshots(), synced) })
 	g.Go(func() error {
 		select {
 		case <-synced:
@@ -188,7 +203,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 			xdsLis.Close()
 			return nil
 		}
-		logger.Info("first Consul sync complete; serving xDS", "addr", xdsLis.Addr().String())
+		logger.Info("first Consul sync of catalog and policies complete; serving xDS", "addr", xdsLis.Addr().String())
 		return xds.Serve(ctx, xdsLis)
 	})
 	err = g.Wait()
@@ -199,9 +214,11 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	return err
 }
 
-// applier translates each catalog snapshot and hands the result to the
-// cache.
+// applier translates each catalog or policy snapshot, with the latest of
+// the other, and hands the result to the cache.
 type applier struct {
+	// catalog is the latest catalog snapshot, for knownService.
+	catalog atomic.Pointer[model.Snapshot]
 	cache   *xdscache.Cache
 	opts    translate.Options
 	logger  *slog.Logger
@@ -228,7 +245,7 @@ func newApplier(cache *xdscache.Cache, opts translate.Options, logger *slog.Logg
 		}),
 		applies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trellis_translate_snapshots_total",
-			Help: "Catalog snapshots translated and applied to the xDS cache.",
+			Help: "Catalog and policy snapshots translated and applied to the xDS cache.",
 		}),
 	}
 	a.panicking = prometheus.NewGauge(prometheus.GaugeOpts{
@@ -241,27 +258,51 @@ func newApplier(cache *xdscache.Cache, opts translate.Options, logger *slog.Logg
 
 func (a *applier) ready() bool { return a.synced.Load() }
 
-func (a *applier) run(ctx context.Context, snapshots <-chan *model.Snapshot, synced chan<- struct{}) error {
+// knownService tells whether a service is in the latest catalog snapshot;
+// before the first one, every service is taken as known.
+func (a *applier) knownService(name string) bool {
+	snap := a.catalog.Load()
+	if snap == nil {
+		return true
+	}
+	_, ok := snap.Services[name]
+	return ok
+}
+
+// run translates from the first moment both a catalog and a policy snapshot
+// have arrived, and again on every new snapshot of either.
+func (a *applier) run(ctx context.Context, catalogs <-chan *model.Snapshot, policies <-chan *store.Snapshot, synced chan<- struct{}) error {
+	var in translate.Input
+	havePolicies := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case snap := <-snapshots:
-			a.apply(snap)
-			if !a.synced.Swap(true) {
-				close(synced)
-			}
+		case snap := <-catalogs:
+			in.Catalog = snap
+			a.catalog.Store(snap)
+		case ps := <-policies:
+			in.Policies = ps.Policies
+			havePolicies = true
+		}
+		if in.Catalog == nil || !havePolicies {
+			continue
+		}
+		a.apply(in)
+		if !a.synced.Swap(true) {
+			close(synced)
 		}
 	}
 }
 
-func (a *applier) apply(snap *model.Snapshot) {
-	res := translate.Translate(translate.Input{Catalog: snap}, a.opts)
+func (a *applier) apply(in translate.Input) {
+	snap := in.Catalog
+	res := translate.Translate(in, a.opts)
 	a.logSkips(res.Skipped)
 	a.logPanics(res.Panicking)
 	result := a.cache.Apply(res.Resources.ByTypeURL())
 	a.applies.Inc()
-	a.logger.Debug("applied catalog snapshot", "services", len(snap.Services), "result", result)
+	a.logger.Debug("applied snapshot", "services", len(snap.Services), "policies", len(in.Policies), "result", result)
 }
 
 func (a *applier) logPanics(clusters []string) {

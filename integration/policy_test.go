@@ -520,3 +520,36 @@ func TestReplicasShareOnePolicy(t *testing.T) {
 	other.requireAllACKed(t)
 	m.trellis.requireAllACKed(t)
 }
+
+// TestPolicyChangeTouchesOnlyItsService: a policy change for echo sends
+// nothing new to a client that only watches another service.
+func TestPolicyChangeTouchesOnlyItsService(t *testing.T) {
+	m := startVersionedMesh(t)
+	startBackend(t, m.consul, "other", "other-1", backendOptions{})
+	other := dialXDS(t, m.trellis.bootstrapFor(t, "other-client"), "xds:///other")
+	waitForInstances(t, other, 30*time.Second, "other-1")
+	m.trellis.requireAllACKed(t)
+	sentTo := func(node string) map[string]string {
+		out := map[string]string{}
+		for _, st := range m.trellis.streams(t) {
+			if st.NodeID != node {
+				continue
+			}
+			for _, ty := range st.Types {
+				out[ty.TypeURL] = ty.SentVersion + "/" + ty.SentNonce
+			}
+		}
+		return out
+	}
+	before := sentTo("other-client")
+	if len(before) != 4 {
+		t.Fatalf("other-client was sent %d types, want 4: %v", len(before), before)
+	}
+
+	putPolicy(t, m.api, `{"service": "echo", `+subsets+`, "routes": [{"destination": {"subset": "v2"}}]}`)
+	waitForShare(t, m.conn, 10*time.Second, 30, 1, 1, isV2)
+	m.trellis.requireAllACKed(t)
+	if after := sentTo("other-client"); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Errorf("a policy change for echo sent new responses to a client of other:\nbefore %v\nafter  %v", before, after)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/trellis-mesh/trellis/internal/cplog"
 	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
 )
 
@@ -122,7 +123,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	// whole grace period.
 	xds := sotw.NewServer(ctx, s.cache.ConfigWatcher(), s.tracker,
 		sotw.DeactivateLegacyWildcard(),
-		sotw.WithLogger(cpLogger{s.logger}))
+		sotw.WithLogger(cplog.New(s.logger)))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &ads{sotw: xds})
 	hs := health.NewServer()
 	hs.SetServingStatus(discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -178,19 +179,3 @@ type ads struct {
 func (a *ads) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	return a.sotw.StreamHandler(st, resource.AnyType)
 }
-
-// cpLogger adapts slog to go-control-plane's logger. go-control-plane logs
-// routine events at info level, so Infof maps to Debug.
-type cpLogger struct{ l *slog.Logger }
-
-func (l cpLogger) log(level slog.Level, format string, args []any) {
-	if !l.l.Enabled(context.Background(), level) {
-		return
-	}
-	l.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
-}
-
-func (l cpLogger) Debugf(format string, args ...any) { l.log(slog.LevelDebug, format, args) }
-func (l cpLogger) Infof(format string, args ...any)  { l.log(slog.LevelDebug, format, args) }
-func (l cpLogger) Warnf(format string, args ...any)  { l.log(slog.LevelWarn, format, args) }
-func (l cpLogger) Errorf(format string, args ...any) { l.log(slog.LevelError, format, args) }

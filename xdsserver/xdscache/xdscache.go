@@ -13,7 +13,6 @@
 package xdscache
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -35,6 +34,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
+	"github.com/trellis-mesh/trellis/internal/cplog"
 )
 
 // Resources is a complete xDS state: type URL (resource.ListenerType,
@@ -152,7 +153,7 @@ func (c *Cache) linearLocked(typeURL string) *cache.LinearCache {
 	}
 	lc := cache.NewLinearCache(typeURL,
 		cache.WithVersionPrefix(c.prefix),
-		cache.WithLogger(cpLogger{c.logger.With("type", typeURL)}))
+		cache.WithLogger(cplog.New(c.logger.With("type", typeURL))))
 	c.linear[typeURL] = lc
 	caches := make(map[string]cache.Cache, len(c.linear))
 	for t, l := range c.linear {
@@ -510,19 +511,3 @@ func (c *Cache) Versions() map[string]map[string]string {
 	}
 	return out
 }
-
-// cpLogger adapts slog to go-control-plane's logger. go-control-plane logs
-// every watch at info level, so Infof maps to Debug.
-type cpLogger struct{ l *slog.Logger }
-
-func (l cpLogger) log(level slog.Level, format string, args []any) {
-	if !l.l.Enabled(context.Background(), level) {
-		return
-	}
-	l.l.Log(context.Background(), level, fmt.Sprintf(format, args...))
-}
-
-func (l cpLogger) Debugf(format string, args ...any) { l.log(slog.LevelDebug, format, args) }
-func (l cpLogger) Infof(format string, args ...any)  { l.log(slog.LevelDebug, format, args) }
-func (l cpLogger) Warnf(format string, args ...any)  { l.log(slog.LevelWarn, format, args) }
-func (l cpLogger) Errorf(format string, args ...any) { l.log(slog.LevelError, format, args) }

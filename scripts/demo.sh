@@ -150,6 +150,9 @@ note "Consul is up"
 
 say "step 2: starting the Trellis xDS server (xDS on $xds_addr, admin on $admin_addr)"
 export CONSUL_HTTP_ADDR=$consul_http
+# The policy API (step 7) takes a bearer token; it is off without one.
+export TRELLIS_API_TOKEN=demo-$RANDOM$RANDOM
+export TRELLIS_SERVER=$admin_addr
 start trellis "$tmp/trellis.log" "$bin_dir/trellis" server --xds-listen "$xds_addr" --admin-listen "$admin_addr"
 wait_for "trellis to become ready (http://$admin_addr/readyz)" 60 "$tmp/trellis.log" \
 	curl -sf "http://$admin_addr/readyz"
@@ -163,13 +166,14 @@ awk '{ print "     " $0 }' "$tmp/bootstrap.json"
 
 say "step 4: starting three echo servers; each registers in Consul with a gRPC health check"
 echo_pids=()
+versions=(v1 v1 v2)
 for i in 1 2 3; do
 	port=${echo_ports[i - 1]}
 	start "echo-$i" "$tmp/echo-$i.log" "$bin_dir/echo-server" \
 		--listen "127.0.0.1:$port" --instance-id "echo-$i" --service echo \
-		--consul-addr "$consul_http" --check-interval 1s
+		--meta "version=${versions[i - 1]}" --consul-addr "$consul_http" --check-interval 1s
 	echo_pids+=("${pids[-1]}")
-	note "echo-$i on 127.0.0.1:$port"
+	note "echo-$i on 127.0.0.1:$port (version=${versions[i - 1]})"
 done
 wait_for "three passing echo instances in Consul" 60 "$tmp/echo-1.log" echo_instances_passing_eq 3
 note "Consul reports 3 passing instances of service echo"
@@ -213,10 +217,35 @@ if grep '^t=' "$tmp/phase2.out" | tail -n 2 | grep -q ' echo-2='; then
 	fail "echo-2 still received calls at the end of step 6" "$tmp/trellis.log"
 fi
 note "echo-2 left the mesh; its calls moved to echo-1 and echo-3"
+
+say "step 7: a policy through the policy API: every call to echo goes to version v2"
+cat >"$tmp/policy.yaml" <<'POLICY'
+service: echo
+subsets:
+- {name: v1, meta: {version: v1}}
+- {name: v2, meta: {version: v2}}
+routes:
+- destination: {subset: v2}
+  settings:
+    retry: {retry_on: [UNAVAILABLE], num_retries: 2}
+POLICY
+awk '{ print "     " $0 }' "$tmp/policy.yaml"
+"$bin_dir/trellis" policy apply -f "$tmp/policy.yaml" 2>&1 | sed 's/^/   /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "trellis policy apply failed" "$tmp/trellis.log"
+note "trellis stores it in Consul and pushes the new routes to every client of echo"
+sleep 1
+"$bin_dir/echo-client" --target xds:///echo --rate 10 --duration 3s 2>"$tmp/client-3.log" |
+	tee "$tmp/phase3.out" | sed -u 's/^/   /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "the echo client failed" "$tmp/client-3.log"
+if grep '^total:' "$tmp/phase3.out" | grep -q ' echo-1='; then
+	fail "echo-1 (v1) still received calls after the policy sent everything to v2" "$tmp/trellis.log"
+fi
+note "all calls now reach echo-3, the only v2 instance"
+
 failed=0
 while read -r n; do
 	failed=$((failed + n))
-done < <(grep -h '^total:' "$tmp/phase1.out" "$tmp/phase2.out" | sed -n 's/.* failed=\([0-9]*\).*/\1/p')
+done < <(grep -h '^total:' "$tmp/phase1.out" "$tmp/phase2.out" "$tmp/phase3.out" | sed -n 's/.* failed=\([0-9]*\).*/\1/p')
 note "failed calls over the whole demo: $failed"
 
 if [ "${DEMO_KEEP:-}" = 1 ]; then

@@ -76,6 +76,7 @@ func TestRetries(t *testing.T) {
 		return nil
 	})
 	with := callEcho(t, m.conn, 1000)
+	t.Logf("failed calls out of 1000: %d without retries, %d with 3 retries", len(without.failures), len(with.failures))
 	if f := len(with.failures); f >= 10 {
 		t.Errorf("with 3 retries %d of 1000 calls failed, want under 1%%; first: %v", f, with.failures[0])
 	}
@@ -93,6 +94,7 @@ func TestTrafficSplit(t *testing.T) {
 	if len(res.failures) > 0 {
 		t.Fatalf("%d calls failed: %v", len(res.failures), res.failures[0])
 	}
+	t.Logf("80/20 split: v2 share %.3f over 2000 calls", shareOf(res, isV2))
 	if share := shareOf(res, isV2); share < 0.15 || share > 0.25 {
 		t.Errorf("v2 got %.3f of 2000 calls, want 0.20 +- 0.05; counts %v", share, res.byInstance)
 	}
@@ -200,6 +202,7 @@ func TestTimeoutAndFaults(t *testing.T) {
 		_, err := client.Reverse(ctx, &echov1.EchoRequest{Message: "slow"})
 		cancel()
 		took := time.Since(start)
+		t.Logf("slow call ended after %s with %v", took.Round(time.Millisecond), statusCode(err))
 		if statusCode(err) != codes.DeadlineExceeded {
 			t.Errorf("slow call: %v, want DEADLINE_EXCEEDED", err)
 		}
@@ -215,6 +218,7 @@ func TestTimeoutAndFaults(t *testing.T) {
 		_, err := client.Echo(ctx, &echov1.EchoRequest{Message: "delayed"})
 		cancel()
 		took := time.Since(start)
+		t.Logf("delayed call took %s", took.Round(time.Millisecond))
 		if err != nil {
 			t.Errorf("delayed call: %v", err)
 		}

@@ -3,6 +3,8 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +60,36 @@ func (s *trellisServer) requireAllACKed(t testing.TB) {
 	}
 	if acks == 0 {
 		t.Fatalf("no ACK recorded at all:\n%s", jsonIndent(last))
+	}
+}
+
+// requireNoNACKsInMetrics asserts from the server's counters, which outlive
+// the streams, that clients ACKed responses and NACKed none.
+func (s *trellisServer) requireNoNACKsInMetrics(t testing.TB) {
+	t.Helper()
+	code, body, err := s.get("/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics: %d %v", code, err)
+	}
+	sum := func(metric string) float64 {
+		var total float64
+		for _, line := range strings.Split(body, "\n") {
+			if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
+				continue
+			}
+			fields := strings.Fields(line)
+			v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", line, err)
+			}
+			total += v
+		}
+		return total
+	}
+	if n := sum("trellis_xds_nacks_total"); n != 0 {
+		t.Errorf("%v NACKs recorded", n)
+	}
+	if n := sum("trellis_xds_acks_total"); n == 0 {
+		t.Errorf("no ACK recorded")
 	}
 }

@@ -32,8 +32,8 @@ import (
 	echov1 "github.com/trellis-mesh/trellis/proto/trellis/echo/v1"
 )
 
-// trellisBin is the trellis binary built once for the package.
-var trellisBin string
+// Binaries built once for the package: trellis and the echo example.
+var trellisBin, echoServerBin, echoClientBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "trellis-integration-")
@@ -42,11 +42,19 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	trellisBin = filepath.Join(dir, "trellis")
-	build := exec.Command("go", "build", "-o", trellisBin, "github.com/trellis-mesh/trellis/cmd/trellis")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build trellis:", err)
-		os.Exit(1)
+	echoServerBin = filepath.Join(dir, "echo-server")
+	echoClientBin = filepath.Join(dir, "echo-client")
+	for bin, pkg := range map[string]string{
+		trellisBin:    "github.com/trellis-mesh/trellis/cmd/trellis",
+		echoServerBin: "github.com/trellis-mesh/trellis/examples/echo/server",
+		echoClientBin: "github.com/trellis-mesh/trellis/examples/echo/client",
+	} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

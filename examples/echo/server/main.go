@@ -41,6 +41,10 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/xds"
 
+	// The trellis_spiffe certificate provider: with a bootstrap from
+	// `trellis bootstrap --spiffe`, xDS credentials take this workload's
+	// SPIFFE identity from the Workload API, in process.
+	_ "github.com/trellis-mesh/trellis/identity/certprovider"
 	echov1 "github.com/trellis-mesh/trellis/proto/trellis/echo/v1"
 )
 

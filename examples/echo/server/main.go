@@ -75,6 +75,11 @@ type config struct {
 	// Meta is more service metadata to register, e.g. version=v2 for
 	// policies that select subsets. Default: none.
 	Meta map[string]string
+	// HealthListen, when set, serves the gRPC health service on its own
+	// plaintext listener, and Consul's check calls it there: with mTLS on
+	// the main port, Consul (which has no SVID) cannot call it. Default:
+	// none (health on the main port).
+	HealthListen string
 	// XDS creates the server with xds.NewGRPCServer and xDS credentials.
 	// Default: false.
 	XDS bool
@@ -105,6 +110,7 @@ func main() {
 		cfg.Meta[k] = v
 		return nil
 	})
+	fs.StringVar(&cfg.HealthListen, "health-listen", "", "serve the gRPC health service, and Consul's check, on this separate plaintext address (for mTLS servers)")
 	fs.BoolVar(&cfg.XDS, "xds", false, "create the server with xds.NewGRPCServer (needs GRPC_XDS_BOOTSTRAP)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to drain in-flight calls on shutdown")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError: Parse exits on a bad flag.
@@ -183,16 +189,49 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	reflection.Register(srv)
 
-	var reg *registration
-	if cfg.ConsulRegister {
-		reg, err = newRegistration(cfg, advertise)
+	// Consul checks the health service: on the main port, or on its own
+	// plaintext port with --health-listen.
+	checkAddr := advertise
+	var healthOnly *grpc.Server
+	var healthLis net.Listener
+	if cfg.HealthListen != "" {
+		healthLis, err = net.Listen("tcp", cfg.HealthListen)
 		if err != nil {
 			lis.Close()
+			return fmt.Errorf("health listen: %w", err)
+		}
+		host, _, _ := net.SplitHostPort(advertise)
+		checkAddr = net.JoinHostPort(host, strconv.Itoa(healthLis.Addr().(*net.TCPAddr).Port))
+		healthOnly = grpc.NewServer()
+		healthpb.RegisterHealthServer(healthOnly, healthSrv)
+	}
+
+	var reg *registration
+	if cfg.ConsulRegister {
+		reg, err = newRegistration(cfg, advertise, checkAddr)
+		if err != nil {
+			lis.Close()
+			if healthLis != nil {
+				healthLis.Close()
+			}
 			return err
 		}
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	if healthOnly != nil {
+		g.Go(func() error {
+			if err := healthOnly.Serve(healthLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("serve health: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			healthOnly.Stop()
+			return nil
+		})
+	}
 	serveDone := make(chan struct{})
 	g.Go(func() error {
 		defer close(serveDone)

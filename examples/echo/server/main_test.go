@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,6 +32,15 @@ func TestMain(m *testing.M) {
 // agent: it must register with a gRPC check that Consul finds passing, answer
 // with its instance ID, and leave the catalog and stop serving on shutdown.
 func TestRunRegistersServesAndDeregisters(t *testing.T) {
+	for _, tt := range []struct{ name, healthListen string }{
+		{"health on the main port", ""},
+		{"health on its own port", "127.0.0.1:0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testRunRegistersServesAndDeregisters(t, tt.healthListen) })
+	}
+}
+
+func testRunRegistersServesAndDeregisters(t *testing.T, healthListen string) {
 	agent := consultest.Start(t, consultest.Options{})
 	consul := agent.Client(t)
 
@@ -43,6 +53,7 @@ func TestRunRegistersServesAndDeregisters(t *testing.T) {
 		CheckInterval:   500 * time.Millisecond,
 		Zone:            "zone-a",
 		Meta:            map[string]string{"version": "v2"},
+		HealthListen:    healthListen,
 		ShutdownTimeout: 5 * time.Second,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -76,6 +87,11 @@ func TestRunRegistersServesAndDeregisters(t *testing.T) {
 	}
 	if len(checks) != 1 || checks[0].Type != "grpc" {
 		t.Fatalf("checks = %v, want one grpc check", checks)
+	}
+	// With --health-listen the check calls a port of its own.
+	mainPort := ":" + strconv.Itoa(svc.Port)
+	if onMain := strings.HasSuffix(checks[0].Name, mainPort); onMain != (healthListen == "") {
+		t.Fatalf("check %q: on the main port %t, want %t", checks[0].Name, onMain, healthListen == "")
 	}
 
 	addr := net.JoinHostPort(svc.Address, strconv.Itoa(svc.Port))

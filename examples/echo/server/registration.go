@@ -18,7 +18,7 @@ type registration struct {
 // newRegistration prepares the agent registration of the instance at
 // advertise (an IP:port), with a gRPC health check against the standard
 // health service.
-func newRegistration(cfg config, advertise string) (*registration, error) {
+func newRegistration(cfg config, advertise, checkAddr string) (*registration, error) {
 	consulCfg := api.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...
 	if cfg.ConsulAddr != "" {
 		consulCfg.Address = cfg.ConsulAddr
@@ -51,10 +51,10 @@ func newRegistration(cfg config, advertise string) (*registration, error) {
 			Port:    port,
 			Meta:    meta,
 			Check: &api.AgentServiceCheck{
-				Name: "gRPC health " + advertise,
+				Name: "gRPC health " + checkAddr,
 				// Consul calls grpc.health.v1.Health/Check for the
 				// overall ("") status at this address.
-				GRPC:                           advertise,
+				GRPC:                           checkAddr,
 				Interval:                       cfg.CheckInterval.String(),
 				Timeout:                        cfg.CheckInterval.String(),
 				DeregisterCriticalServiceAfter: "1m",

@@ -2,7 +2,10 @@
 # Runs the mesh on this machine and narrates what happens:
 #   a dev Consul, the Trellis xDS server, three echo servers that register
 #   themselves in Consul, and an echo client that dials xds:///echo. Calls
-#   spread across the three; then echo-2 is stopped and the calls move off it.
+#   spread across the three; then echo-2 is stopped and the calls move off it;
+#   then a policy sends every call to version v2. Last, SPIRE hands out SPIFFE
+#   identities: two secure-echo servers serve mTLS configured by trellis, a
+#   client called web reaches them, and batch is refused by a Consul intention.
 #
 # Usage: scripts/demo.sh        (`make demo` builds what it needs first)
 #
@@ -14,13 +17,19 @@
 #   DEMO_XDS_PORT       trellis xDS port (default 18000)
 #   DEMO_ADMIN_PORT     trellis admin port (default 18001)
 #   DEMO_ECHO_PORT      first of the three echo servers' ports (default 18101)
+#   DEMO_SPIRE_PORT     SPIRE server port (default 18081)
 #   TRELLIS_CONSUL_BIN  Consul binary (default ~/.cache/trellis/tools/consul-v1.16.1)
+#   TRELLIS_SPIRE_SERVER_BIN, TRELLIS_SPIRE_AGENT_BIN  SPIRE binaries (default ~/.cache/trellis/tools/spire-*-v1.13.3)
 #   TRELLIS_BIN_DIR     folder holding trellis, echo-server, echo-client (default bin/)
 #   DEMO_KEEP=1         keep the mesh running at the end until Ctrl-C
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 consul_bin=${TRELLIS_CONSUL_BIN:-$HOME/.cache/trellis/tools/consul-v1.16.1}
+spire_server_bin=${TRELLIS_SPIRE_SERVER_BIN:-$HOME/.cache/trellis/tools/spire-server-v1.13.3}
+spire_agent_bin=${TRELLIS_SPIRE_AGENT_BIN:-$HOME/.cache/trellis/tools/spire-agent-v1.13.3}
+spire_port=${DEMO_SPIRE_PORT:-18081}
+trust_domain=trellis.demo
 bin_dir=${TRELLIS_BIN_DIR:-$root/bin}
 
 consul_port=${DEMO_CONSUL_PORT:-18500}
@@ -32,6 +41,9 @@ xds_addr=127.0.0.1:${DEMO_XDS_PORT:-18000}
 admin_addr=127.0.0.1:${DEMO_ADMIN_PORT:-18001}
 echo_port=${DEMO_ECHO_PORT:-18101}
 echo_ports=("$echo_port" $((echo_port + 1)) $((echo_port + 2)))
+# The mTLS part: two secure-echo servers, each with a plaintext health port.
+secure_ports=($((echo_port + 10)) $((echo_port + 11)))
+health_ports=($((echo_port + 20)) $((echo_port + 21)))
 
 # ---- helpers ----------------------------------------------------------------
 
@@ -127,9 +139,11 @@ for b in trellis echo-server echo-client; do
 	[ -x "$bin_dir/$b" ] || fail "$bin_dir/$b is missing: run \`make demo\` (or \`make build\`)"
 done
 [ -x "$consul_bin" ] || fail "$consul_bin is missing: run \`make tools\`"
+[ -x "$spire_server_bin" ] || fail "$spire_server_bin is missing: run \`make tools\`"
+[ -x "$spire_agent_bin" ] || fail "$spire_agent_bin is missing: run \`make tools\`"
 command -v curl >/dev/null || fail "curl is needed to poll Consul and the admin endpoint"
 for p in "${consul_http##*:}" "$consul_serf_lan" "$consul_serf_wan" "$consul_server" \
-	"${xds_addr##*:}" "${admin_addr##*:}" "${echo_ports[@]}"; do
+	"${xds_addr##*:}" "${admin_addr##*:}" "${echo_ports[@]}" "$spire_port" "${secure_ports[@]}" "${health_ports[@]}"; do
 	if port_in_use "$p"; then
 		fail "port 127.0.0.1:$p is already in use (another demo still running? the DEMO_*_PORT variables move the demo)"
 	fi
@@ -153,7 +167,8 @@ export CONSUL_HTTP_ADDR=$consul_http
 # The policy API (step 7) takes a bearer token; it is off without one.
 export TRELLIS_API_TOKEN=demo-$RANDOM$RANDOM
 export TRELLIS_SERVER=$admin_addr
-start trellis "$tmp/trellis.log" "$bin_dir/trellis" server --xds-listen "$xds_addr" --admin-listen "$admin_addr"
+start trellis "$tmp/trellis.log" "$bin_dir/trellis" server --xds-listen "$xds_addr" --admin-listen "$admin_addr" \
+	--trust-domain "$trust_domain"
 wait_for "trellis to become ready (http://$admin_addr/readyz)" 60 "$tmp/trellis.log" \
 	curl -sf "http://$admin_addr/readyz"
 note "trellis is ready: it has synced the Consul catalog"
@@ -246,10 +261,134 @@ failed=0
 while read -r n; do
 	failed=$((failed + n))
 done < <(grep -h '^total:' "$tmp/phase1.out" "$tmp/phase2.out" "$tmp/phase3.out" | sed -n 's/.* failed=\([0-9]*\).*/\1/p')
-note "failed calls over the whole demo: $failed"
+note "failed calls in steps 5 to 7: $failed"
+
+say "step 8: starting SPIRE: a server and an agent that hand out SPIFFE identities (trust domain $trust_domain)"
+mkdir -p "$tmp/spire/server" "$tmp/spire/agent"
+spire_server_sock=$tmp/spire/server.sock
+spire_agent_sock=$tmp/spire/agent.sock
+cat >"$tmp/spire/server.conf" <<CONF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "$spire_port"
+  socket_path = "$spire_server_sock"
+  trust_domain = "$trust_domain"
+  data_dir = "$tmp/spire/server"
+  log_level = "INFO"
+  default_x509_svid_ttl = "1h"
+  experimental {
+    cache_reload_interval = "1s"
+  }
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "$tmp/spire/server/datastore.sqlite3"
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+}
+CONF
+cat >"$tmp/spire/agent.conf" <<CONF
+agent {
+  data_dir = "$tmp/spire/agent"
+  log_level = "INFO"
+  server_address = "127.0.0.1"
+  server_port = "$spire_port"
+  socket_path = "$spire_agent_sock"
+  trust_domain = "$trust_domain"
+  insecure_bootstrap = true
+  experimental {
+    sync_interval = "1s"
+  }
+}
+plugins {
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  WorkloadAttestor "unix" {
+    plugin_data {
+      discover_workload_path = true
+    }
+  }
+}
+CONF
+start spire-server "$tmp/spire-server.log" "$spire_server_bin" run -config "$tmp/spire/server.conf"
+wait_for "the SPIRE server" 60 "$tmp/spire-server.log" "$spire_server_bin" healthcheck -socketPath "$spire_server_sock"
+node_id=spiffe://$trust_domain/demo-node
+join_token=$("$spire_server_bin" token generate -socketPath "$spire_server_sock" -spiffeID "$node_id" | awk '{print $2}')
+start spire-agent "$tmp/spire-agent.log" "$spire_agent_bin" run -config "$tmp/spire/agent.conf" -joinToken "$join_token"
+wait_for "the SPIRE agent" 60 "$tmp/spire-agent.log" "$spire_agent_bin" healthcheck -socketPath "$spire_agent_sock"
+# Workloads are told apart by their binary: the batch client is a copy of
+# the echo client at another path, so it gets another identity.
+cp "$bin_dir/echo-client" "$tmp/batch-client"
+svc_id() { echo "spiffe://$trust_domain/ns/default/dc/dc1/svc/$1"; }
+register() {
+	"$spire_server_bin" entry create -socketPath "$spire_server_sock" -parentID "$node_id" \
+		-spiffeID "$(svc_id "$1")" -selector "unix:path:$2" >/dev/null ||
+		fail "registering $1 in SPIRE failed" "$tmp/spire-server.log"
+	note "$(svc_id "$1")  <- $2"
+}
+register secure-echo "$bin_dir/echo-server"
+register web "$bin_dir/echo-client"
+register batch "$tmp/batch-client"
+
+say "step 9: two echo servers for service secure-echo with mTLS (Consul meta trellis-mtls=true)"
+note "they run xds.NewGRPCServer: trellis sends them a server listener that requires a client"
+note "certificate and an RBAC filter built from Consul intentions; the SVID comes from SPIRE in process"
+"$bin_dir/trellis" bootstrap --xds-server "$xds_addr" --node-id secure-echo --spiffe \
+	--workload-api-addr "unix://$spire_agent_sock" -o "$tmp/bootstrap-spiffe.json" ||
+	fail "trellis bootstrap --spiffe failed"
+for i in 1 2; do
+	start "secure-echo-$i" "$tmp/secure-echo-$i.log" \
+		env GRPC_XDS_BOOTSTRAP="$tmp/bootstrap-spiffe.json" "$bin_dir/echo-server" --xds --listen "127.0.0.1:${secure_ports[i - 1]}" \
+		--health-listen "127.0.0.1:${health_ports[i - 1]}" --instance-id "secure-echo-$i" \
+		--service secure-echo --meta trellis-mtls=true --consul-addr "$consul_http" --check-interval 1s
+	note "secure-echo-$i on 127.0.0.1:${secure_ports[i - 1]} (Consul checks its health on :${health_ports[i - 1]})"
+done
+cat >"$tmp/intentions.hcl" <<'HCL'
+Kind = "service-intentions"
+Name = "secure-echo"
+Sources = [
+  { Name = "web", Action = "allow" },
+  { Name = "batch", Action = "deny" },
+]
+HCL
+"$consul_bin" config write -http-addr="$consul_http" "$tmp/intentions.hcl" >/dev/null ||
+	fail "writing the intentions to Consul failed" "$tmp/consul.log"
+note "Consul intentions: web -> secure-echo allow, batch -> secure-echo deny"
+secure_passing() {
+	[ "$(curl -sf "http://$consul_http/v1/health/checks/secure-echo?filter=Status%20%3D%3D%20passing" | grep -o '"CheckID"' | wc -l)" -eq 2 ]
+}
+wait_for "two passing secure-echo instances" 60 "$tmp/secure-echo-1.log" secure_passing
+wait_for "secure-echo-1 to serve its mTLS listener" 60 "$tmp/secure-echo-1.log" grep -q 'mode=SERVING' "$tmp/secure-echo-1.log"
+wait_for "secure-echo-2 to serve its mTLS listener" 60 "$tmp/secure-echo-2.log" grep -q 'mode=SERVING' "$tmp/secure-echo-2.log"
+
+say "step 10: web calls xds:///secure-echo over mTLS (xDS credentials, its SVID from SPIRE)"
+GRPC_XDS_BOOTSTRAP=$tmp/bootstrap-spiffe.json "$bin_dir/echo-client" --xds-creds --target xds:///secure-echo \
+	--rate 5 --count 6 --each --timeout 5s 2>"$tmp/web.log" | tee "$tmp/phase4.out" | sed -u 's/^/   /'
+grep -q "seen-as=$(svc_id web)" "$tmp/phase4.out" || fail "web's calls did not arrive as $(svc_id web)" "$tmp/trellis.log"
+grep -q 'error:' "$tmp/phase4.out" && fail "some of web's calls failed" "$tmp/web.log"
+note "each server saw the caller as $(svc_id web)"
+
+say "step 11: batch calls secure-echo too; the deny intention refuses it"
+GRPC_XDS_BOOTSTRAP=$tmp/bootstrap-spiffe.json "$tmp/batch-client" --xds-creds --target xds:///secure-echo \
+	--rate 5 --count 3 --each --timeout 5s 2>"$tmp/batch.log" | tee "$tmp/phase5.out" | sed -u 's/^/   /'
+grep -q 'PermissionDenied' "$tmp/phase5.out" || fail "batch was not denied" "$tmp/trellis.log"
+grep -q 'instance=' "$tmp/phase5.out" && fail "a call from batch got through" "$tmp/trellis.log"
+note "denied by the server's RBAC filter, built by trellis from the Consul intention"
 
 if [ "${DEMO_KEEP:-}" = 1 ]; then
-	say "DEMO_KEEP=1: the mesh keeps running (Consul, trellis, echo-1, echo-3); Ctrl-C stops it"
+	say "DEMO_KEEP=1: the mesh keeps running (Consul, SPIRE, trellis, echo-1, echo-3, secure-echo-1/2); Ctrl-C stops it"
 	note "export CONSUL_HTTP_ADDR=$consul_http GRPC_XDS_BOOTSTRAP=$tmp/bootstrap.json"
 	note "$bin_dir/echo-client --target xds:///echo          # call the mesh"
 	note "$bin_dir/echo-server --listen 127.0.0.1:$((echo_port + 3)) --instance-id echo-4 --consul-addr $consul_http"

@@ -128,7 +128,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		wg            sync.WaitGroup
 	)
 	start := time.Now()
-	record := func(instance string, err error, latency time.Duration) {
+	record := func(instance, seenAs string, err error, latency time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		total.add(instance, err)
@@ -137,7 +137,11 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			if err != nil {
 				fmt.Fprintf(out, "t=%s error: %s\n", since(start), errSummary(err))
 			} else {
-				fmt.Fprintf(out, "t=%s instance=%s latency=%s\n", since(start), instance, latency.Round(time.Microsecond))
+				line := fmt.Sprintf("t=%s instance=%s latency=%s", since(start), instance, latency.Round(time.Microsecond))
+				if seenAs != "" {
+					line += " seen-as=" + seenAs // the caller's SPIFFE ID, as the server saw it over mTLS
+				}
+				fmt.Fprintln(out, line)
 			}
 		}
 	}
@@ -156,7 +160,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			defer cancel()
 			t0 := time.Now()
 			resp, err := client.Echo(callCtx, &echov1.EchoRequest{Message: cfg.Message})
-			record(resp.GetInstanceId(), err, time.Since(t0))
+			record(resp.GetInstanceId(), resp.GetPeerIdentity(), err, time.Since(t0))
 		})
 	}
 	startCall() // the first call goes out at once, then one per tick

@@ -12,6 +12,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -29,6 +30,10 @@ type StreamStatus struct {
 	UserAgent string `json:"user_agent,omitempty"`
 	// Peer is the client's address.
 	Peer string `json:"peer"`
+	// PeerSPIFFEID is the SPIFFE ID of the client's certificate when the
+	// stream came over TLS with a client certificate carrying one (the
+	// server's credentials verified it); empty otherwise.
+	PeerSPIFFEID string `json:"peer_spiffe_id,omitempty"`
 	// OpenedAt is when the stream opened.
 	OpenedAt time.Time `json:"opened_at"`
 	// Types holds one entry per type URL requested, sorted by type URL.
@@ -163,15 +168,20 @@ func (t *tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
 		status: StreamStatus{ID: id, OpenedAt: time.Now()},
 		types:  make(map[string]*typeState),
 	}
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		st.status.Peer = p.Addr.String()
+	if p, ok := peer.FromContext(ctx); ok {
+		if p.Addr != nil {
+			st.status.Peer = p.Addr.String()
+		}
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && info.SPIFFEID != nil {
+			st.status.PeerSPIFFEID = info.SPIFFEID.String()
+		}
 	}
 	t.mu.Lock()
 	t.streams[id] = st
 	t.totals.Streams++
 	t.mu.Unlock()
 	t.streamsGauge.Inc()
-	t.logger.Debug("ADS stream opened", "stream", id, "peer", st.status.Peer)
+	t.logger.Debug("ADS stream opened", "stream", id, "peer", st.status.Peer, "peer_spiffe_id", st.status.PeerSPIFFEID)
 	return nil
 }
 

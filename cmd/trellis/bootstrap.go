@@ -1,18 +1,45 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"net/url"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
+)
+
+// bootstrapSecurityOptions are the identity flags of `trellis bootstrap`.
+type bootstrapSecurityOptions struct {
+	spiffe           bool
+	workloadAPIAddr  string
+	spiffeID         string
+	files            string
+	filesRefresh     time.Duration
+	xdsServerTLS     string
+	xdsServerIDs     []string
+	xdsServerDomains []string
+}
+
+// Modes of --xds-server-tls.
+const (
+	xdsTLSInsecure = "insecure"
+	xdsTLSSPIFFE   = "spiffe"
+	xdsTLSFiles    = "files"
 )
 
 func newBootstrapCommand() *cobra.Command {
 	var (
 		cfg    bootstrap.Config
+		sec    bootstrapSecurityOptions
 		output string
 	)
 	cmd := &cobra.Command{
@@ -20,11 +47,45 @@ func newBootstrapCommand() *cobra.Command {
 		Short: "Write a GRPC_XDS_BOOTSTRAP file pointing a workload at Trellis",
 		Long: `Write the bootstrap file that grpc-go's xDS client and xds.NewGRPCServer read
 from the file named by GRPC_XDS_BOOTSTRAP. Several --xds-server flags give an
-ordered list: later servers are fallbacks.`,
+ordered list: later servers are fallbacks.
+
+SPIFFE identity for mTLS between services (the certificate provider instance
+"` + bootstrap.CertificateProviderInstance + `" that the control plane's TLS settings name), one of:
+  --spiffe             the workload fetches its SVID from the Workload API in
+                       process (--workload-api-addr, default the workload's
+                       SPIFFE_ENDPOINT_SOCKET; --spiffe-id to pick one). Go
+                       workloads import github.com/trellis-mesh/trellis/identity/certprovider.
+  --spiffe-files DIR   gRPC's file_watcher reads the files that
+                       trellis identity sync --dir DIR keeps (any gRPC language).
+
+The connection to the xDS server itself (--xds-server-tls):
+  insecure   plaintext (default)
+  spiffe     mTLS with the workload's SVID from the Workload API, in process
+             (Go workloads importing identity/certprovider); the server is
+             accepted by its SPIFFE ID: --xds-server-spiffe-id, or any ID of
+             --xds-server-trust-domain, by default of the workload's own
+             trust domain.
+  files      gRPC's "tls" credentials with the files in --spiffe-files DIR.
+             gRPC checks the server's host name, not its SPIFFE ID: the
+             control plane's SVID needs a DNS SAN equal to the --xds-server
+             host (SPIRE: entry create -dns HOST). With
+             GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true in the workload, gRPC
+             instead accepts any SVID of a trust domain in the bundle map.`,
 		Example: `  trellis bootstrap --xds-server 127.0.0.1:18000 --node-id echo-1 -o bootstrap.json
-  GRPC_XDS_BOOTSTRAP=bootstrap.json ./my-client   # dials xds:///echo`,
+  GRPC_XDS_BOOTSTRAP=bootstrap.json ./my-client   # dials xds:///echo
+
+  trellis bootstrap --xds-server trellis.example:18000 --node-id echo-1 \
+    --spiffe --workload-api-addr unix:///run/spire/agent.sock \
+    --xds-server-tls spiffe --xds-server-spiffe-id spiffe://example.org/trellis/control-plane
+
+  trellis identity sync --dir /run/trellis/identity &
+  trellis bootstrap --xds-server trellis.example:18000 --node-id echo-1 \
+    --spiffe-files /run/trellis/identity --xds-server-tls files`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sec.apply(cmd, &cfg); err != nil {
+				return err
+			}
 			out, err := bootstrap.Generate(cfg)
 			if err != nil {
 				return err
@@ -44,7 +105,105 @@ ordered list: later servers are fallbacks.`,
 	f.StringVar(&cfg.Region, "region", "", "node locality region")
 	f.StringToStringVar(&cfg.Metadata, "metadata", nil, "node metadata key=value pairs")
 	f.StringVarP(&output, "output", "o", "", "file to write (default: standard output)")
+	f.BoolVar(&sec.spiffe, "spiffe", false, "SVID for mTLS between services from the Workload API, in process (certificate provider "+identity.ProviderPluginName+")")
+	f.StringVar(&sec.workloadAPIAddr, "workload-api-addr", "", "Workload API address for --spiffe and --xds-server-tls spiffe, unix:///path or tcp://ip:port (default: the workload's "+workloadapi.SocketEnv+")")
+	f.StringVar(&sec.spiffeID, "spiffe-id", "", "SPIFFE ID of the workload's SVID when the Workload API offers several (default: the first)")
+	f.StringVar(&sec.files, "spiffe-files", "", "directory where trellis identity sync keeps the SVID files; SVID for mTLS between services from them (certificate provider "+identity.FileWatcherPluginName+")")
+	f.DurationVar(&sec.filesRefresh, "spiffe-files-refresh", identity.DefaultFileRefreshInterval, "how often gRPC re-reads the --spiffe-files files; keep it well under the SVID lifetime")
+	f.StringVar(&sec.xdsServerTLS, "xds-server-tls", xdsTLSInsecure, "transport to the xDS server: insecure, spiffe or files")
+	f.StringArrayVar(&sec.xdsServerIDs, "xds-server-spiffe-id", nil, "SPIFFE ID the xDS server may present, with --xds-server-tls spiffe; repeatable")
+	f.StringArrayVar(&sec.xdsServerDomains, "xds-server-trust-domain", nil, "trust domain any of whose IDs the xDS server may present, with --xds-server-tls spiffe; repeatable (default: the workload's own, unless --xds-server-spiffe-id is given)")
 	return cmd
+}
+
+// apply checks the identity flags and adds the certificate provider and
+// channel credentials they ask for to cfg. It warns on the command's
+// standard error about a Workload API socket that does not exist here.
+func (o bootstrapSecurityOptions) apply(cmd *cobra.Command, cfg *bootstrap.Config) error {
+	flags := cmd.Flags()
+	if o.spiffe && o.files != "" {
+		return errors.New("--spiffe and --spiffe-files are exclusive: the SVID comes from the Workload API in process, or from files")
+	}
+	switch o.xdsServerTLS {
+	case xdsTLSInsecure, xdsTLSSPIFFE, xdsTLSFiles:
+	default:
+		return fmt.Errorf("--xds-server-tls %q: accepted: %s, %s, %s", o.xdsServerTLS, xdsTLSInsecure, xdsTLSSPIFFE, xdsTLSFiles)
+	}
+	inProcess := o.spiffe || o.xdsServerTLS == xdsTLSSPIFFE
+	if !inProcess && (o.workloadAPIAddr != "" || o.spiffeID != "") {
+		return errors.New("--workload-api-addr and --spiffe-id apply to --spiffe and --xds-server-tls spiffe only (trellis identity sync takes them for --spiffe-files)")
+	}
+	if o.xdsServerTLS != xdsTLSSPIFFE && (len(o.xdsServerIDs) > 0 || len(o.xdsServerDomains) > 0) {
+		return errors.New("--xds-server-spiffe-id and --xds-server-trust-domain apply to --xds-server-tls spiffe only")
+	}
+	if o.xdsServerTLS == xdsTLSFiles && o.files == "" {
+		return errors.New("--xds-server-tls files needs --spiffe-files DIR, the directory trellis identity sync keeps")
+	}
+	if flags.Changed("spiffe-files-refresh") && o.files == "" {
+		return errors.New("--spiffe-files-refresh applies to --spiffe-files only")
+	}
+
+	var dir string
+	if o.files != "" {
+		var err error
+		if dir, err = filepath.Abs(o.files); err != nil {
+			return fmt.Errorf("--spiffe-files %q: %w", o.files, err)
+		}
+	}
+	providers := map[string]json.RawMessage{}
+	switch {
+	case o.spiffe:
+		frag, err := identity.ProviderFragment(identity.ProviderConfig{WorkloadAPIAddr: o.workloadAPIAddr, SPIFFEID: o.spiffeID})
+		if err != nil {
+			return fmt.Errorf("--spiffe: %w", err)
+		}
+		providers[bootstrap.CertificateProviderInstance] = frag
+	case o.files != "":
+		frag, err := identity.FileWatcherProvider(dir, o.filesRefresh)
+		if err != nil {
+			return fmt.Errorf("--spiffe-files: %w", err)
+		}
+		providers[bootstrap.CertificateProviderInstance] = frag
+	}
+	if len(providers) > 0 {
+		if cfg.CertificateProviders == nil {
+			cfg.CertificateProviders = map[string]json.RawMessage{}
+		}
+		maps.Copy(cfg.CertificateProviders, providers)
+	}
+
+	var creds json.RawMessage
+	switch o.xdsServerTLS {
+	case xdsTLSSPIFFE:
+		entry, err := identity.ChannelCreds(identity.ChannelCredsConfig{
+			WorkloadAPIAddr:    o.workloadAPIAddr,
+			SPIFFEID:           o.spiffeID,
+			ServerSPIFFEIDs:    o.xdsServerIDs,
+			ServerTrustDomains: o.xdsServerDomains,
+		})
+		if err != nil {
+			return fmt.Errorf("--xds-server-tls spiffe: %w", err)
+		}
+		creds = entry
+	case xdsTLSFiles:
+		entry, err := identity.TLSFilesChannelCreds(dir, o.filesRefresh)
+		if err != nil {
+			return fmt.Errorf("--xds-server-tls files: %w", err)
+		}
+		creds = entry
+	}
+	if creds != nil {
+		cfg.ChannelCreds = json.RawMessage("[" + string(creds) + "]")
+	}
+
+	if inProcess && o.workloadAPIAddr != "" {
+		if u, err := url.Parse(o.workloadAPIAddr); err == nil && u.Scheme == "unix" {
+			if _, err := os.Stat(u.Path); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "trellis: warning: --workload-api-addr %s: %v; the workload needs the SPIFFE agent's socket there when it runs\n", o.workloadAPIAddr, err)
+			}
+		}
+	}
+	return nil
 }
 
 // writeFileAtomic replaces path with data so that a reader never sees a

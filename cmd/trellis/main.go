@@ -3,6 +3,7 @@
 //	trellis server      the xDS control plane fed by the Consul catalog
 //	trellis bootstrap   writes a GRPC_XDS_BOOTSTRAP file for a workload
 //	trellis policy      manages service policies (apply, get, list, delete, validate)
+//	trellis identity    keeps the workload's SPIFFE identity in files (sync)
 //
 // This is the only place where Trellis components are wired together.
 package main
@@ -34,6 +35,6 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newBootstrapCommand(), newPolicyCommand())
+	root.AddCommand(newServerCommand(), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand())
 	return root
 }

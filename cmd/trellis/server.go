@@ -39,6 +39,8 @@ type serverOptions struct {
 	logLevel       string
 	logFormat      string
 	policy         policyOptions
+	security       securityOptions
+	tls            serverTLSOptions
 }
 
 func newServerCommand() *cobra.Command {
@@ -77,6 +79,8 @@ catalog and the policies. The admin listener serves /healthz, /readyz,
 	f.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&opts.logFormat, "log-format", "text", "log format: text or json")
 	addPolicyServerFlags(f, &opts.policy)
+	addSecurityServerFlags(f, &opts.security)
+	addServerTLSFlags(f, &opts.tls)
 	return cmd
 }
 
@@ -124,6 +128,13 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 
+	stls, err := newServerTLS(ctx, opts.tls, logger)
+	if err != nil {
+		return err
+	}
+	defer stls.Close()
+	opts.policy.authenticators = stls.policyAuthenticators()
+
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -138,15 +149,20 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	}
 	cache := xdscache.New(xdscache.Config{Logger: logger.With("component", "xdscache")})
 	xds, err := xdsserver.New(xdsserver.Config{
-		Cache:      cache,
-		Logger:     logger.With("component", "xds"),
-		Registerer: registry,
+		Cache:         cache,
+		Logger:        logger.With("component", "xds"),
+		Registerer:    registry,
+		ServerOptions: stls.xdsServerOptions(),
 	})
 	if err != nil {
 		return err
 	}
 	applier := newApplier(cache, translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic}, logger.With("component", "translate"), registry)
 	policies, err := newPolicyServer(opts.policy, client, logger, registry, applier.knownService)
+	if err != nil {
+		return err
+	}
+	security, err := newSecurityServer(opts.security, client, logger, registry, applier.knownService)
 	if err != nil {
 		return err
 	}
@@ -165,6 +181,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 			detail.WriteString("serving the last good configuration until Consul is reachable again\n")
 		}
 		policies.readyDetail(&detail)
+		security.readyDetail(&detail)
+		stls.readyDetail(&detail)
 		return applier.ready(), detail.String()
 	}
 	adminServer := admin.New(admin.Config{
@@ -195,7 +213,11 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return policies.run(ctx) })
-	g.Go(func() error { return applier.run(ctx, watcher.Snapshots(), policies.watcher.Snapshots(), synced) })
+	g.Go(func() error { return stls.serveAPI(ctx, policies.grpc) })
+	g.Go(func() error { return security.run(ctx) })
+	g.Go(func() error {
+		return applier.run(ctx, watcher.Snapshots(), policies.watcher.Snapshots(), security.snapshots(), synced)
+	})
 	g.Go(func() error {
 		select {
 		case <-synced:
@@ -269,9 +291,9 @@ func (a *applier) knownService(name string) bool {
 	return ok
 }
 
-// run translates from the first moment both a catalog and a policy snapshot
-// have arrived, and again on every new snapshot of either.
-func (a *applier) run(ctx context.Context, catalogs <-chan *model.Snapshot, policies <-chan *store.Snapshot, synced chan<- struct{}) error {
+// run translates from the first moment a catalog, a policy and a security
+// snapshot have arrived, and again on every new snapshot of any.
+func (a *applier) run(ctx context.Context, catalogs <-chan *model.Snapshot, policies <-chan *store.Snapshot, security <-chan *translate.Security, synced chan<- struct{}) error {
 	var in translate.Input
 	havePolicies := false
 	for {
@@ -284,8 +306,10 @@ func (a *applier) run(ctx context.Context, catalogs <-chan *model.Snapshot, poli
 		case ps := <-policies:
 			in.Policies = ps.Policies
 			havePolicies = true
+		case sec := <-security:
+			in.Security = sec
 		}
-		if in.Catalog == nil || !havePolicies {
+		if in.Catalog == nil || !havePolicies || in.Security == nil {
 			continue
 		}
 		a.apply(in)

@@ -20,6 +20,9 @@ import (
 type policyOptions struct {
 	prefix       string
 	apiTokenFile string
+	// authenticators are accepted besides the bearer token, e.g. SPIFFE
+	// IDs over mTLS (set from the server's TLS flags).
+	authenticators []policyapi.Authenticator
 }
 
 func addPolicyServerFlags(f *pflag.FlagSet, o *policyOptions) {
@@ -58,6 +61,7 @@ func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.
 	if err != nil {
 		return nil, err
 	}
+	auths = append(auths, opts.authenticators...)
 	apiLogger := logger.With("component", "policyapi")
 	if len(auths) == 0 {
 		apiLogger.Warn(policyapi.DisabledMessage)

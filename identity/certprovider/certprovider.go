@@ -16,6 +16,19 @@
 //	  }
 //	}
 //
+// The same import registers the xDS bootstrap channel credentials
+// "trellis_spiffe" (see identity.ChannelCreds): the workload reaches the xDS
+// server itself over mTLS with its SVID, and accepts the server by its
+// SPIFFE ID rather than a host name:
+//
+//	"xds_servers": [{
+//	  "server_uri": "trellis.example:18000",
+//	  "channel_creds": [{
+//	    "type": "trellis_spiffe",
+//	    "config": {"server_spiffe_ids": ["spiffe://example.org/trellis/control-plane"]}
+//	  }]
+//	}]
+//
 // The package must not import anything of Trellis outside identity.
 package certprovider
 
@@ -42,7 +55,7 @@ import (
 const PluginName = identity.ProviderPluginName
 
 func init() {
-	grpccertprovider.Register(builder{})
+	grpccertprovider.Register(builder{last: &lastSVIDs{byConfig: map[string]*lastSVID{}}})
 }
 
 // Config configures a Provider.
@@ -71,6 +84,12 @@ type Config struct {
 // failed without ever delivering one, KeyMaterial returns that failure while
 // the Provider keeps retrying. After the first SVID, failures and expiry are
 // logged and the last SVID is served until a new one arrives.
+//
+// Providers built through the plugin (from the xDS bootstrap) start from the
+// last unexpired SVID that an earlier Provider of the same config fetched in
+// this process: grpc-go builds a Provider per connection on xDS servers and
+// closes it with the connection, and a new connection must not depend on
+// the Workload API answering right then (an agent restart, say).
 type Provider struct {
 	addr   string
 	want   spiffeid.ID
@@ -83,6 +102,10 @@ type Provider struct {
 
 	expiry *time.Timer // fires when the current SVID expires
 
+	// last, when set, receives every SVID, for the next Provider of the
+	// same config.
+	last *lastSVID
+
 	mu   sync.Mutex
 	svid *x509svid.SVID // current SVID; nil before the first
 }
@@ -92,6 +115,12 @@ var _ grpccertprovider.Provider = (*Provider)(nil)
 // New validates cfg and starts watching the Workload API in the background.
 // It does not wait for the first SVID: KeyMaterial does.
 func New(cfg Config) (*Provider, error) {
+	return newProvider(cfg, nil)
+}
+
+// newProvider is New, starting from the SVID in last, if any and unexpired,
+// and keeping every new SVID there.
+func newProvider(cfg Config, last *lastSVID) (*Provider, error) {
 	addr, err := identity.WorkloadAPIAddr(cfg.WorkloadAPIAddr)
 	if err != nil {
 		return nil, fmt.Errorf("certprovider: %w", err)
@@ -108,8 +137,16 @@ func New(cfg Config) (*Provider, error) {
 		dist:   grpccertprovider.NewDistributor(),
 		cancel: cancel,
 		expiry: time.NewTimer(time.Hour),
+		last:   last,
 	}
 	p.expiry.Stop()
+	if svid, km := last.get(); svid != nil && time.Now().Before(svid.Certificates[0].NotAfter) {
+		p.svid = svid
+		p.dist.Set(km, nil)
+		p.expiry.Reset(time.Until(svid.Certificates[0].NotAfter))
+		p.logger.Debug("serving the last X.509 SVID fetched in this process until the Workload API answers",
+			"spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC())
+	}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
@@ -174,6 +211,7 @@ func (h *watchHandler) OnUpdate(c *workloadapi.X509Context) {
 	p.svid = svid
 	p.expiry.Reset(time.Until(svid.Certificates[0].NotAfter))
 	p.mu.Unlock()
+	p.last.set(svid, km)
 	leaf := svid.Certificates[0]
 	p.logger.Info("X.509 SVID updated", "spiffe_id", svid.ID.String(),
 		"serial", leaf.SerialNumber.String(), "not_after", leaf.NotAfter.UTC())
@@ -225,15 +263,62 @@ func (p *Provider) reportExpiry(ctx context.Context) {
 	}
 }
 
+// lastSVIDs holds, per plugin config, the last SVID a Provider built by the
+// plugin fetched: part of the plugin registration, it lives as long as the
+// process.
+type lastSVIDs struct {
+	mu       sync.Mutex
+	byConfig map[string]*lastSVID
+}
+
+func (l *lastSVIDs) forConfig(canonical string) *lastSVID {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v, ok := l.byConfig[canonical]
+	if !ok {
+		v = &lastSVID{}
+		l.byConfig[canonical] = v
+	}
+	return v
+}
+
+// lastSVID is the last SVID of one plugin config. A nil *lastSVID holds
+// nothing.
+type lastSVID struct {
+	mu   sync.Mutex
+	svid *x509svid.SVID
+	km   *grpccertprovider.KeyMaterial
+}
+
+func (l *lastSVID) get() (*x509svid.SVID, *grpccertprovider.KeyMaterial) {
+	if l == nil {
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.svid, l.km
+}
+
+func (l *lastSVID) set(svid *x509svid.SVID, km *grpccertprovider.KeyMaterial) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.svid, l.km = svid, km
+}
+
 // builder is the grpc-go plugin builder.
-type builder struct{}
+type builder struct {
+	last *lastSVIDs
+}
 
 func (builder) Name() string { return PluginName }
 
 // ParseConfig parses the plugin's bootstrap config (identity.ProviderConfig
 // as JSON), resolving the Workload API address from SPIFFE_ENDPOINT_SOCKET
 // when the config names none.
-func (builder) ParseConfig(c any) (*grpccertprovider.BuildableConfig, error) {
+func (b builder) ParseConfig(c any) (*grpccertprovider.BuildableConfig, error) {
 	raw, ok := c.(json.RawMessage)
 	if !ok {
 		return nil, fmt.Errorf("certprovider: %s config: unsupported type %T, want JSON", PluginName, c)
@@ -246,8 +331,9 @@ func (builder) ParseConfig(c any) (*grpccertprovider.BuildableConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certprovider: %s config: %w", PluginName, err)
 	}
+	last := b.last.forConfig(string(canonical))
 	return grpccertprovider.NewBuildableConfig(PluginName, canonical, func(grpccertprovider.BuildOptions) grpccertprovider.Provider {
-		p, err := New(cfg)
+		p, err := newProvider(cfg, last)
 		if err != nil {
 			// Unreachable: parseConfig validated cfg. grpc-go reports a
 			// nil Provider as a build failure.

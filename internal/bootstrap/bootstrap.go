@@ -20,6 +20,12 @@ import (
 // prints it. The translator names server Listeners the same way.
 const ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
 
+// CertificateProviderInstance is the certificate_providers instance name
+// that the translator's TLS contexts name for both the workload's identity
+// and its trusted roots: a bootstrap for mTLS must define an instance of
+// this name.
+const CertificateProviderInstance = "trellis"
+
 // Config describes one bootstrap file.
 type Config struct {
 	// Servers are the xDS servers as host:port, in order: the first is used
@@ -34,7 +40,9 @@ type Config struct {
 	Region string
 	// Metadata is added to the node. Optional.
 	Metadata map[string]string
-	// ChannelCreds is the JSON of the xds_servers channel_creds list.
+	// ChannelCreds is the JSON of the xds_servers channel_creds list, used
+	// for every server; grpc-go uses the first type it supports (see
+	// identity.ChannelCreds and identity.TLSFilesChannelCreds).
 	// Default: plaintext ([{"type": "insecure"}]).
 	ChannelCreds json.RawMessage
 	// CertificateProviders maps instance names to certificate provider
@@ -116,8 +124,8 @@ func (cfg Config) validate() error {
 	if strings.TrimSpace(cfg.NodeID) == "" {
 		errs = append(errs, errors.New("bootstrap: node id: required, e.g. the service instance id"))
 	}
-	if len(cfg.ChannelCreds) > 0 && !json.Valid(cfg.ChannelCreds) {
-		errs = append(errs, errors.New("bootstrap: channel creds: not valid JSON"))
+	if len(cfg.ChannelCreds) > 0 {
+		errs = append(errs, checkChannelCreds(cfg.ChannelCreds)...)
 	}
 	for name, p := range cfg.CertificateProviders {
 		if !json.Valid(p) {
@@ -125,6 +133,27 @@ func (cfg Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkChannelCreds checks that creds is a non-empty list of channel
+// credentials, each with a type: grpc-go uses the first type it supports.
+func checkChannelCreds(creds json.RawMessage) []error {
+	var list []struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(creds, &list); err != nil {
+		return []error{fmt.Errorf("bootstrap: channel creds: want a JSON list of {\"type\": ..., \"config\": {...}}: %w", err)}
+	}
+	if len(list) == 0 {
+		return []error{errors.New("bootstrap: channel creds: the list is empty; leave it out for plaintext")}
+	}
+	var errs []error
+	for i, c := range list {
+		if c.Type == "" {
+			errs = append(errs, fmt.Errorf("bootstrap: channel creds[%d]: no type", i))
+		}
+	}
+	return errs
 }
 
 func checkHostPort(s string) error {

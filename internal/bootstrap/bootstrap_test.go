@@ -1,6 +1,7 @@
 package bootstrap
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -49,6 +50,46 @@ func TestGenerate(t *testing.T) {
 	}
 }
 
+func TestGenerateChannelCreds(t *testing.T) {
+	tests := []struct {
+		name  string
+		creds json.RawMessage
+		want  string
+	}{
+		{name: "default", want: `[{"type":"insecure"}]`},
+		{name: "given", creds: json.RawMessage(`[{"type":"trellis_spiffe","config":{"server_spiffe_ids":["spiffe://t.test/cp"]}}]`),
+			want: `[{"type":"trellis_spiffe","config":{"server_spiffe_ids":["spiffe://t.test/cp"]}}]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := Generate(Config{Servers: []string{"a:1", "b:2"}, NodeID: "n", ChannelCreds: tt.creds})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				XDSServers []struct {
+					ChannelCreds json.RawMessage `json:"channel_creds"`
+				} `json:"xds_servers"`
+			}
+			if err := json.Unmarshal(out, &got); err != nil {
+				t.Fatal(err)
+			}
+			if len(got.XDSServers) != 2 {
+				t.Fatalf("%d servers, want 2", len(got.XDSServers))
+			}
+			for i, s := range got.XDSServers {
+				var compact bytes.Buffer
+				if err := json.Compact(&compact, s.ChannelCreds); err != nil {
+					t.Fatal(err)
+				}
+				if compact.String() != tt.want {
+					t.Errorf("server %d channel_creds = %s, want %s", i, compact.String(), tt.want)
+				}
+			}
+		})
+	}
+}
+
 func TestGenerateRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -61,6 +102,12 @@ func TestGenerateRejectsBadInput(t *testing.T) {
 		{"no node id", Config{Servers: []string{"localhost:1"}}, "node id: required"},
 		{"bad provider json", Config{Servers: []string{"localhost:1"}, NodeID: "n",
 			CertificateProviders: map[string]json.RawMessage{"x": json.RawMessage(`{`)}}, `certificate provider "x"`},
+		{"channel creds not a list", Config{Servers: []string{"localhost:1"}, NodeID: "n",
+			ChannelCreds: json.RawMessage(`{"type":"tls"}`)}, "channel creds: want a JSON list"},
+		{"empty channel creds", Config{Servers: []string{"localhost:1"}, NodeID: "n",
+			ChannelCreds: json.RawMessage(`[]`)}, "channel creds: the list is empty"},
+		{"channel creds without type", Config{Servers: []string{"localhost:1"}, NodeID: "n",
+			ChannelCreds: json.RawMessage(`[{"type":"tls"},{"config":{}}]`)}, "channel creds[1]: no type"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,8 @@
 // Package translate turns an immutable catalog snapshot into the xDS resources
 // that grpc-go's xDS client consumes: for every service a client Listener, a
-// RouteConfiguration, an EDS Cluster and a ClusterLoadAssignment.
+// RouteConfiguration, an EDS Cluster and a ClusterLoadAssignment; with a
+// Security input, mTLS on Clusters and a server Listener (with RBAC from
+// intentions) for every instance.
 //
 // Translation is a pure function: no I/O, no clock, no logging, no globals.
 // Every rule about what gRPC accepts lives here, so that the control plane
@@ -65,6 +67,10 @@ type Input struct {
 	// Policies are the validated service policies, by destination service.
 	// Optional.
 	Policies map[string]*policyv1.ServicePolicy
+	// Security configures mTLS, authorization from intentions and server
+	// Listeners (see Security). Optional: nil serves every service in
+	// plaintext, without server Listeners.
+	Security *Security
 }
 
 // Resources are the translated xDS resources, by name.
@@ -105,8 +111,9 @@ type Skip struct {
 	Service string
 	// Instance is the instance key (node/id) when one instance was left out.
 	Instance string
-	// Route names the policy route concerned when part of a policy was left
-	// out.
+	// Route names the part of the service concerned when only that part
+	// was left out or overridden: a policy route, an intention, an
+	// instance's meta, a server Listener.
 	Route string
 	// Reason says what was wrong and what is accepted.
 	Reason string
@@ -149,21 +156,32 @@ func Translate(in Input, opts Options) *Result {
 		return res
 	}
 	clusters := newClusterIndex(in)
+	var datacenters []string
+	if in.Security != nil {
+		datacenters = snapshotDatacenters(in.Catalog)
+	}
+	serverOwners := map[string]string{}
 	for _, name := range in.Catalog.ServiceNames() {
 		svc := in.Catalog.Services[name]
 		if reason := checkServiceName(name); reason != "" {
 			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
 			continue
 		}
+		sec, secSkips, reason := in.Security.forService(svc, datacenters)
+		res.Skipped = append(res.Skipped, secSkips...)
+		if reason != "" {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
+			continue
+		}
 		pol := in.Policies[name]
-		out, skips, err := translateService(svc, pol, clusters, opts)
+		out, skips, err := translateService(svc, pol, clusters, opts, sec)
 		if err == nil {
 			err = out.validate()
 		}
 		if err != nil && pol != nil {
 			// Never let a policy break a service: serve it without one.
 			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: "policy not applied: " + err.Error()})
-			out, skips, err = translateService(svc, nil, clusters, opts)
+			out, skips, err = translateService(svc, nil, clusters, opts, sec)
 			if err == nil {
 				err = out.validate()
 			}
@@ -175,6 +193,13 @@ func Translate(in Input, opts Options) *Result {
 		res.Skipped = append(res.Skipped, skips...)
 		res.Panicking = append(res.Panicking, out.panicking...)
 		out.addTo(&res.Resources)
+		res.Skipped = append(res.Skipped, addServerListeners(&res.Resources, name, out.servers, serverOwners)...)
+		if sec != nil && !sec.mtls && sec.deniesSome() {
+			res.Skipped = append(res.Skipped, Skip{Service: name, Route: "intentions", Reason: unenforcedReason})
+		}
+	}
+	if in.Security != nil {
+		res.Skipped = append(res.Skipped, reportConditions(in.Security, in.Catalog)...)
 	}
 	for _, name := range sortedKeys(in.Policies) {
 		if _, ok := in.Catalog.Services[name]; !ok {
@@ -194,8 +219,8 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // translateService builds the resources of one service, applying its policy
-// when it has one.
-func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters clusterIndex, opts Options) (*serviceResources, []Skip, error) {
+// when it has one and its security when sec is not nil.
+func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters clusterIndex, opts Options, sec *serviceSecurity) (*serviceResources, []Skip, error) {
 	name := svc.Name
 	cla, skips, panicking := loadAssignment(svc, name, opts)
 	lis, err := clientListener(name, usesFault(pol))
@@ -236,7 +261,11 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 		out.clusters = append(out.clusters, c)
 		out.clas = append(out.clas, subsetCLA)
 	}
-	return out, skips, nil
+	secSkips, err := sec.apply(out, svc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, append(skips, secSkips...), nil
 }
 
 // serviceResources are the resources of one service: a listener and a
@@ -249,6 +278,8 @@ type serviceResources struct {
 	clas     []*endpointv3.ClusterLoadAssignment
 	// panicking names the clusters routed in panic mode.
 	panicking []string
+	// servers are the server Listeners of the service's instances.
+	servers []*listenerv3.Listener
 }
 
 func (s *serviceResources) addTo(r *Resources) {
@@ -272,6 +303,9 @@ func (s *serviceResources) validate() error {
 	}
 	for _, cla := range s.clas {
 		all = append(all, cla)
+	}
+	for _, l := range s.servers {
+		all = append(all, l)
 	}
 	for _, r := range all {
 		if err := r.ValidateAll(); err != nil {

@@ -448,6 +448,9 @@ type Entry struct {
 	// FederatesWith lists trust domains (names) whose bundles workloads
 	// receive besides their own; see SPIRE.SetFederatedBundle.
 	FederatesWith []string
+	// DNSNames are added to its X.509 SVIDs as DNS SANs, for peers that
+	// check a host name. Optional.
+	DNSNames []string
 	// NoWait returns as soon as the entry exists. By default Register waits
 	// until this test process can fetch the SVID from the agent, which
 	// requires the selectors to match it.
@@ -481,6 +484,9 @@ func (a *Agent) Register(t testing.TB, e Entry) string {
 	}
 	for _, td := range e.FederatesWith {
 		args = append(args, "-federatesWith", "spiffe://"+td)
+	}
+	for _, name := range e.DNSNames {
+		args = append(args, "-dns", name)
 	}
 	a.s.serverCmd(t, args...)
 	if !e.NoWait {

@@ -1,0 +1,505 @@
+// Package intentions follows Consul's service intentions and publishes them
+// as immutable model.Intentions snapshots, for the translator to turn into
+// authorization rules of mTLS services.
+//
+// Intentions are read as config entries of kind "service-intentions" (one
+// entry per destination, listing its sources) with blocking queries, which
+// Consul supports for that endpoint: an unchanged index or unchanged content
+// publishes nothing, an index that went backwards restarts from 0, calls are
+// spaced by a minimum delay plus jitter, and errors back off exponentially
+// with jitter. When Consul is unreachable the last snapshot stays in effect.
+//
+// Each intention gets Consul's precedence (exact names above "*", the
+// destination above the source: 9, 8, 6, 5 in the default namespace).
+// Intentions that cannot concern a workload Trellis serves are left out and
+// counted: sources in cluster peers, sameness groups, other partitions or
+// namespaces, destinations in other partitions or namespaces. Intentions
+// with HTTP permissions or JWT requirements are kept with those listed as
+// Conditions, which the translator treats as a deny. Intentions that name
+// a service not in the catalog are kept and logged at debug level: the
+// service may appear later, and callers are often not registered at all.
+//
+// This package owns reading intentions from Consul. It imports
+// internal/model and must not import the xDS packages (xdsserver/...),
+// identity or cmd.
+package intentions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// Kind is the Consul config entry kind that holds intentions.
+const Kind = api.ServiceIntentions
+
+// Defaults of the Config fields.
+const (
+	DefaultWaitTime   = time.Minute
+	DefaultMinDelay   = 100 * time.Millisecond
+	DefaultMaxBackoff = 30 * time.Second
+)
+
+const (
+	// queryMargin is added to a blocking query's longest wait to get its
+	// deadline.
+	queryMargin = 5 * time.Second
+	// baseBackoff is the wait after the first failed query.
+	baseBackoff = 250 * time.Millisecond
+)
+
+// Conditions an intention can carry (model.Intention.Conditions).
+const (
+	ConditionHTTP    = "HTTP permissions"
+	ConditionJWT     = "JWT requirements"
+	conditionUnknown = "unknown action"
+)
+
+// Config configures a Watcher.
+type Config struct {
+	// Client is the Consul API client. Required.
+	Client *api.Client
+	// Logger receives the watcher's logs; pass one tagged with a component
+	// attribute. Default: logs are discarded.
+	Logger *slog.Logger
+	// Registerer receives the trellis_intentions_* metrics.
+	// Default: nil, no metrics are registered.
+	Registerer prometheus.Registerer
+	// KnownService tells whether a service is in the catalog; an intention
+	// naming an unknown service is logged at debug level.
+	// Default: every service is known.
+	KnownService func(service string) bool
+	// WaitTime is how long one blocking query waits for a change. A query
+	// that has not returned after WaitTime + WaitTime/16 + 5s is abandoned
+	// as failed. Default: 1m.
+	WaitTime time.Duration
+	// MinDelay is the least time between two queries, to which a random
+	// jitter of up to MinDelay is added. Default: 100ms.
+	MinDelay time.Duration
+	// MaxBackoff caps the wait after consecutive failed queries, which
+	// starts at 250ms and doubles. Default: 30s.
+	MaxBackoff time.Duration
+}
+
+// Ignored is an intention left out of the snapshots.
+type Ignored struct {
+	// Source and Destination name the intention as Consul shows it.
+	Source, Destination string
+	// Reason says why it cannot concern a workload Trellis serves.
+	Reason string
+}
+
+// Status describes the watcher, for readiness and debugging.
+type Status struct {
+	// Synced is true once the first complete read was published.
+	Synced bool
+	// Reachable is false while queries to Consul fail.
+	Reachable bool
+	// LastContact is when Consul last answered.
+	LastContact time.Time
+	// LastError is the last failed query's error, empty once one succeeds.
+	LastError string
+	// Index is the Consul index of the last processed read.
+	Index uint64
+	// Intentions is the number of intentions in the last snapshot.
+	Intentions int
+	// Ignored lists the intentions left out of the last snapshot.
+	Ignored []Ignored
+}
+
+// Watcher follows the intentions in Consul. It publishes a snapshot after
+// the first complete read and after every change.
+type Watcher struct {
+	entries  *api.ConfigEntries
+	cfg      Config
+	logger   *slog.Logger
+	running  atomic.Bool
+	snapshot chan *model.Intentions
+	latest   atomic.Pointer[model.Intentions]
+
+	intentionsGauge prometheus.Gauge
+	ignoredGauge    prometheus.Gauge
+	errors          prometheus.Counter
+	snapshots       prometheus.Counter
+
+	// Owned by Run.
+	published   *model.Intentions
+	lastIgnored map[Ignored]bool
+	lastUnknown map[string]bool
+
+	mu     sync.Mutex // guards status
+	status Status
+}
+
+// New returns a Watcher; Run starts it.
+func New(cfg Config) (*Watcher, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("intentions: Config.Client is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.KnownService == nil {
+		cfg.KnownService = func(string) bool { return true }
+	}
+	if cfg.WaitTime <= 0 {
+		cfg.WaitTime = DefaultWaitTime
+	}
+	if cfg.MinDelay <= 0 {
+		cfg.MinDelay = DefaultMinDelay
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	w := &Watcher{
+		entries:  cfg.Client.ConfigEntries(),
+		cfg:      cfg,
+		logger:   cfg.Logger,
+		snapshot: make(chan *model.Intentions, 1),
+		intentionsGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_intentions_intentions",
+			Help: "Service intentions in effect.",
+		}),
+		ignoredGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_intentions_ignored",
+			Help: "Service intentions left out because they cannot concern a workload Trellis serves (peers, sameness groups, other partitions or namespaces).",
+		}),
+		errors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_intentions_errors_total",
+			Help: "Failed Consul queries for service intentions.",
+		}),
+		snapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_intentions_snapshots_total",
+			Help: "Intention snapshots published.",
+		}),
+		lastIgnored: map[Ignored]bool{},
+		lastUnknown: map[string]bool{},
+		status:      Status{Reachable: true},
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{w.intentionsGauge, w.ignoredGauge, w.errors, w.snapshots} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("intentions: register metrics: %w", err)
+			}
+		}
+	}
+	return w, nil
+}
+
+// Snapshots returns the latest-value channel of snapshots: it holds at most
+// one snapshot, the newest not yet received; older unreceived ones are
+// dropped. It is never closed.
+func (w *Watcher) Snapshots() <-chan *model.Intentions { return w.snapshot }
+
+// Latest returns the last published snapshot, nil before the first.
+func (w *Watcher) Latest() *model.Intentions { return w.latest.Load() }
+
+// Status returns the watcher's current status.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st := w.status
+	st.Ignored = append([]Ignored(nil), w.status.Ignored...)
+	return st
+}
+
+// Run follows the intentions until ctx is done, then returns nil. Failed
+// queries are retried with backoff; Run only returns an error when called
+// twice.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("intentions: watcher: Run called twice")
+	}
+	var (
+		lastIndex uint64
+		backoff   time.Duration
+	)
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		qctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+queryMargin)
+		opts := (&api.QueryOptions{WaitIndex: lastIndex, WaitTime: w.cfg.WaitTime}).WithContext(qctx)
+		entries, meta, err := w.entries.List(Kind, opts)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			backoff = w.nextBackoff(backoff)
+			w.queryFailed(err, backoff)
+			if !sleep(ctx, backoff) {
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		w.queryOK()
+
+		// Blocking query index handling, as consul-template does it.
+		index := meta.LastIndex
+		if index == 0 {
+			// Consul should never answer 0; a 0 would make every
+			// following query return at once.
+			index = 1
+		}
+		switch {
+		case index == lastIndex:
+			// The wait time elapsed without a change.
+		case index < lastIndex:
+			// The index went backwards (e.g. a snapshot restore):
+			// start over with a non-blocking read.
+			w.logger.Info("consul index went backwards; reading all intentions again", "was", lastIndex, "now", index)
+			lastIndex = 0
+		default:
+			lastIndex = index
+			w.process(entries, index)
+		}
+		if !sleep(ctx, w.cfg.MinDelay+rand.N(w.cfg.MinDelay+1)) {
+			return nil
+		}
+	}
+}
+
+func (w *Watcher) nextBackoff(prev time.Duration) time.Duration {
+	next := 2 * prev
+	if prev == 0 {
+		next = baseBackoff
+	}
+	if next > w.cfg.MaxBackoff {
+		next = w.cfg.MaxBackoff
+	}
+	// Up to 25% jitter, so that replicas do not retry in step.
+	return next - rand.N(next/4+1)
+}
+
+func (w *Watcher) queryFailed(err error, retryIn time.Duration) {
+	w.errors.Inc()
+	w.mu.Lock()
+	wasReachable := w.status.Reachable
+	w.status.Reachable = false
+	w.status.LastError = err.Error()
+	w.mu.Unlock()
+	if wasReachable {
+		w.logger.Warn("cannot read intentions from Consul; keeping the last ones read", "error", err, "retry_in", retryIn)
+	} else {
+		w.logger.Debug("cannot read intentions from Consul", "error", err, "retry_in", retryIn)
+	}
+}
+
+func (w *Watcher) queryOK() {
+	w.mu.Lock()
+	wasReachable := w.status.Reachable
+	w.status.Reachable = true
+	w.status.LastError = ""
+	w.status.LastContact = time.Now()
+	w.mu.Unlock()
+	if !wasReachable {
+		w.logger.Info("reading intentions from Consul again")
+	}
+}
+
+// process turns one complete read into a snapshot, logs what changed in
+// what was left out, and publishes the snapshot when the intentions changed
+// (or on the first read).
+func (w *Watcher) process(entries []api.ConfigEntry, index uint64) {
+	list, ignored := Convert(entries)
+	next := model.NewIntentions(list)
+
+	nowIgnored := make(map[Ignored]bool, len(ignored))
+	for _, ig := range ignored {
+		nowIgnored[ig] = true
+		if !w.lastIgnored[ig] {
+			w.logger.Info("intention ignored", "source", ig.Source, "destination", ig.Destination, "reason", ig.Reason)
+		}
+	}
+	w.lastIgnored = nowIgnored
+	nowUnknown := map[string]bool{}
+	for _, in := range next.All() {
+		for _, name := range []string{in.Source, in.Destination} {
+			if name == model.Wildcard || w.cfg.KnownService(name) {
+				continue
+			}
+			nowUnknown[name] = true
+			if !w.lastUnknown[name] {
+				w.logger.Debug("an intention names a service not in the catalog", "service", name, "source", in.Source, "destination", in.Destination)
+			}
+		}
+	}
+	w.lastUnknown = nowUnknown
+
+	w.intentionsGauge.Set(float64(next.Len()))
+	w.ignoredGauge.Set(float64(len(ignored)))
+	w.mu.Lock()
+	w.status.Index = index
+	w.status.Intentions = next.Len()
+	w.status.Ignored = ignored
+	w.mu.Unlock()
+
+	if w.published != nil && w.published.Equal(next) {
+		return
+	}
+	w.published = next
+	w.latest.Store(next)
+	select {
+	case <-w.snapshot:
+	default:
+	}
+	w.snapshot <- next // never blocks: Run is the only sender
+	w.snapshots.Inc()
+	w.mu.Lock()
+	w.status.Synced = true
+	w.mu.Unlock()
+	w.logger.Debug("intentions published", "intentions", next.Len(), "ignored", len(ignored), "index", index)
+}
+
+// Convert turns service-intentions config entries into intentions, and
+// lists those left out. It is pure.
+func Convert(entries []api.ConfigEntry) ([]model.Intention, []Ignored) {
+	var (
+		out     []model.Intention
+		ignored []Ignored
+	)
+	for _, e := range entries {
+		entry, ok := e.(*api.ServiceIntentionsConfigEntry)
+		if !ok {
+			continue // List asks for one kind only
+		}
+		dst := entry.Name
+		if reason := foreignPlace("destination", entry.Namespace, entry.Partition); reason != "" {
+			for _, src := range entry.Sources {
+				ignored = append(ignored, Ignored{Source: src.Name, Destination: dst, Reason: reason})
+			}
+			continue
+		}
+		dstExact := exactness(entry.Namespace, dst)
+		for _, src := range entry.Sources {
+			if src == nil {
+				continue
+			}
+			if reason := foreignSource(src); reason != "" {
+				ignored = append(ignored, Ignored{Source: src.Name, Destination: dst, Reason: reason})
+				continue
+			}
+			in := model.Intention{
+				Source:      src.Name,
+				Destination: dst,
+				Precedence:  precedence(dstExact, exactness(src.Namespace, src.Name)),
+			}
+			switch {
+			case len(src.Permissions) > 0:
+				in.Action = model.IntentionDeny
+				in.Conditions = append(in.Conditions, ConditionHTTP)
+				for _, p := range src.Permissions {
+					if p != nil && p.JWT != nil {
+						in.Conditions = append(in.Conditions, ConditionJWT)
+						break
+					}
+				}
+			case src.Action == api.IntentionActionAllow:
+				in.Action = model.IntentionAllow
+			case src.Action == api.IntentionActionDeny:
+				in.Action = model.IntentionDeny
+			default:
+				in.Action = model.IntentionDeny
+				in.Conditions = append(in.Conditions, fmt.Sprintf("%s %q", conditionUnknown, src.Action))
+			}
+			if entry.JWT != nil && !contains(in.Conditions, ConditionJWT) {
+				in.Conditions = append(in.Conditions, ConditionJWT)
+			}
+			out = append(out, in)
+		}
+	}
+	sort.Slice(ignored, func(i, j int) bool {
+		a, b := ignored[i], ignored[j]
+		if a.Destination != b.Destination {
+			return a.Destination < b.Destination
+		}
+		if a.Source != b.Source {
+			return a.Source < b.Source
+		}
+		return a.Reason < b.Reason
+	})
+	return out, ignored
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// foreignSource says why a source cannot be a workload Trellis serves, or
+// "" when it can.
+func foreignSource(src *api.SourceIntention) string {
+	switch {
+	case src.Peer != "":
+		return fmt.Sprintf("source in cluster peer %q: Trellis identifies callers of its own trust domain only", src.Peer)
+	case src.SamenessGroup != "":
+		return fmt.Sprintf("source in sameness group %q: Trellis identifies callers of its own trust domain only", src.SamenessGroup)
+	case src.Type != "" && src.Type != api.IntentionSourceConsul:
+		return fmt.Sprintf("source type %q: accepted: %q", src.Type, api.IntentionSourceConsul)
+	}
+	return foreignPlace("source", src.Namespace, src.Partition)
+}
+
+// foreignPlace says why a namespace and partition are not the default ones
+// Trellis serves, or "" when they are. A wildcard namespace includes the
+// default one.
+func foreignPlace(what, namespace, partition string) string {
+	if partition != "" && partition != "default" {
+		return fmt.Sprintf("%s in partition %q: only the default partition is served", what, partition)
+	}
+	if namespace != "" && namespace != "default" && namespace != model.Wildcard {
+		return fmt.Sprintf("%s in namespace %q: only the default namespace is served", what, namespace)
+	}
+	return ""
+}
+
+// exactness counts the exact parts of a (namespace, name) pair, as Consul
+// does: 2 for an exact name in an exact namespace, 1 for any name in an
+// exact namespace, 0 for any namespace.
+func exactness(namespace, name string) int {
+	switch {
+	case namespace == model.Wildcard:
+		return 0
+	case name == model.Wildcard:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// precedence is Consul's intention precedence (structs.Intention
+// UpdatePrecedence): the destination's exactness sets the maximum (9, 6
+// or 3), from which the source's missing exact parts are subtracted.
+func precedence(dstExact, srcExact int) int {
+	top := 3 + 3*dstExact
+	return top - (2 - srcExact)
+}
+
+// sleep waits for d or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,546 @@
+package translate
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/trellis-mesh/trellis/identity"
+	"github.com/trellis-mesh/trellis/internal/bootstrap"
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// MTLSMetaKey is the service meta key by which an instance sets its
+// service's transport: "true" for mTLS, "false" for plaintext. When the
+// instances of a service disagree, "true" wins: one instance asking for mTLS
+// is enough, so that no instance can downgrade the others. Without the key
+// on any instance the mesh-wide default (Security.MTLS) applies. (Consul
+// meta keys allow letters, digits, '-' and '_' only, hence no dot.)
+const MTLSMetaKey = "trellis-mtls"
+
+// Names of the xDS extensions the security configuration uses.
+const (
+	// TLSTransportSocketName names the transport socket of mTLS Clusters
+	// and server Listener filter chains; gRPC accepts no other name.
+	TLSTransportSocketName = "envoy.transport_sockets.tls"
+	// RBACFilterName names the RBAC HTTP filter of mTLS server Listeners.
+	RBACFilterName = "envoy.filters.http.rbac"
+	// hcmFilterName names the HttpConnectionManager network filter of
+	// server Listeners.
+	hcmFilterName = "envoy.filters.network.http_connection_manager"
+)
+
+// unenforcedReason reports a plaintext service whose intentions deny some
+// caller.
+const unenforcedReason = "intentions not enforced: the service is served in plaintext, so its servers cannot identify callers and " +
+	"let every call through, including the ones its intentions (or the default action) deny; use mTLS (" + MTLSMetaKey + "=true or --mtls) to enforce them"
+
+// inboundName names the filter chain, route configuration and virtual host
+// of every server Listener.
+const inboundName = "inbound"
+
+// Security is the transport security and authorization input of a
+// translation. With a nil *Security, nothing is secured and no server
+// Listeners are produced.
+//
+// With a Security, every instance with a usable IP and port gets a server
+// Listener, the resource an xds.NewGRPCServer listening on that address asks
+// for (see ServerListenerName). A service in mTLS mode gets:
+//   - on its Cluster and subset Clusters, an UpstreamTlsContext: the client
+//     presents its SVID and accepts only a server whose certificate carries
+//     the service's SPIFFE ID as a URI SAN;
+//   - on each instance's server Listener, a DownstreamTlsContext requiring a
+//     client certificate, and an RBAC filter allowing exactly the callers
+//     the intentions allow (see below).
+//
+// Both name the certificate provider instance
+// bootstrap.CertificateProviderInstance for identity and roots.
+//
+// A service in plaintext mode gets server Listeners without TLS and without
+// RBAC: without a peer identity, intentions cannot be enforced. When its
+// intentions (or the default) deny some caller, that is reported in
+// Result.Skipped.
+//
+// Authorization follows Consul's intention semantics: among the intentions
+// matching a call (its source or "*", its destination or "*"), the one of
+// highest precedence decides; when none matches, DefaultAction does. An
+// intention with conditions Trellis does not enforce (HTTP permissions, JWT
+// requirements) denies every call from its source: it is reported in
+// Result.Skipped. Callers are identified by their SPIFFE ID under Scheme in
+// the destination instance's datacenter; "*" and the default stand for any
+// workload of TrustDomain, never for another trust domain.
+type Security struct {
+	// TrustDomain is the SPIFFE trust domain of every workload. Required
+	// for a service to use mTLS: a service asking for mTLS without it is
+	// left out (reported in Result.Skipped) rather than served in
+	// plaintext.
+	TrustDomain spiffeid.TrustDomain
+	// Scheme maps a service to its SPIFFE ID. Default:
+	// identity.DefaultScheme(), spiffe://<td>/ns/default/dc/<dc>/svc/<service>.
+	Scheme *identity.Scheme
+	// MTLS is the mesh-wide default transport: mTLS when true. A service
+	// whose instances carry MTLSMetaKey overrides it. Default: false.
+	MTLS bool
+	// DefaultAction decides the calls no intention matches.
+	// Default: deny (the zero value).
+	DefaultAction model.IntentionAction
+	// Intentions are the service intentions. Default: none.
+	Intentions *model.Intentions
+}
+
+// ServerListenerName is the name of the server Listener for an
+// xds.NewGRPCServer listening on hostPort, which must be written as
+// net.Listener.Addr().String() prints it ("10.0.0.1:8080", "[::1]:8080").
+func ServerListenerName(hostPort string) string {
+	return strings.ReplaceAll(bootstrap.ServerListenerTemplate, "%s", hostPort)
+}
+
+// serviceSecurity is the security of one service, decided before it is
+// translated.
+type serviceSecurity struct {
+	sec  *Security
+	mtls bool
+	// ids are the service's SPIFFE IDs, one per datacenter of its
+	// instances, sorted; set in mTLS mode.
+	ids []string
+	// intentions are the evaluated intentions for the service.
+	intentions model.DestinationIntentions
+	// datacenters is the fallback datacenter list for instances that have
+	// none.
+	datacenters []string
+}
+
+// forService decides the transport of svc. A non-empty reason means the
+// service cannot be served safely and must be left out.
+func (s *Security) forService(svc *model.Service, datacenters []string) (*serviceSecurity, []Skip, string) {
+	if s == nil {
+		return nil, nil, ""
+	}
+	mtls, skips := s.serviceMTLS(svc)
+	out := &serviceSecurity{sec: s, mtls: mtls, intentions: s.Intentions.For(svc.Name), datacenters: datacenters}
+	if !mtls {
+		return out, skips, ""
+	}
+	if s.TrustDomain.IsZero() {
+		return nil, skips, "uses mTLS (mesh default or " + MTLSMetaKey + "=true) but no trust domain is configured; left out rather than served in plaintext"
+	}
+	dcs := instanceDatacenters(svc)
+	if len(dcs) == 0 {
+		dcs = datacenters
+	}
+	if len(dcs) == 0 {
+		dcs = []string{""}
+	}
+	for _, dc := range dcs {
+		id, err := s.id(svc.Name, dc)
+		if err != nil {
+			return nil, skips, fmt.Sprintf("no SPIFFE ID for mTLS: %v", err)
+		}
+		out.ids = append(out.ids, id.String())
+	}
+	return out, skips, ""
+}
+
+func (s *Security) scheme() *identity.Scheme {
+	if s.Scheme == nil {
+		return identity.DefaultScheme()
+	}
+	return s.Scheme
+}
+
+func (s *Security) id(service, datacenter string) (spiffeid.ID, error) {
+	return s.scheme().ID(identity.Workload{TrustDomain: s.TrustDomain, Datacenter: datacenter, Service: service})
+}
+
+// serviceMTLS reads the transport of a service from its instances' meta:
+// any "true" wins, else any "false", else the mesh default. Values other
+// than true and false (in any case) are ignored and reported.
+func (s *Security) serviceMTLS(svc *model.Service) (bool, []Skip) {
+	var (
+		skips     []Skip
+		yes       bool
+		noByInsts []string
+	)
+	for _, inst := range svc.Instances {
+		v, ok := inst.Meta[MTLSMetaKey]
+		if !ok {
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "true":
+			yes = true
+		case "false":
+			noByInsts = append(noByInsts, inst.Key())
+		default:
+			skips = append(skips, Skip{Service: svc.Name, Route: fmt.Sprintf("instance %q", inst.Key()), Reason: fmt.Sprintf(
+				"meta %s=%q of instance %q ignored; accepted: true or false", MTLSMetaKey, v, inst.Key())})
+		}
+	}
+	switch {
+	case yes:
+		for _, key := range noByInsts {
+			skips = append(skips, Skip{Service: svc.Name, Route: fmt.Sprintf("instance %q", key), Reason: fmt.Sprintf(
+				"meta %s=false of instance %q overridden: another instance of the service asks for mTLS, which wins", MTLSMetaKey, key)})
+		}
+		return true, skips
+	case len(noByInsts) > 0:
+		return false, skips
+	default:
+		return s.MTLS, skips
+	}
+}
+
+// instanceDatacenters returns the distinct non-empty datacenters of a
+// service's instances, sorted.
+func instanceDatacenters(svc *model.Service) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, inst := range svc.Instances {
+		if inst.Datacenter != "" && !seen[inst.Datacenter] {
+			seen[inst.Datacenter] = true
+			out = append(out, inst.Datacenter)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// snapshotDatacenters returns the distinct datacenters of every instance in
+// the catalog, sorted.
+func snapshotDatacenters(snap *model.Snapshot) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, svc := range snap.Services {
+		for _, dc := range instanceDatacenters(svc) {
+			if !seen[dc] {
+				seen[dc] = true
+				out = append(out, dc)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// apply secures the translated resources of svc: TLS on its clusters in
+// mTLS mode, and a server Listener for every instance.
+func (ss *serviceSecurity) apply(out *serviceResources, svc *model.Service) ([]Skip, error) {
+	if ss == nil {
+		return nil, nil
+	}
+	if ss.mtls {
+		ts, err := upstreamTransportSocket(ss.ids)
+		if err != nil {
+			return nil, fmt.Errorf("translate: service %q: %w", svc.Name, err)
+		}
+		for _, c := range out.clusters {
+			c.TransportSocket = proto.CloneOf(ts)
+		}
+	}
+	var skips []Skip
+	rbacByDC := map[string]*rbacv3.RBAC{}
+	seen := map[string]bool{}
+	for _, inst := range svc.Instances {
+		addr, reason := endpointAddress(inst)
+		if reason != "" {
+			continue // reported with the endpoints when the instance is a target
+		}
+		hostPort := netip.AddrPortFrom(addr, uint16(inst.Port)).String()
+		if seen[hostPort] {
+			continue // one Listener per address; duplicates are reported with the endpoints
+		}
+		seen[hostPort] = true
+		var rbac *rbacv3.RBAC
+		if ss.mtls {
+			dc := inst.Datacenter
+			if dc == "" && len(ss.datacenters) > 0 {
+				dc = ss.datacenters[0]
+			}
+			if rbac = rbacByDC[dc]; rbac == nil {
+				var rbacSkips []Skip
+				rbac, rbacSkips = ss.rbac(dc)
+				rbacByDC[dc] = rbac
+				skips = append(skips, rbacSkips...)
+			}
+		}
+		lis, err := serverListener(addr, inst.Port, ss.mtls, rbac)
+		if err != nil {
+			return nil, fmt.Errorf("translate: service %q instance %q: %w", svc.Name, inst.Key(), err)
+		}
+		out.servers = append(out.servers, lis)
+	}
+	return dedupSkips(skips), nil
+}
+
+// dedupSkips drops repeated skips, keeping the first of each.
+func dedupSkips(skips []Skip) []Skip {
+	seen := map[Skip]bool{}
+	out := skips[:0]
+	for _, s := range skips {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// allows reports whether an intention lets its calls through: an allow
+// without conditions Trellis cannot enforce.
+func allows(in model.Intention) bool {
+	return in.Action == model.IntentionAllow && len(in.Conditions) == 0
+}
+
+// wildcardAllows reports whether calls from sources that no intention names
+// exactly are allowed.
+func (ss *serviceSecurity) wildcardAllows() bool {
+	if w := ss.intentions.Wildcard; w != nil {
+		return allows(*w)
+	}
+	return ss.sec.DefaultAction == model.IntentionAllow
+}
+
+// deniesSome reports whether the intentions (or the default) deny some
+// caller of the service.
+func (ss *serviceSecurity) deniesSome() bool {
+	if !ss.wildcardAllows() {
+		return true
+	}
+	for _, in := range ss.intentions.Sources {
+		if !allows(in) {
+			return true
+		}
+	}
+	return false
+}
+
+// rbac builds the RBAC filter configuration of the service's server
+// Listeners for instances in datacenter dc: one ALLOW rule set whose
+// policies are exactly the callers the intentions allow.
+//
+// When calls from unnamed sources are allowed (by a wildcard intention or
+// the default), one policy "source:*" allows any workload of the trust
+// domain except the sources whose deciding intention denies. Otherwise
+// there is one policy "source:<name>" per allowed source; with none, the
+// rule set is empty and every call is denied.
+func (ss *serviceSecurity) rbac(dc string) (*rbacv3.RBAC, []Skip) {
+	var (
+		skips           []Skip
+		allowed, denied []string
+	)
+	sources := make([]string, 0, len(ss.intentions.Sources))
+	for src := range ss.intentions.Sources {
+		sources = append(sources, src)
+	}
+	sort.Strings(sources)
+	ids := map[string]string{}
+	for _, src := range sources {
+		id, err := ss.sec.id(src, dc)
+		if err != nil {
+			skips = append(skips, Skip{Service: ss.intentions.Destination, Route: fmt.Sprintf("intention from %q", src),
+				Reason: fmt.Sprintf("intention from %q ignored: the source has no SPIFFE ID, so no caller can match it: %v", src, err)})
+			continue
+		}
+		ids[src] = id.String()
+		if allows(ss.intentions.Sources[src]) {
+			allowed = append(allowed, src)
+		} else {
+			denied = append(denied, src)
+		}
+	}
+	policies := map[string]*rbacconfigv3.Policy{}
+	anyPermission := []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}}
+	if ss.wildcardAllows() {
+		principal := principalPrefix(ss.sec.TrustDomain.IDString() + "/")
+		if len(denied) > 0 {
+			var not *rbacconfigv3.Principal
+			if len(denied) == 1 {
+				not = principalExact(ids[denied[0]])
+			} else {
+				set := &rbacconfigv3.Principal_Set{}
+				for _, src := range denied {
+					set.Ids = append(set.Ids, principalExact(ids[src]))
+				}
+				not = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_OrIds{OrIds: set}}
+			}
+			principal = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_AndIds{AndIds: &rbacconfigv3.Principal_Set{Ids: []*rbacconfigv3.Principal{
+				principal,
+				{Identifier: &rbacconfigv3.Principal_NotId{NotId: not}},
+			}}}}
+		}
+		policies["source:"+model.Wildcard] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{principal}}
+	} else {
+		for _, src := range allowed {
+			policies["source:"+src] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{principalExact(ids[src])}}
+		}
+	}
+	return &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: policies}}, skips
+}
+
+func principalExact(id string) *rbacconfigv3.Principal {
+	return principalName(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+}
+
+func principalPrefix(prefix string) *rbacconfigv3.Principal {
+	return principalName(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: prefix}})
+}
+
+// principalName matches the peer certificate's URI SAN (its SPIFFE ID).
+func principalName(m *matcherv3.StringMatcher) *rbacconfigv3.Principal {
+	return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_Authenticated_{
+		Authenticated: &rbacconfigv3.Principal_Authenticated{PrincipalName: m},
+	}}
+}
+
+// certificateProvider names the bootstrap's certificate provider instance.
+func certificateProvider() *tlsv3.CertificateProviderPluginInstance {
+	return &tlsv3.CertificateProviderPluginInstance{InstanceName: bootstrap.CertificateProviderInstance}
+}
+
+// upstreamTransportSocket is the client side of mTLS to a service whose
+// servers carry one of ids as their URI SAN.
+func upstreamTransportSocket(ids []string) (*corev3.TransportSocket, error) {
+	validation := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: certificateProvider()}
+	for _, id := range ids {
+		validation.MatchSubjectAltNames = append(validation.MatchSubjectAltNames,
+			&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+	}
+	cfg, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: certificateProvider(),
+		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: validation},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("upstream TLS context: %w", err)
+	}
+	return &corev3.TransportSocket{Name: TLSTransportSocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: cfg}}, nil
+}
+
+// downstreamTransportSocket is the server side of mTLS: present the SVID,
+// require and verify the client's.
+func downstreamTransportSocket() (*corev3.TransportSocket, error) {
+	cfg, err := anypb.New(&tlsv3.DownstreamTlsContext{
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateProviderInstance: certificateProvider(),
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				CaCertificateProviderInstance: certificateProvider(),
+			}},
+		},
+		RequireClientCertificate: wrapperspb.Bool(true),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("downstream TLS context: %w", err)
+	}
+	return &corev3.TransportSocket{Name: TLSTransportSocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: cfg}}, nil
+}
+
+// serverListener is the Listener of an xds.NewGRPCServer listening on
+// addr:port: one filter chain whose routes all end in a non-forwarding
+// action; with mTLS, a DownstreamTlsContext and the RBAC filter.
+func serverListener(addr netip.Addr, port int, mtls bool, rbac *rbacv3.RBAC) (*listenerv3.Listener, error) {
+	var filters []*hcmv3.HttpFilter
+	if mtls {
+		cfg, err := anypb.New(rbac)
+		if err != nil {
+			return nil, fmt.Errorf("rbac filter: %w", err)
+		}
+		filters = append(filters, &hcmv3.HttpFilter{Name: RBACFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}})
+	}
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, router)
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: inboundName,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: inboundName,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    inboundName,
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
+					Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+				}},
+			}},
+		}},
+		HttpFilters: filters,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("http connection manager: %w", err)
+	}
+	chain := &listenerv3.FilterChain{
+		Name: inboundName,
+		Filters: []*listenerv3.Filter{{
+			Name:       hcmFilterName,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
+		}},
+	}
+	if mtls {
+		if chain.TransportSocket, err = downstreamTransportSocket(); err != nil {
+			return nil, err
+		}
+	}
+	return &listenerv3.Listener{
+		Name:             ServerListenerName(netip.AddrPortFrom(addr, uint16(port)).String()),
+		Address:          socketAddress(addr.String(), port),
+		FilterChains:     []*listenerv3.FilterChain{chain},
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+	}, nil
+}
+
+// addServerListeners adds the server Listeners of one service to r. A
+// Listener whose address already carries another service's Listener is left
+// out and reported: the first service by name keeps the address.
+func addServerListeners(r *Resources, service string, servers []*listenerv3.Listener, owners map[string]string) []Skip {
+	var skips []Skip
+	for _, l := range servers {
+		if owner, taken := owners[l.GetName()]; taken {
+			addr := l.GetAddress().GetSocketAddress()
+			hostPort := net.JoinHostPort(addr.GetAddress(), strconv.FormatUint(uint64(addr.GetPortValue()), 10))
+			skips = append(skips, Skip{Service: service, Route: "server Listener " + hostPort, Reason: fmt.Sprintf(
+				"no server Listener for %s: the address is also registered for service %q, which keeps it", hostPort, owner)})
+			continue
+		}
+		owners[l.GetName()] = service
+		r.Listeners[l.GetName()] = l
+	}
+	return skips
+}
+
+// reportConditions reports, once each, the intentions whose conditions
+// Trellis does not enforce and that concern a service of the catalog (or
+// every service).
+func reportConditions(sec *Security, snap *model.Snapshot) []Skip {
+	var skips []Skip
+	for _, in := range sec.Intentions.All() {
+		if len(in.Conditions) == 0 {
+			continue
+		}
+		if _, ok := snap.Services[in.Destination]; !ok && in.Destination != model.Wildcard {
+			continue
+		}
+		who := fmt.Sprintf("%q", in.Source)
+		if in.Source == model.Wildcard {
+			who = "any source without an intention of its own"
+		}
+		skips = append(skips, Skip{Service: in.Destination, Route: fmt.Sprintf("intention from %q", in.Source), Reason: fmt.Sprintf(
+			"intention from %q: %s not enforced by gRPC servers; treated as deny: calls from %s are denied", in.Source, strings.Join(in.Conditions, ", "), who)})
+	}
+	return skips
+}

@@ -59,6 +59,10 @@ Service policies (routes, retries, traffic policy) are read from Consul's
 key/value store under --policy-prefix and managed through the policy API
 (trellis policy ...), which the admin listener serves over gRPC.
 
+With --xds-tls the xDS listener serves only mTLS clients, with the control
+plane's own SVID from the SPIFFE Workload API (see trellis bootstrap
+--xds-server-tls); --api-tls-listen adds a policy API listener over mTLS.
+
 The xDS listener serves nothing until the first complete Consul sync of the
 catalog and the policies. The admin listener serves /healthz, /readyz,
 /metrics, /debug/xds/* and the policy API.`,

@@ -1,9 +1,9 @@
 // Package bootstrap writes the GRPC_XDS_BOOTSTRAP file that points grpc-go's
 // xDS client (and xds.NewGRPCServer) at Trellis.
 //
-// It owns the bootstrap format only. Certificate provider entries come from
-// the identity package as opaque JSON; this package must not import it, the
-// catalog or the xDS server.
+// It owns the bootstrap format only. Certificate provider and channel
+// credentials entries come from the identity package as opaque JSON; this
+// package must not import it, the catalog or the xDS server.
 package bootstrap
 
 import (

@@ -29,7 +29,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -38,6 +37,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/model"
 )
 
@@ -49,14 +49,6 @@ const (
 	DefaultWaitTime   = time.Minute
 	DefaultMinDelay   = 100 * time.Millisecond
 	DefaultMaxBackoff = 30 * time.Second
-)
-
-const (
-	// queryMargin is added to a blocking query's longest wait to get its
-	// deadline.
-	queryMargin = 5 * time.Second
-	// baseBackoff is the wait after the first failed query.
-	baseBackoff = 250 * time.Millisecond
 )
 
 // Conditions an intention can carry (model.Intention.Conditions).
@@ -221,67 +213,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("intentions: watcher: Run called twice")
 	}
-	var (
-		lastIndex uint64
-		backoff   time.Duration
-	)
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		qctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+queryMargin)
-		opts := (&api.QueryOptions{WaitIndex: lastIndex, WaitTime: w.cfg.WaitTime}).WithContext(qctx)
-		entries, meta, err := w.entries.List(Kind, opts)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			backoff = w.nextBackoff(backoff)
-			w.queryFailed(err, backoff)
-			if !sleep(ctx, backoff) {
-				return nil
-			}
-			continue
-		}
-		backoff = 0
-		w.queryOK()
-
-		// Blocking query index handling, as consul-template does it.
-		index := meta.LastIndex
-		if index == 0 {
-			// Consul should never answer 0; a 0 would make every
-			// following query return at once.
-			index = 1
-		}
-		switch {
-		case index == lastIndex:
-			// The wait time elapsed without a change.
-		case index < lastIndex:
-			// The index went backwards (e.g. a snapshot restore):
-			// start over with a non-blocking read.
-			w.logger.Info("consul index went backwards; reading all intentions again", "was", lastIndex, "now", index)
-			lastIndex = 0
-		default:
-			lastIndex = index
-			w.process(entries, index)
-		}
-		if !sleep(ctx, w.cfg.MinDelay+rand.N(w.cfg.MinDelay+1)) {
-			return nil
-		}
-	}
-}
-
-func (w *Watcher) nextBackoff(prev time.Duration) time.Duration {
-	next := 2 * prev
-	if prev == 0 {
-		next = baseBackoff
-	}
-	if next > w.cfg.MaxBackoff {
-		next = w.cfg.MaxBackoff
-	}
-	// Up to 25% jitter, so that replicas do not retry in step.
-	return next - rand.N(next/4+1)
+	consulwatch.Run(ctx, consulwatch.Config{
+		WaitTime:   w.cfg.WaitTime,
+		MinDelay:   w.cfg.MinDelay,
+		MaxBackoff: w.cfg.MaxBackoff,
+		Logger:     w.logger,
+	}, func(opts *api.QueryOptions) ([]api.ConfigEntry, *api.QueryMeta, error) {
+		return w.entries.List(Kind, opts)
+	}, consulwatch.Handlers[[]api.ConfigEntry]{
+		Changed:   w.process,
+		Failed:    w.queryFailed,
+		Succeeded: w.queryOK,
+	})
+	return nil
 }
 
 func (w *Watcher) queryFailed(err error, retryIn time.Duration) {
@@ -490,16 +434,4 @@ func exactness(namespace, name string) int {
 func precedence(dstExact, srcExact int) int {
 	top := 3 + 3*dstExact
 	return top - (2 - srcExact)
-}
-
-// sleep waits for d or until ctx is done; it reports whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/policy"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
@@ -128,10 +128,6 @@ type decodedValue struct {
 	err         error
 }
 
-// queryMargin is added to a blocking query's longest wait to get its
-// deadline.
-const queryMargin = 5 * time.Second
-
 // Error kinds counted by trellis_policy_errors_total.
 const (
 	errKindDecode     = "decode"
@@ -228,65 +224,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("store: watcher: Run called twice")
 	}
-	var lastIndex uint64
-	var backoff time.Duration
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		qctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+w.cfg.WaitTime/16+queryMargin)
-		opts := (&consulapi.QueryOptions{WaitIndex: lastIndex, WaitTime: w.cfg.WaitTime}).WithContext(qctx)
-		pairs, meta, err := w.kv.List(w.prefix, opts)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			backoff = w.nextBackoff(backoff)
-			w.queryFailed(err, backoff)
-			if !sleep(ctx, backoff) {
-				return nil
-			}
-			continue
-		}
-		backoff = 0
-		w.queryOK()
-
-		// Blocking query index handling, as consul-template does it.
-		index := meta.LastIndex
-		if index == 0 {
-			// Consul should never answer 0; a 0 would make every
-			// following query return at once.
-			index = 1
-		}
-		switch {
-		case index == lastIndex:
-			// The wait time elapsed without a change.
-		case index < lastIndex:
-			// The index went backwards (e.g. a snapshot restore):
-			// start over with a non-blocking read.
-			w.logger.Info("consul index went backwards; reading all policies again", "was", lastIndex, "now", index)
-			lastIndex = 0
-		default:
-			lastIndex = index
-			w.process(pairs, index)
-		}
-		if !sleep(ctx, w.cfg.MinDelay+rand.N(w.cfg.MinDelay+1)) {
-			return nil
-		}
-	}
-}
-
-func (w *Watcher) nextBackoff(prev time.Duration) time.Duration {
-	next := 2 * prev
-	if prev == 0 {
-		next = 250 * time.Millisecond
-	}
-	if next > w.cfg.MaxBackoff {
-		next = w.cfg.MaxBackoff
-	}
-	// Up to 25% jitter, so that replicas do not retry in step.
-	return next - rand.N(next/4+1)
+	consulwatch.Run(ctx, consulwatch.Config{
+		WaitTime:   w.cfg.WaitTime,
+		MinDelay:   w.cfg.MinDelay,
+		MaxBackoff: w.cfg.MaxBackoff,
+		Logger:     w.logger.With("prefix", w.prefix),
+	}, func(opts *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
+		return w.kv.List(w.prefix, opts)
+	}, consulwatch.Handlers[consulapi.KVPairs]{
+		Changed:   w.process,
+		Failed:    w.queryFailed,
+		Succeeded: w.queryOK,
+	})
+	return nil
 }
 
 func (w *Watcher) queryFailed(err error, retryIn time.Duration) {
@@ -482,16 +432,4 @@ func (w *Watcher) report(invalid map[string]InvalidKey, kinds map[string]string)
 		w.logger.Info("policy key no longer invalid", "key", key)
 	}
 	w.invalidGauge.Set(float64(len(list)))
-}
-
-// sleep waits for d or until ctx is done; it reports whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,7 +45,17 @@ validates every write; every replica applies the same policies.
 The commands talk to the policy API on the server's admin listener
 (--server, default ` + defaultPolicyServer + `, or ` + envServer + `) with a
 bearer token (--token, --token-file, or ` + envAPIToken + `), except
-validate, which works offline.`,
+validate, which works offline.
+
+With --spiffe they call the server's policy listener over mTLS instead
+(--server set to the server's --api-tls-listen address), presenting this
+workload's X.509 SVID from the SPIFFE Workload API (--workload-api-addr,
+default ` + workloadapi.SocketEnv + `; --spiffe-id picks one SVID when the
+Workload API offers several). The server is accepted by the SPIFFE ID of its
+SVID: --server-spiffe-id, or any ID of --server-trust-domain; one of them is
+required. The server lets the call through when the caller's SPIFFE ID is one
+of its --api-allowed-spiffe-id; a bearer token is optional then, and sent
+when given.`,
 	}
 	cmd.AddCommand(
 		newPolicyApplyCommand(),
@@ -63,6 +74,7 @@ type policyClientOptions struct {
 	token     string
 	tokenFile string
 	timeout   time.Duration
+	spiffe    policySPIFFEOptions
 }
 
 func addPolicyClientFlags(cmd *cobra.Command, o *policyClientOptions) {
@@ -71,6 +83,7 @@ func addPolicyClientFlags(cmd *cobra.Command, o *policyClientOptions) {
 	f.StringVar(&o.token, "token", "", "policy API bearer token (default: "+envAPIToken+")")
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the policy API bearer token")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "time limit for the whole command")
+	addPolicySPIFFEFlags(f, &o.spiffe)
 }
 
 // policyAPI is a connection to the policy API.
@@ -81,10 +94,15 @@ type policyAPI struct {
 	token     string
 	hasToken  bool
 	tokenFrom string
+	// deadline ends the command (--timeout).
+	deadline time.Time
+	// spiffe is the caller's SVID over mTLS; nil in plaintext.
+	spiffe *policySPIFFE
 }
 
-// dial resolves the flags (flag, then environment) and connects. The
-// connection is lazy: errors reaching the server come with the first call.
+// dial resolves the flags (flag, then environment) and connects; with
+// --spiffe it first waits for the caller's SVID. The connection is lazy:
+// errors reaching the server come with the first call.
 func (o *policyClientOptions) dial(cmd *cobra.Command) (*policyAPI, error) {
 	server := o.server
 	if !cmd.Flags().Changed("server") {
@@ -92,7 +110,7 @@ func (o *policyClientOptions) dial(cmd *cobra.Command) (*policyAPI, error) {
 			server = env
 		}
 	}
-	api := &policyAPI{server: server}
+	api := &policyAPI{server: server, deadline: time.Now().Add(o.timeout)}
 	switch {
 	case o.token != "" && o.tokenFile != "":
 		return nil, errors.New("--token and --token-file are exclusive: give one")
@@ -108,8 +126,21 @@ func (o *policyClientOptions) dial(cmd *cobra.Command) (*policyAPI, error) {
 		api.token, api.tokenFrom = strings.TrimSpace(os.Getenv(envAPIToken)), envAPIToken
 	}
 	api.hasToken = api.token != ""
-	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ctx, cancel := context.WithDeadline(cmd.Context(), api.deadline)
+	defer cancel()
+	spiffe, err := o.spiffe.open(ctx)
 	if err != nil {
+		return nil, err
+	}
+	creds := insecure.NewCredentials()
+	if spiffe != nil {
+		api.spiffe, creds = spiffe, spiffe.credentials()
+	}
+	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		if spiffe != nil {
+			spiffe.Close()
+		}
 		return nil, fmt.Errorf("policy API at %s: %w", server, err)
 	}
 	api.conn = conn
@@ -117,11 +148,17 @@ func (o *policyClientOptions) dial(cmd *cobra.Command) (*policyAPI, error) {
 	return api, nil
 }
 
-func (a *policyAPI) Close() error { return a.conn.Close() }
+func (a *policyAPI) Close() error {
+	err := a.conn.Close()
+	if a.spiffe != nil {
+		a.spiffe.Close()
+	}
+	return err
+}
 
 // context returns the context of one command: its deadline and token.
-func (a *policyAPI) context(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(parent, timeout)
+func (a *policyAPI) context(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithDeadline(parent, a.deadline)
 	if a.hasToken {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+a.token)
 	}
@@ -136,6 +173,9 @@ func (a *policyAPI) explain(what string, err error) error {
 	}
 	switch st.Code() {
 	case codes.Unauthenticated:
+		if !a.hasToken && a.spiffe != nil {
+			return fmt.Errorf("%s: the policy API at %s does not accept SPIFFE ID %s as a credential (is it one of the server's --api-allowed-spiffe-id?) and needs a token: pass --token or --token-file, or set %s", what, a.server, a.spiffe.self, envAPIToken)
+		}
 		if !a.hasToken {
 			return fmt.Errorf("%s: the policy API at %s needs a token: pass --token or --token-file, or set %s", what, a.server, envAPIToken)
 		}
@@ -146,6 +186,9 @@ func (a *policyAPI) explain(what string, err error) error {
 		}
 		return fmt.Errorf("%s: refused: %s", what, st.Message())
 	case codes.Unavailable:
+		if a.spiffe != nil {
+			return fmt.Errorf("%s: policy API at %s unavailable over mTLS as %s: %s%s", what, a.server, a.spiffe.self, st.Message(), a.spiffe.hint(st.Message()))
+		}
 		return fmt.Errorf("%s: policy API at %s unavailable: %s", what, a.server, st.Message())
 	case codes.InvalidArgument:
 		var lines []string
@@ -207,7 +250,7 @@ policies before it stay applied.`,
 				return err
 			}
 			defer api.Close()
-			ctx, cancel := api.context(cmd.Context(), opts.timeout)
+			ctx, cancel := api.context(cmd.Context())
 			defer cancel()
 			out := cmd.OutOrStdout()
 			for i, d := range applyOrder(docs) {
@@ -327,7 +370,7 @@ with a comment giving the revision.`,
 				return err
 			}
 			defer api.Close()
-			ctx, cancel := api.context(cmd.Context(), opts.timeout)
+			ctx, cancel := api.context(cmd.Context())
 			defer cancel()
 			resp, err := api.client.GetPolicy(ctx, &policyv1.GetPolicyRequest{Service: args[0]})
 			if err != nil {
@@ -362,7 +405,7 @@ func newPolicyListCommand() *cobra.Command {
 				return err
 			}
 			defer api.Close()
-			ctx, cancel := api.context(cmd.Context(), opts.timeout)
+			ctx, cancel := api.context(cmd.Context())
 			defer cancel()
 			resp, err := api.client.ListPolicies(ctx, &policyv1.ListPoliciesRequest{})
 			if err != nil {
@@ -405,7 +448,7 @@ With --revision, the policy is only deleted while it is at that revision.`,
 				return err
 			}
 			defer api.Close()
-			ctx, cancel := api.context(cmd.Context(), opts.timeout)
+			ctx, cancel := api.context(cmd.Context())
 			defer cancel()
 			if _, err := api.client.DeletePolicy(ctx, req); err != nil {
 				return api.explain("delete "+args[0], err)

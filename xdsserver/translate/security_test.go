@@ -1,7 +1,6 @@
 package translate
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -132,37 +131,10 @@ func TestSecurityGolden(t *testing.T) {
 				t.Fatalf("parse %s: %v", path, err)
 			}
 			res := Translate(Input{Catalog: in.snapshot(t), Policies: in.policies(t), Security: in.Security.security(t)}, in.Options)
-			for typeName, resources := range map[string]map[string]proto.Message{
-				"listeners": asMessages(res.Resources.Listeners),
-				"routes":    asMessages(res.Resources.Routes),
-				"clusters":  asMessages(res.Resources.Clusters),
-				"endpoints": asMessages(res.Resources.Endpoints),
-			} {
-				for rname, m := range resources {
-					if err := m.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
-						t.Errorf("%s %q fails validation: %v", typeName, rname, err)
-					}
-				}
-				compareGolden(t, filepath.Join("testdata", name+"."+typeName+".golden.json"), encodeResources(t, resources))
-			}
+			compareResult(t, name, res)
 			for lname, l := range res.Resources.Listeners {
 				checkGRPCAccepts(t, lname, l)
 			}
-			report := struct {
-				Skipped   []string `json:"skipped"`
-				Panicking []string `json:"panicking"`
-			}{Skipped: []string{}, Panicking: res.Panicking}
-			for _, s := range res.Skipped {
-				report.Skipped = append(report.Skipped, s.String())
-			}
-			if report.Panicking == nil {
-				report.Panicking = []string{}
-			}
-			got, err := json.MarshalIndent(report, "", "  ")
-			if err != nil {
-				t.Fatal(err)
-			}
-			compareGolden(t, filepath.Join("testdata", name+".report.golden.json"), append(got, '\n'))
 		})
 	}
 }

@@ -120,36 +120,44 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("parse %s: %v", path, err)
 			}
 			res := Translate(Input{Catalog: in.snapshot(t), Policies: in.policies(t)}, in.Options)
-			for typeName, resources := range map[string]map[string]proto.Message{
-				"listeners": asMessages(res.Resources.Listeners),
-				"routes":    asMessages(res.Resources.Routes),
-				"clusters":  asMessages(res.Resources.Clusters),
-				"endpoints": asMessages(res.Resources.Endpoints),
-			} {
-				for rname, m := range resources {
-					if err := m.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
-						t.Errorf("%s %q fails validation: %v", typeName, rname, err)
-					}
-				}
-				compareGolden(t, filepath.Join("testdata", name+"."+typeName+".golden.json"), encodeResources(t, resources))
-			}
-			report := struct {
-				Skipped   []string `json:"skipped"`
-				Panicking []string `json:"panicking"`
-			}{Skipped: []string{}, Panicking: res.Panicking}
-			for _, s := range res.Skipped {
-				report.Skipped = append(report.Skipped, s.String())
-			}
-			if report.Panicking == nil {
-				report.Panicking = []string{}
-			}
-			got, err := json.MarshalIndent(report, "", "  ")
-			if err != nil {
-				t.Fatal(err)
-			}
-			compareGolden(t, filepath.Join("testdata", name+".report.golden.json"), append(got, '\n'))
+			compareResult(t, name, res)
 		})
 	}
+}
+
+// compareResult validates every resource of res and compares each type, and
+// the report of what was skipped or panic-routed, with the golden files of
+// case name.
+func compareResult(t *testing.T, name string, res *Result) {
+	t.Helper()
+	for typeName, resources := range map[string]map[string]proto.Message{
+		"listeners": asMessages(res.Resources.Listeners),
+		"routes":    asMessages(res.Resources.Routes),
+		"clusters":  asMessages(res.Resources.Clusters),
+		"endpoints": asMessages(res.Resources.Endpoints),
+	} {
+		for rname, m := range resources {
+			if err := m.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
+				t.Errorf("%s %q fails validation: %v", typeName, rname, err)
+			}
+		}
+		compareGolden(t, filepath.Join("testdata", name+"."+typeName+".golden.json"), encodeResources(t, resources))
+	}
+	report := struct {
+		Skipped   []string `json:"skipped"`
+		Panicking []string `json:"panicking"`
+	}{Skipped: []string{}, Panicking: res.Panicking}
+	for _, s := range res.Skipped {
+		report.Skipped = append(report.Skipped, s.String())
+	}
+	if report.Panicking == nil {
+		report.Panicking = []string{}
+	}
+	got, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareGolden(t, filepath.Join("testdata", name+".report.golden.json"), append(got, '\n'))
 }
 
 func asMessages[M proto.Message](in map[string]M) map[string]proto.Message {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/identity/certprovider"
+	"github.com/trellis-mesh/trellis/internal/testutil/logtest"
 	"github.com/trellis-mesh/trellis/internal/testutil/spiretest"
 )
 
@@ -235,7 +236,7 @@ func TestProviderSurvivesAgentRestart(t *testing.T) {
 	spire.RegisterWorkload(t, spiretest.Entry{SPIFFEID: want.String()})
 	spire.StopAgent(t)
 
-	logs := &recorder{}
+	logs := &logtest.Recorder{}
 	p, err := certprovider.New(certprovider.Config{WorkloadAPIAddr: spire.WorkloadAPIAddr(), Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +267,7 @@ func TestProviderSurvivesAgentRestart(t *testing.T) {
 	serial := km.Certs[0].Leaf.SerialNumber
 
 	spire.StopAgent(t)
-	logs.waitFor(t, "Workload API failed; serving the last X.509 SVID")
+	logs.WaitFor(t, "Workload API failed; serving the last X.509 SVID", testTimeout)
 	km, err = p.KeyMaterial(ctx)
 	if err != nil {
 		t.Fatalf("KeyMaterial with the agent down after an SVID: %v", err)
@@ -283,7 +284,7 @@ func TestProviderReportsExpiry(t *testing.T) {
 	want := serviceID(t, spire.TrustDomain(), "echo")
 	spire.RegisterWorkload(t, spiretest.Entry{SPIFFEID: want.String(), X509SVIDTTL: 15 * time.Second})
 
-	logs := &recorder{}
+	logs := &logtest.Recorder{}
 	p, err := certprovider.New(certprovider.Config{WorkloadAPIAddr: spire.WorkloadAPIAddr(), Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
@@ -292,13 +293,13 @@ func TestProviderReportsExpiry(t *testing.T) {
 	km := keyMaterial(t, p)
 	spire.StopAgent(t)
 	// The last SVID received before the agent stopped.
-	logs.waitFor(t, "Workload API failed")
+	logs.WaitFor(t, "Workload API failed", testTimeout)
 	km = keyMaterial(t, p)
 	notAfter := km.Certs[0].Leaf.NotAfter
 	if wait := time.Until(notAfter); wait > 30*time.Second {
 		t.Fatalf("SVID expires in %s, want at most the 15 s TTL", wait)
 	}
-	rec := logs.waitFor(t, "X.509 SVID expired")
+	rec := logs.WaitFor(t, "X.509 SVID expired", testTimeout)
 	if rec.Level != slog.LevelError {
 		t.Errorf("expiry logged at %s, want ERROR", rec.Level)
 	}
@@ -442,42 +443,6 @@ func verifySPIFFE(km *grpccertprovider.KeyMaterial, want spiffeid.ID, usage x509
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// recorder is a slog.Handler that keeps records for assertions.
-type recorder struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
-func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.records = append(r.records, rec.Clone())
-	return nil
-}
-func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *recorder) WithGroup(string) slog.Handler      { return r }
-
-// waitFor waits for a record whose message contains msg.
-func (r *recorder) waitFor(t *testing.T, msg string) slog.Record {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for {
-		r.mu.Lock()
-		for _, rec := range r.records {
-			if strings.Contains(rec.Message, msg) {
-				r.mu.Unlock()
-				return rec
-			}
-		}
-		r.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatalf("no log record %q within %s", msg, testTimeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 func encodePEM(c tls.Certificate) []byte {
 	var out []byte

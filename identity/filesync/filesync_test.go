@@ -25,6 +25,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/identity/filesync"
+	"github.com/trellis-mesh/trellis/internal/testutil/logtest"
 	"github.com/trellis-mesh/trellis/internal/testutil/spiretest"
 )
 
@@ -247,14 +248,14 @@ func TestSyncWritesAndRotates(t *testing.T) {
 func TestSyncWithoutWorkloadAPI(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "identity")
 	reg := prometheus.NewRegistry()
-	logs := &recorder{}
+	logs := &logtest.Recorder{}
 	addr := "unix://" + filepath.Join(t.TempDir(), "missing.sock")
 	s, err := filesync.New(filesync.Config{Dir: dir, WorkloadAPIAddr: addr, Logger: slog.New(logs), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := run(t, s)
-	rec := logs.waitFor(t, "no X.509 SVID from the Workload API yet; retrying")
+	rec := logs.WaitFor(t, "no X.509 SVID from the Workload API yet; retrying", testTimeout)
 	if !strings.Contains(attr(rec, "error"), "no such file or directory") {
 		t.Errorf("logged error %q does not say the socket is missing", attr(rec, "error"))
 	}
@@ -394,41 +395,6 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimRight(p, "\n")))
 	return len(p), nil
-}
-
-// recorder is a slog.Handler that keeps records for assertions.
-type recorder struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
-func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.records = append(r.records, rec.Clone())
-	return nil
-}
-func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
-func (r *recorder) WithGroup(string) slog.Handler      { return r }
-
-func (r *recorder) waitFor(t *testing.T, msg string) slog.Record {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for {
-		r.mu.Lock()
-		for _, rec := range r.records {
-			if strings.Contains(rec.Message, msg) {
-				r.mu.Unlock()
-				return rec
-			}
-		}
-		r.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatalf("no log record %q within %s", msg, testTimeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func attr(rec slog.Record, key string) string {

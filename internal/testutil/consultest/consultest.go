@@ -220,6 +220,9 @@ func (a *Agent) Pause(t testing.TB) {
 		t.Fatalf("consultest: Pause: %v", err)
 	}
 	a.paused = true
+	if err := waitStopped(a.cmd.Process.Pid, 5*time.Second); err != nil {
+		t.Fatalf("consultest: Pause: %v", err)
+	}
 }
 
 // Resume continues a paused agent (SIGCONT).

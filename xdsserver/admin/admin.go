@@ -1,6 +1,9 @@
 // Package admin serves the control plane's admin HTTP listener: liveness
 // (/healthz), readiness (/readyz), Prometheus metrics (/metrics) and the xDS
-// debug views (/debug/xds/streams, /debug/xds/resources). The listener
+// debug views (/debug/xds/streams, /debug/xds/resources). /healthz, /readyz
+// and /metrics answer anyone; /debug/* answers loopback callers, and others
+// only when Config.DebugAuth accepts their credentials, since the debug
+// views show every workload's node and every resource served. The listener
 // speaks HTTP/1.1 and unencrypted HTTP/2 (h2c), so that a gRPC service can
 // share the port: requests with content-type application/grpc go to the
 // injected gRPC handler.
@@ -47,17 +50,29 @@ type Config struct {
 	// (HTTP/2 only), typically a *grpc.Server. Its owner stops it.
 	// Default: such requests get the HTTP endpoints (and 404).
 	GRPC http.Handler
+	// DebugAuth decides whether a /debug/* request from a caller that is
+	// not on a loopback address may be answered: it returns nil to accept
+	// it, an error wrapping ErrNoCredentials when the request carries no
+	// credentials (answered 401), or another error (answered 403). The
+	// error's message is shown to the caller. Loopback callers are always
+	// answered. Default: only loopback callers are answered.
+	DebugAuth func(r *http.Request) error
 	// ShutdownTimeout is how long Serve waits, once its context is done,
 	// for requests in flight before closing every connection.
 	// Default: 5s.
 	ShutdownTimeout time.Duration
 }
 
+// ErrNoCredentials is wrapped by the errors of Config.DebugAuth for
+// requests that carry no credentials.
+var ErrNoCredentials = errors.New("admin: no credentials")
+
 // Server is the admin HTTP server.
 type Server struct {
 	logger          *slog.Logger
 	grpc            http.Handler
 	mux             *http.ServeMux
+	debugAuth       func(*http.Request) error
 	shutdownTimeout time.Duration
 }
 
@@ -71,7 +86,7 @@ func New(cfg Config) *Server {
 	if timeout <= 0 {
 		timeout = DefaultShutdownTimeout
 	}
-	s := &Server{logger: logger, grpc: cfg.GRPC, mux: http.NewServeMux(), shutdownTimeout: timeout}
+	s := &Server{logger: logger, grpc: cfg.GRPC, mux: http.NewServeMux(), debugAuth: cfg.DebugAuth, shutdownTimeout: timeout}
 
 	endpoints := []string{"/healthz", "/readyz"}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -104,11 +119,11 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Streams != nil {
 		endpoints = append(endpoints, "/debug/xds/streams")
-		s.mux.HandleFunc("GET /debug/xds/streams", s.jsonHandler(cfg.Streams))
+		s.mux.HandleFunc("GET /debug/xds/streams", s.debug(s.jsonHandler(cfg.Streams)))
 	}
 	if cfg.Resources != nil {
 		endpoints = append(endpoints, "/debug/xds/resources")
-		s.mux.HandleFunc("GET /debug/xds/resources", s.jsonHandler(cfg.Resources))
+		s.mux.HandleFunc("GET /debug/xds/resources", s.debug(s.jsonHandler(cfg.Resources)))
 	}
 	index := strings.Join(endpoints, "\n") + "\n"
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
@@ -163,6 +178,42 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return fmt.Errorf("admin: serve %s: %w", lis.Addr(), err)
 	}
 	return nil
+}
+
+// debug answers loopback callers and the callers DebugAuth accepts with
+// next, and everyone else with 401 or 403.
+func (s *Server) debug(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if loopbackCaller(r) {
+			next(w, r)
+			return
+		}
+		err := errors.New("admin: /debug/* answers loopback callers only: no credentials are accepted here")
+		if s.debugAuth != nil {
+			err = s.debugAuth(r)
+		}
+		if err == nil {
+			next(w, r)
+			return
+		}
+		code := http.StatusForbidden
+		if errors.Is(err, ErrNoCredentials) {
+			code = http.StatusUnauthorized
+			w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+		}
+		s.logger.Info("debug request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "status", code, "error", err)
+		writeText(w, code, err.Error()+"\n")
+	}
+}
+
+// loopbackCaller tells whether the request came from a loopback address.
+func loopbackCaller(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (s *Server) jsonHandler(value func() any) http.HandlerFunc {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -322,5 +325,63 @@ func TestShutdownWithOpenGRPCStream(t *testing.T) {
 	}
 	if _, err := watch.Recv(); err == nil {
 		t.Error("the gRPC stream survived the shutdown")
+	}
+}
+
+// TestDebugAuth shows who /debug/* answers: loopback callers always, other
+// callers only with credentials DebugAuth accepts, while /healthz, /readyz
+// and /metrics answer everyone. Remote callers are played by setting the
+// request's remote address, since a test cannot dial from a non-loopback
+// address on every machine.
+func TestDebugAuth(t *testing.T) {
+	auth := func(r *http.Request) error {
+		switch r.Header.Get("Authorization") {
+		case "":
+			return fmt.Errorf("send a bearer token: %w", admin.ErrNoCredentials)
+		case "Bearer good":
+			return nil
+		default:
+			return errors.New("invalid bearer token")
+		}
+	}
+	views := func() any { return map[string]string{"secret": "node list"} }
+	cfg := admin.Config{Gatherer: prometheus.NewRegistry(), Streams: views, Resources: views, DebugAuth: auth}
+	noAuth := cfg
+	noAuth.DebugAuth = nil
+	tests := []struct {
+		name     string
+		cfg      admin.Config
+		remote   string
+		path     string
+		token    string
+		wantCode int
+		wantBody string
+	}{
+		{name: "loopback v4 without credentials", cfg: cfg, remote: "127.0.0.1:4000", path: "/debug/xds/streams", wantCode: http.StatusOK, wantBody: "node list"},
+		{name: "loopback v6 without credentials", cfg: cfg, remote: "[::1]:4000", path: "/debug/xds/resources", wantCode: http.StatusOK, wantBody: "node list"},
+		{name: "remote without credentials", cfg: cfg, remote: "192.0.2.7:4000", path: "/debug/xds/streams", wantCode: http.StatusUnauthorized, wantBody: "send a bearer token"},
+		{name: "remote with a bad token", cfg: cfg, remote: "192.0.2.7:4000", path: "/debug/xds/resources", token: "Bearer bad", wantCode: http.StatusForbidden, wantBody: "invalid bearer token"},
+		{name: "remote with a good token", cfg: cfg, remote: "192.0.2.7:4000", path: "/debug/xds/streams", token: "Bearer good", wantCode: http.StatusOK, wantBody: "node list"},
+		{name: "remote and no DebugAuth", cfg: noAuth, remote: "192.0.2.7:4000", path: "/debug/xds/streams", token: "Bearer good", wantCode: http.StatusForbidden, wantBody: "loopback callers only"},
+		{name: "remote healthz", cfg: cfg, remote: "192.0.2.7:4000", path: "/healthz", wantCode: http.StatusOK, wantBody: "ok"},
+		{name: "remote readyz", cfg: cfg, remote: "192.0.2.7:4000", path: "/readyz", wantCode: http.StatusOK, wantBody: "ready"},
+		{name: "remote metrics", cfg: cfg, remote: "192.0.2.7:4000", path: "/metrics", wantCode: http.StatusOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, tt.path, nil)
+			req.RemoteAddr = tt.remote
+			if tt.token != "" {
+				req.Header.Set("Authorization", tt.token)
+			}
+			rec := httptest.NewRecorder()
+			admin.New(tt.cfg).ServeHTTP(rec, req)
+			if rec.Code != tt.wantCode || !strings.Contains(rec.Body.String(), tt.wantBody) {
+				t.Errorf("GET %s from %s: %d %q, want %d containing %q", tt.path, tt.remote, rec.Code, rec.Body.String(), tt.wantCode, tt.wantBody)
+			}
+			if tt.wantCode != http.StatusOK && strings.Contains(rec.Body.String(), "node list") {
+				t.Errorf("refused request shows the debug view: %q", rec.Body.String())
+			}
+		})
 	}
 }

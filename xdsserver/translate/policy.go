@@ -154,8 +154,11 @@ func routeAction(service string, r *policyv1.Route, clusters clusterIndex) (*rou
 		if total == 0 || total > 1<<32-1 {
 			return nil, dropped, nil
 		}
+		// total_weight is always the sum: with it unset, C-core requires
+		// the weights to add up to 100 and NACKs the RouteConfiguration
+		// otherwise, while policies allow any weights (e.g. 4:1).
 		return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
-			WeightedClusters: &routev3.WeightedCluster{Clusters: weighted},
+			WeightedClusters: &routev3.WeightedCluster{Clusters: weighted, TotalWeight: wrapperspb.UInt32(uint32(total))},
 		}}, dropped, nil
 	case nil:
 		return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: service}}, nil, nil
@@ -223,22 +226,22 @@ func routeMatch(m *policyv1.RouteMatch) *routev3.RouteMatch {
 	return out
 }
 
+// headerMatcher uses the older HeaderMatcher oneof fields (exact_match,
+// prefix_match, ...) rather than string_match: every supported gRPC
+// implementation parses them, while C-core before 1.56 rejects string_match
+// (gRFC A63) with the whole RouteConfiguration. They express every header
+// match a policy can state.
 func headerMatcher(h *policyv1.HeaderMatch) *routev3.HeaderMatcher {
 	out := &routev3.HeaderMatcher{Name: h.GetName(), InvertMatch: h.GetInvert()}
-	str := func(sm *matcherv3.StringMatcher) *routev3.HeaderMatcher_StringMatch {
-		return &routev3.HeaderMatcher_StringMatch{StringMatch: sm}
-	}
 	switch m := h.GetMatch().(type) {
 	case *policyv1.HeaderMatch_Exact:
-		out.HeaderMatchSpecifier = str(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m.Exact}})
+		out.HeaderMatchSpecifier = &routev3.HeaderMatcher_ExactMatch{ExactMatch: m.Exact}
 	case *policyv1.HeaderMatch_Prefix:
-		out.HeaderMatchSpecifier = str(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: m.Prefix}})
+		out.HeaderMatchSpecifier = &routev3.HeaderMatcher_PrefixMatch{PrefixMatch: m.Prefix}
 	case *policyv1.HeaderMatch_Suffix:
-		out.HeaderMatchSpecifier = str(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: m.Suffix}})
+		out.HeaderMatchSpecifier = &routev3.HeaderMatcher_SuffixMatch{SuffixMatch: m.Suffix}
 	case *policyv1.HeaderMatch_Regex:
-		out.HeaderMatchSpecifier = str(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
-			SafeRegex: &matcherv3.RegexMatcher{Regex: m.Regex},
-		}})
+		out.HeaderMatchSpecifier = &routev3.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcherv3.RegexMatcher{Regex: m.Regex}}
 	case *policyv1.HeaderMatch_Present:
 		out.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: m.Present}
 	}

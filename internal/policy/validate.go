@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/trellis-mesh/trellis/internal/names"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
@@ -101,10 +102,7 @@ const (
 )
 
 var (
-	// serviceNamePattern is the translator's rule for service names.
-	serviceNamePattern = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$`)
-	subsetNamePattern  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-	routeNamePattern   = serviceNamePattern
+	subsetNamePattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	// A gRPC method path: "/" [package "."] service "/" method.
 	methodExactPattern   = regexp.MustCompile(`^/(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*/[A-Za-z_][A-Za-z0-9_]*$`)
 	servicePrefixPattern = regexp.MustCompile(`^/(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*/$`)
@@ -183,7 +181,7 @@ func (v *validator) policy() {
 	switch {
 	case p.Service == "":
 		v.errorf("service", "required: the Consul name of the service the policy is for (clients dial xds:///<service>)")
-	case !serviceNamePattern.MatchString(p.Service):
+	case !names.ValidService(p.Service):
 		v.errorf("service", "%q is not a valid service name: use letters, digits, '.', '-' and '_', starting and ending with a letter, digit or '_'", p.Service)
 	case v.env.KnownService != nil && !v.env.KnownService(p.Service):
 		v.warnf("service", "service %q is not registered in Consul; the policy takes effect once it is", p.Service)
@@ -261,7 +259,7 @@ func (v *validator) route(i int, r *policyv1.Route) {
 		return
 	}
 	if r.Name != "" {
-		if len(r.Name) > maxNameLength || !routeNamePattern.MatchString(r.Name) {
+		if len(r.Name) > maxNameLength || !names.ValidService(r.Name) {
 			v.errorf(field(f, "name"), "%q is not a valid route name: use up to %d letters, digits, '.', '-' and '_', starting and ending with a letter, digit or '_'", r.Name, maxNameLength)
 		}
 		for j, other := range v.p.Routes[:i] {
@@ -423,7 +421,7 @@ func (v *validator) destination(f string, d *policyv1.Destination) {
 	svc := d.GetService()
 	own := svc == "" || svc == v.p.Service
 	if !own {
-		if !serviceNamePattern.MatchString(svc) {
+		if !names.ValidService(svc) {
 			v.errorf(field(f, "service"), "%q is not a valid service name: use letters, digits, '.', '-' and '_', starting and ending with a letter, digit or '_'; leave it empty for the policy's own service", svc)
 			return
 		}

@@ -402,7 +402,7 @@ func applyLoadBalancing(c *clusterv3.Cluster, lb *policyv1.LoadBalancing) error 
 			}}
 		}
 	case *policyv1.LoadBalancing_PickFirst:
-		policy, err := typedPolicy("envoy.load_balancing_policies.pick_first", &pickfirstv3.PickFirst{
+		policy, err := typedPolicy(pickFirstPolicyName, &pickfirstv3.PickFirst{
 			ShuffleAddressList: p.PickFirst.GetShuffleAddressList(),
 		})
 		if err != nil {
@@ -427,7 +427,7 @@ func applyLoadBalancing(c *clusterv3.Cluster, lb *policyv1.LoadBalancing) error 
 		if err != nil {
 			return err
 		}
-		locality, err := typedPolicy("envoy.load_balancing_policies.wrr_locality", &wrrlocalityv3.WrrLocality{
+		locality, err := typedPolicy(wrrLocalityPolicyName, &wrrlocalityv3.WrrLocality{
 			EndpointPickingPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{endpointPicking}},
 		})
 		if err != nil {

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/model"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
@@ -58,6 +59,11 @@ type Options struct {
 	// restart, a partitioned agent); failing every call then is worse than
 	// trying the instances. Default: false (panic routing on).
 	DisablePanicRouting bool
+	// Client is the client profile (package clients) the translation is
+	// for: what its clients do not honour is substituted or withheld and
+	// reported as a Skip with the profile's name (see clients.go).
+	// Default: nil, every feature Trellis emits, as grpc-go honours them.
+	Client *clients.Profile
 }
 
 // Input is everything a translation reads.
@@ -117,10 +123,18 @@ type Skip struct {
 	Route string
 	// Reason says what was wrong and what is accepted.
 	Reason string
+	// Profile is the client profile (Options.Client) the skip concerns
+	// alone, "" when it concerns every client.
+	Profile string
 }
 
 // String formats the skip for a log line.
 func (s Skip) String() string {
+	if s.Profile != "" {
+		c := s
+		c.Profile = ""
+		return "[" + s.Profile + " clients] " + c.String()
+	}
 	switch {
 	case s.Instance != "":
 		return fmt.Sprintf("service %q instance %q skipped: %s", s.Service, s.Instance, s.Reason)
@@ -265,7 +279,8 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 	if err != nil {
 		return nil, nil, err
 	}
-	return out, append(skips, secSkips...), nil
+	skips = append(skips, secSkips...)
+	return out, append(skips, adaptForClient(out, name, opts.Client)...), nil
 }
 
 // serviceResources are the resources of one service: a listener and a

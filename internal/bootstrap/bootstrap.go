@@ -28,8 +28,12 @@ const CertificateProviderInstance = "trellis"
 
 // Config describes one bootstrap file.
 type Config struct {
-	// Servers are the xDS servers as host:port, in order: the first is used
-	// while it works, later ones are fallbacks. At least one is required.
+	// Servers are the xDS servers as host:port, or as a gRPC DNS target
+	// dns://[dns-server]/host:port that resolves to several replicas
+	// (e.g. dns://127.0.0.1:8600/trellis-xds.service.consul:18000), in
+	// order: the first is used while it works, later ones are fallbacks
+	// (gRFC A71: only while resources are missing). At least one is
+	// required.
 	Servers []string
 	// NodeID identifies the workload to the control plane. Required.
 	NodeID string
@@ -117,7 +121,7 @@ func (cfg Config) validate() error {
 		errs = append(errs, errors.New("bootstrap: xds server: at least one is required (host:port)"))
 	}
 	for i, s := range cfg.Servers {
-		if err := checkHostPort(s); err != nil {
+		if err := checkServer(s); err != nil {
 			errs = append(errs, fmt.Errorf("bootstrap: xds server[%d] %q: %w", i, s, err))
 		}
 	}
@@ -154,6 +158,28 @@ func checkChannelCreds(creds json.RawMessage) []error {
 		}
 	}
 	return errs
+}
+
+// checkServer accepts host:port and dns://[dns-server]/host:port, the
+// targets of grpc-go's default and DNS resolvers.
+func checkServer(s string) error {
+	rest, ok := strings.CutPrefix(s, "dns://")
+	if !ok {
+		return checkHostPort(s)
+	}
+	authority, endpoint, ok := strings.Cut(rest, "/")
+	if !ok {
+		return errors.New("want dns://<DNS server host:port>/<host>:<port>, or dns:///<host>:<port> for the system's DNS servers")
+	}
+	if authority != "" {
+		if err := checkHostPort(authority); err != nil {
+			return fmt.Errorf("DNS server %q: %w", authority, err)
+		}
+	}
+	if err := checkHostPort(endpoint); err != nil {
+		return fmt.Errorf("name %q: %w", endpoint, err)
+	}
+	return nil
 }
 
 func checkHostPort(s string) error {

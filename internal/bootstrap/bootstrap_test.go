@@ -90,6 +90,28 @@ func TestGenerateChannelCreds(t *testing.T) {
 	}
 }
 
+// TestGenerateDNSServer: a DNS target, with or without its DNS server,
+// is written as the server URI unchanged.
+func TestGenerateDNSServer(t *testing.T) {
+	for _, uri := range []string{"dns://127.0.0.1:8600/trellis-xds.service.consul:18000", "dns:///trellis-xds.service.consul:18000"} {
+		out, err := Generate(Config{Servers: []string{uri}, NodeID: "n"})
+		if err != nil {
+			t.Fatalf("%s: %v", uri, err)
+		}
+		var got struct {
+			XDSServers []struct {
+				ServerURI string `json:"server_uri"`
+			} `json:"xds_servers"`
+		}
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(got.XDSServers) != 1 || got.XDSServers[0].ServerURI != uri {
+			t.Errorf("%s: servers %+v", uri, got.XDSServers)
+		}
+	}
+}
+
 func TestGenerateRejectsBadInput(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -99,6 +121,9 @@ func TestGenerateRejectsBadInput(t *testing.T) {
 		{"no servers", Config{NodeID: "n"}, "at least one is required"},
 		{"no port", Config{Servers: []string{"localhost"}, NodeID: "n"}, `xds server[0] "localhost"`},
 		{"bad port", Config{Servers: []string{"localhost:0"}, NodeID: "n"}, "want 1-65535"},
+		{"dns without name", Config{Servers: []string{"dns://127.0.0.1:8600"}, NodeID: "n"}, "want dns://<DNS server host:port>/<host>:<port>"},
+		{"dns without port", Config{Servers: []string{"dns://127.0.0.1:8600/trellis-xds.service.consul"}, NodeID: "n"}, `name "trellis-xds.service.consul"`},
+		{"dns server without port", Config{Servers: []string{"dns://127.0.0.1/trellis-xds.service.consul:18000"}, NodeID: "n"}, `DNS server "127.0.0.1"`},
 		{"no node id", Config{Servers: []string{"localhost:1"}}, "node id: required"},
 		{"bad provider json", Config{Servers: []string{"localhost:1"}, NodeID: "n",
 			CertificateProviders: map[string]json.RawMessage{"x": json.RawMessage(`{`)}}, `certificate provider "x"`},

@@ -75,6 +75,17 @@ type Options struct {
 	// LogOutput, when set, also receives the agent's output (it is always
 	// written to a file in the test's temporary directory). Default: nil.
 	LogOutput io.Writer
+	// DNS enables the agent's DNS interface on a free loopback port (UDP
+	// and TCP), see DNSAddr. Default: no DNS interface.
+	DNS bool
+	// HTTPS enables the agent's HTTPS API on a free loopback port, see
+	// HTTPSAddr; its certificates come from HCL (tls { defaults { ... } }).
+	// The plain HTTP API stays enabled for the package's own readiness
+	// checks and Client. Default: no HTTPS API.
+	HTTPS bool
+	// HCL fragments are passed to the agent as -hcl flags after the
+	// package's own, e.g. TLS settings. Default: none.
+	HCL []string
 }
 
 // Agent is a running Consul agent owned by one test.
@@ -97,6 +108,8 @@ type Agent struct {
 // ports are the agent's listening ports; -1 disables a listener.
 type ports struct {
 	http, serfLAN, serfWAN, server int
+	// dns and https are -1 unless Options.DNS or Options.HTTPS.
+	dns, https int
 }
 
 // Start runs a Consul agent for the test and returns once it has a leader
@@ -133,7 +146,7 @@ func Start(t testing.TB, opts Options) *Agent {
 	// is picked and the moment Consul binds it; try again on new ports.
 	const attempts = 3
 	for i := 1; ; i++ {
-		a.ports, err = freePorts()
+		a.ports, err = freePorts(opts.DNS, opts.HTTPS)
 		if err != nil {
 			t.Fatalf("consultest: %v", err)
 		}
@@ -172,6 +185,24 @@ func binary() (string, error) {
 // HTTPAddr returns the agent's HTTP API address, "127.0.0.1:PORT".
 func (a *Agent) HTTPAddr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http))
+}
+
+// DNSAddr returns the agent's DNS address, "127.0.0.1:PORT" (UDP and
+// TCP), or "" without Options.DNS.
+func (a *Agent) DNSAddr() string {
+	if a.ports.dns < 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.dns))
+}
+
+// HTTPSAddr returns the agent's HTTPS API address, "127.0.0.1:PORT", or ""
+// without Options.HTTPS.
+func (a *Agent) HTTPSAddr() string {
+	if a.ports.https < 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.https))
 }
 
 // NodeName returns the agent's node name.
@@ -285,13 +316,16 @@ func (a *Agent) args() []string {
 		"-serf-lan-port", strconv.Itoa(a.ports.serfLAN),
 		"-serf-wan-port", strconv.Itoa(a.ports.serfWAN),
 		"-server-port", strconv.Itoa(a.ports.server),
-		"-dns-port", "-1",
+		"-dns-port", strconv.Itoa(a.ports.dns),
 		"-grpc-port", "-1",
 		"-grpc-tls-port", "-1",
-		"-https-port", "-1",
+		"-https-port", strconv.Itoa(a.ports.https),
 		"-log-level", "debug",
 		"-hcl", "disable_update_check = true",
 	)
+	for _, hcl := range a.opts.HCL {
+		args = append(args, "-hcl", hcl)
+	}
 	keys := make([]string, 0, len(a.opts.NodeMeta))
 	for k := range a.opts.NodeMeta {
 		keys = append(keys, k)
@@ -486,8 +520,8 @@ func (a *Agent) logTail(t testing.TB) {
 
 // freePorts picks distinct free loopback ports. The serf ports must be free
 // for both TCP and UDP.
-func freePorts() (ports, error) {
-	var p ports
+func freePorts(dns, https bool) (ports, error) {
+	p := ports{dns: -1, https: -1}
 	seen := map[int]bool{}
 	pick := func(udp bool) (int, error) {
 		for range 20 {
@@ -514,6 +548,16 @@ func freePorts() (ports, error) {
 	}
 	if p.server, err = pick(false); err != nil {
 		return p, err
+	}
+	if dns {
+		if p.dns, err = pick(true); err != nil {
+			return p, err
+		}
+	}
+	if https {
+		if p.https, err = pick(false); err != nil {
+			return p, err
+		}
 	}
 	return p, nil
 }

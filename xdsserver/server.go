@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,8 +41,12 @@ const (
 
 // Config configures a Server.
 type Config struct {
-	// Cache holds the resources to serve. Required.
+	// Cache holds the resources to serve. Required unless Watcher is set.
 	Cache *xdscache.Cache
+	// Watcher serves the ADS requests, e.g. ProfileCaches.ConfigWatcher()
+	// to serve each client profile its own resources.
+	// Default: Cache.ConfigWatcher().
+	Watcher cache.Cache
 	// Logger receives the server's logs. Default: logs are discarded.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics (trellis_xds_*). Default: a
@@ -58,7 +63,7 @@ type Config struct {
 
 // Server is the ADS gRPC server.
 type Server struct {
-	cache   *xdscache.Cache
+	watcher cache.Cache
 	logger  *slog.Logger
 	tracker *tracker
 	opts    []grpc.ServerOption
@@ -68,8 +73,12 @@ type Server struct {
 
 // New validates cfg and registers the server's metrics.
 func New(cfg Config) (*Server, error) {
-	if cfg.Cache == nil {
-		return nil, errors.New("xdsserver: Config.Cache is required")
+	watcher := cfg.Watcher
+	if watcher == nil {
+		if cfg.Cache == nil {
+			return nil, errors.New("xdsserver: Config.Cache or Config.Watcher is required")
+		}
+		watcher = cfg.Cache.ConfigWatcher()
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -104,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 	}
 	opts = append(opts, cfg.ServerOptions...)
-	return &Server{cache: cfg.Cache, logger: logger, tracker: tr, opts: opts, grace: grace}, nil
+	return &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace}, nil
 }
 
 // Serve serves ADS (StreamAggregatedResources, state of the world only) and
@@ -121,7 +130,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	// The sotw server ends every stream when ctx is done: ADS streams never
 	// end by themselves, so without it GracefulStop would wait for the
 	// whole grace period.
-	xds := sotw.NewServer(ctx, s.cache.ConfigWatcher(), s.tracker,
+	xds := sotw.NewServer(ctx, s.watcher, s.tracker,
 		sotw.DeactivateLegacyWildcard(),
 		sotw.WithLogger(cplog.New(s.logger)))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &ads{sotw: xds})

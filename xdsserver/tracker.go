@@ -17,6 +17,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/trellis-mesh/trellis/internal/clients"
 )
 
 // StreamStatus is what the server knows of one open ADS stream.
@@ -28,6 +30,9 @@ type StreamStatus struct {
 	// UserAgent is the client's user agent name and version, e.g.
 	// "gRPC Go 1.85.0".
 	UserAgent string `json:"user_agent,omitempty"`
+	// Profile is the client profile (package clients) the user agent
+	// maps to; with ProfileCaches, the one whose resources the stream gets.
+	Profile string `json:"profile,omitempty"`
 	// Peer is the client's address.
 	Peer string `json:"peer"`
 	// PeerSPIFFEID is the SPIFFE ID of the client's certificate when the
@@ -212,7 +217,8 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 	if n := req.GetNode(); n != nil && n.GetId() != "" && st.status.NodeID == "" {
 		st.status.NodeID = n.GetId()
 		st.status.UserAgent = strings.TrimSpace(n.GetUserAgentName() + " " + n.GetUserAgentVersion())
-		t.logger.Debug("ADS stream identified", "stream", id, "node", st.status.NodeID, "user_agent", st.status.UserAgent)
+		st.status.Profile = clients.Classify(clients.FromNode(n)).Name
+		t.logger.Debug("ADS stream identified", "stream", id, "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile)
 	}
 	typeURL := req.GetTypeUrl()
 	ts, ok := st.types[typeURL]
@@ -242,7 +248,7 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		ts.status.LastNACKAt = now
 		t.totals.NACKs++
 		t.nacks.WithLabelValues(label).Inc()
-		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "peer", st.status.Peer,
+		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile, "peer", st.status.Peer,
 			"stream", id, "type", typeURL, "version", ts.status.SentVersion, "error", detail.GetMessage())
 		return nil
 	}

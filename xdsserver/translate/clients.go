@@ -110,3 +110,43 @@ func hasHTTPFilter(l *listenerv3.Listener, name string) bool {
 	}
 	return false
 }
+
+// ProfilesResult is the outcome of TranslateProfiles.
+type ProfilesResult struct {
+	// Resources holds each profile's resources, by profile name.
+	Resources map[string]*Resources
+	// Panicking is as in Result; it does not depend on the profile.
+	Panicking []string
+	// Skipped lists every skip of the first profile's translation, then
+	// the skips of the other profiles that concern them alone (Skip.Profile
+	// set), each once.
+	Skipped []Skip
+}
+
+// TranslateProfiles translates in once for each profile (opts with Client
+// set to it). profiles should start with the widest one, whose skips
+// report everything common to all clients. Equal resources are not shared
+// here: the cache that serves them does that (xdsserver.ProfileCaches).
+func TranslateProfiles(in Input, opts Options, profiles []clients.Profile) *ProfilesResult {
+	out := &ProfilesResult{Resources: make(map[string]*Resources, len(profiles))}
+	seen := map[string]bool{}
+	for i, p := range profiles {
+		o := opts
+		o.Client = &p
+		res := Translate(in, o)
+		out.Resources[p.Name] = &res.Resources
+		if i == 0 {
+			out.Panicking = res.Panicking
+		}
+		for _, s := range res.Skipped {
+			if i > 0 && s.Profile == "" {
+				continue
+			}
+			if k := s.String(); !seen[k] {
+				seen[k] = true
+				out.Skipped = append(out.Skipped, s)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,170 @@
+package xdsserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/trellis-mesh/trellis/internal/clients"
+	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
+)
+
+// ProfileCachesConfig configures ProfileCaches.
+type ProfileCachesConfig struct {
+	// Profiles are the client profiles served, each from its own cache.
+	// The first is the fallback for a node whose profile is not listed,
+	// and the base whose resources the others share when equal.
+	// Default: clients.Profiles() (Widest first).
+	Profiles []clients.Profile
+	// Logger receives the caches' logs. Default: logs are discarded.
+	Logger *slog.Logger
+	// MaxAliases is xdscache.Config.MaxAliases of every cache.
+	// Default: xdscache.DefaultMaxAliases.
+	MaxAliases int
+}
+
+// ProfileCaches serves each client profile (package clients) its own
+// translation: one xdscache.Cache per profile, and a cache.Cache that
+// routes every ADS request to the cache of its node's profile
+// (clients.Classify of the node's user agent). go-control-plane fills the
+// node of the stream's first request into every later one, so a stream
+// stays with one cache.
+//
+// A resource equal (proto.Equal) to the first profile's resource of the
+// same name is stored as that very value, so profiles that do not differ
+// share memory, and only the resources that do differ exist twice.
+type ProfileCaches struct {
+	profiles []clients.Profile
+	caches   map[string]*xdscache.Cache
+	logger   *slog.Logger
+}
+
+// NewProfileCaches returns empty caches for cfg.Profiles.
+func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
+	profiles := cfg.Profiles
+	if len(profiles) == 0 {
+		profiles = clients.Profiles()
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	p := &ProfileCaches{profiles: profiles, caches: make(map[string]*xdscache.Cache, len(profiles)), logger: logger}
+	for _, pr := range profiles {
+		if pr.Name == "" {
+			return nil, fmt.Errorf("xdsserver: ProfileCachesConfig.Profiles: a profile has no name")
+		}
+		if _, dup := p.caches[pr.Name]; dup {
+			return nil, fmt.Errorf("xdsserver: ProfileCachesConfig.Profiles: profile %q listed twice", pr.Name)
+		}
+		p.caches[pr.Name] = xdscache.New(xdscache.Config{
+			Logger:     logger.With("profile", pr.Name),
+			MaxAliases: cfg.MaxAliases,
+		})
+	}
+	return p, nil
+}
+
+// Profiles returns the profiles served, the fallback first.
+func (p *ProfileCaches) Profiles() []clients.Profile {
+	return append([]clients.Profile(nil), p.profiles...)
+}
+
+// Cache returns the cache of the named profile, nil when it is not served.
+func (p *ProfileCaches) Cache(profile string) *xdscache.Cache { return p.caches[profile] }
+
+// ProfileOf returns the profile whose cache serves node.
+func (p *ProfileCaches) ProfileOf(node *corev3.Node) clients.Profile {
+	pr := clients.Classify(clients.FromNode(node))
+	if _, ok := p.caches[pr.Name]; ok {
+		return pr
+	}
+	return p.profiles[0]
+}
+
+// Apply replaces each profile's state with its entry of next (by profile
+// name); a profile missing from next keeps its state. Resources equal to
+// the first profile's are replaced by the first profile's values before
+// they are applied. next is not modified.
+func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
+	out := make(map[string]xdscache.ApplyResult, len(next))
+	base := next[p.profiles[0].Name]
+	for _, pr := range p.profiles {
+		res, ok := next[pr.Name]
+		if !ok {
+			continue
+		}
+		if pr.Name != p.profiles[0].Name {
+			res = share(base, res)
+		}
+		out[pr.Name] = p.caches[pr.Name].Apply(res)
+	}
+	return out
+}
+
+// share returns res with every resource equal to base's resource of the
+// same type and name replaced by base's.
+func share(base, res xdscache.Resources) xdscache.Resources {
+	out := make(xdscache.Resources, len(res))
+	for typeURL, byName := range res {
+		m := maps.Clone(byName)
+		for name, r := range m {
+			if b, ok := base[typeURL][name]; ok && b != r && proto.Equal(b, r) {
+				m[name] = b
+			}
+		}
+		out[typeURL] = m
+	}
+	return out
+}
+
+// Versions returns, per profile, what xdscache.Cache.Versions returns.
+func (p *ProfileCaches) Versions() map[string]map[string]map[string]string {
+	out := make(map[string]map[string]map[string]string, len(p.caches))
+	for name, c := range p.caches {
+		out[name] = c.Versions()
+	}
+	return out
+}
+
+// ConfigWatcher returns the cache.Cache to give go-control-plane's server:
+// it hands each request to the ConfigWatcher of its node's profile cache.
+func (p *ProfileCaches) ConfigWatcher() cache.Cache {
+	w := dispatcher{p: p, watchers: make(map[string]cache.Cache, len(p.caches))}
+	for name, c := range p.caches {
+		w.watchers[name] = c.ConfigWatcher()
+	}
+	return w
+}
+
+type dispatcher struct {
+	p        *ProfileCaches
+	watchers map[string]cache.Cache
+}
+
+var _ cache.Cache = dispatcher{}
+
+func (d dispatcher) watcher(node *corev3.Node) cache.Cache {
+	return d.watchers[d.p.ProfileOf(node).Name]
+}
+
+// CreateWatch implements cache.ConfigWatcher.
+func (d dispatcher) CreateWatch(req *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
+	return d.watcher(req.GetNode()).CreateWatch(req, sub, ch)
+}
+
+// CreateDeltaWatch implements cache.ConfigWatcher.
+func (d dispatcher) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	return d.watcher(req.GetNode()).CreateDeltaWatch(req, sub, ch)
+}
+
+// Fetch implements cache.ConfigFetcher.
+func (d dispatcher) Fetch(ctx context.Context, req *cache.Request) (cache.Response, error) {
+	return d.watcher(req.GetNode()).Fetch(ctx, req)
+}

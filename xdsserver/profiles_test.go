@@ -1,0 +1,177 @@
+package xdsserver_test
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
+	"github.com/trellis-mesh/trellis/internal/clients"
+	"github.com/trellis-mesh/trellis/xdsserver"
+	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
+)
+
+// startProfileServer serves p on 127.0.0.1 until the test ends.
+func startProfileServer(t *testing.T, p *xdsserver.ProfileCaches) (*xdsserver.Server, string) {
+	t.Helper()
+	srv, err := xdsserver.New(xdsserver.Config{Watcher: p.ConfigWatcher(), Registerer: prometheus.NewRegistry(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return srv, lis.Addr().String()
+}
+
+// fetchCluster opens an ADS stream presenting node and returns the
+// Cluster named name from the first CDS response.
+func fetchCluster(ctx context.Context, t *testing.T, addr string, node *corev3.Node, name string) *clusterv3.Cluster {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType, ResourceNames: []string{name}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("node %q: %v", node.GetUserAgentName(), err)
+	}
+	if len(resp.GetResources()) != 1 {
+		t.Fatalf("node %q: got %d clusters, want 1", node.GetUserAgentName(), len(resp.GetResources()))
+	}
+	c := &clusterv3.Cluster{}
+	if err := resp.GetResources()[0].UnmarshalTo(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestProfileCachesRouteByUserAgent serves a least-request cluster to the
+// grpc-go profile and round robin to every other: a real grpc-go xDS client
+// reaches its backend through the dispatching watcher, and streams with
+// other user agents get their profile's cluster (an unknown one the widest).
+func TestProfileCachesRouteByUserAgent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := startBackend(t)
+	next := map[string]xdscache.Resources{}
+	for _, p := range pc.Profiles() {
+		lb := clusterv3.Cluster_ROUND_ROBIN
+		if p.Caps.LeastRequest {
+			lb = clusterv3.Cluster_LEAST_REQUEST
+		}
+		next[p.Name] = clientResources(t, "svc", backend, lb)
+	}
+	for name, r := range pc.Apply(next) {
+		if r.Err != nil {
+			t.Fatalf("apply %s: %v", name, r.Err)
+		}
+	}
+	srv, addr := startProfileServer(t, pc)
+
+	conn := dial(t, addr, "go-client", "xds:///svc")
+	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("grpc-go call through the grpc-go profile: %v", err)
+	}
+
+	for _, tt := range []struct {
+		agent string
+		want  clusterv3.Cluster_LbPolicy
+	}{
+		{"gRPC Go", clusterv3.Cluster_LEAST_REQUEST},
+		{"gRPC Node Pure JS", clusterv3.Cluster_ROUND_ROBIN},
+		{"gRPC C-core linux", clusterv3.Cluster_ROUND_ROBIN},
+		{"gRPC Elixir", clusterv3.Cluster_ROUND_ROBIN},
+		{"", clusterv3.Cluster_ROUND_ROBIN},
+	} {
+		c := fetchCluster(ctx, t, addr, &corev3.Node{Id: "n", UserAgentName: tt.agent}, "svc")
+		if c.GetLbPolicy() != tt.want {
+			t.Errorf("user agent %q: lb_policy %v, want %v", tt.agent, c.GetLbPolicy(), tt.want)
+		}
+	}
+	found := false
+	for _, st := range srv.Streams() {
+		if st.NodeID == "go-client" {
+			found = true
+			if st.Profile != clients.GoName {
+				t.Errorf("grpc-go stream profile %q, want %q", st.Profile, clients.GoName)
+			}
+		}
+	}
+	if !found {
+		t.Error("no stream of node go-client tracked")
+	}
+}
+
+// TestProfileCachesShareEqualResources checks that a profile's resource
+// equal to the first profile's is stored as the same value, and one that
+// differs is not.
+func TestProfileCachesShareEqualResources(t *testing.T) {
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{
+		Profiles: []clients.Profile{clients.Widest, clients.Go},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	widest := clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)
+	goRes := clientResources(t, "svc", backend, clusterv3.Cluster_LEAST_REQUEST)
+	pc.Apply(map[string]xdscache.Resources{clients.WidestName: widest, clients.GoName: goRes})
+
+	for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.EndpointType, resource.ClusterType} {
+		base, _, ok := pc.Cache(clients.WidestName).Resource(typeURL, "svc")
+		if !ok {
+			t.Fatalf("widest has no %s", typeURL)
+		}
+		got, _, ok := pc.Cache(clients.GoName).Resource(typeURL, "svc")
+		if !ok {
+			t.Fatalf("grpc-go has no %s", typeURL)
+		}
+		shared := got == base
+		if want := typeURL != resource.ClusterType; shared != want {
+			t.Errorf("%s shared = %v, want %v", typeURL, shared, want)
+		}
+	}
+}
+
+func TestNewProfileCachesErrors(t *testing.T) {
+	for name, profiles := range map[string][]clients.Profile{
+		"duplicate": {clients.Widest, clients.Widest},
+		"no name":   {{}},
+	} {
+		if _, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Profiles: profiles}); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}

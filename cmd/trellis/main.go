@@ -4,6 +4,7 @@
 //	trellis bootstrap   writes a GRPC_XDS_BOOTSTRAP file for a workload
 //	trellis policy      manages service policies (apply, get, list, delete, validate)
 //	trellis identity    keeps the workload's SPIFFE identity in files (sync)
+//	trellis version     prints the version, commit and key dependency versions
 //
 // This is the only place where Trellis components are wired together.
 package main
@@ -35,6 +36,8 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServerCommand(), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand())
+	// Every setting of `trellis server` also comes from TRELLIS_* variables
+	// or a --config file (config.go).
+	root.AddCommand(withSettings(newServerCommand(), os.LookupEnv), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand(), newVersionCommand())
 	return root
 }

@@ -98,7 +98,7 @@ The connection to the xDS server itself (--xds-server-tls):
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&cfg.Servers, "xds-server", nil, "xDS server host:port; repeat for ordered fallbacks (required)")
+	f.StringArrayVar(&cfg.Servers, "xds-server", nil, "xDS server host:port, or dns://<DNS server>/<name>:<port> to reach every replica registered under one name (see trellis server --register-service); repeat for ordered fallbacks (required)")
 	f.StringVar(&cfg.NodeID, "node-id", "", "node id of the workload, e.g. its instance id (required)")
 	f.StringVar(&cfg.Cluster, "cluster", "", "node cluster, usually the service name")
 	f.StringVar(&cfg.Zone, "zone", "", "node locality zone")

@@ -41,6 +41,7 @@ type serverOptions struct {
 	policy         policyOptions
 	security       securityOptions
 	tls            serverTLSOptions
+	ha             haOptions
 }
 
 func newServerCommand() *cobra.Command {
@@ -85,6 +86,7 @@ catalog and the policies. The admin listener serves /healthz, /readyz,
 	addPolicyServerFlags(f, &opts.policy)
 	addSecurityServerFlags(f, &opts.security)
 	addServerTLSFlags(f, &opts.tls)
+	addHAServerFlags(f, &opts.ha)
 	return cmd
 }
 
@@ -129,6 +131,9 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	}
 	client, consulAddr, err := consulClient(opts)
 	if err != nil {
+		return err
+	}
+	if err := checkXDSListen(opts.xdsListen, opts.tls.xdsTLS, opts.ha, logger); err != nil {
 		return err
 	}
 
@@ -196,6 +201,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		Streams:   func() any { return xds.Streams() },
 		Resources: func() any { return cache.Versions() },
 		GRPC:      policies.grpc,
+		DebugAuth: debugAuth(opts.policy),
 	})
 
 	// Bind both listeners up front so that a busy port fails fast; the xDS
@@ -211,14 +217,21 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	logger.Info("trellis server starting", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "consul", consulAddr)
+	registration, err := newReplicaRegistration(opts.ha, client, xdsLis.Addr(), adminLis.Addr(), opts.tls.xdsTLS, logger)
+	if err != nil {
+		xdsLis.Close()
+		adminLis.Close()
+		return err
+	}
 
 	synced := make(chan struct{})
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error { return policies.run(ctx) })
-	g.Go(func() error { return stls.serveAPI(ctx, policies.grpc) })
+	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })
 	g.Go(func() error { return security.run(ctx) })
+	g.Go(func() error { return registration.run(ctx) })
 	g.Go(func() error {
 		return applier.run(ctx, watcher.Snapshots(), policies.watcher.Snapshots(), security.snapshots(), synced)
 	})

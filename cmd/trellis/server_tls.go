@@ -43,7 +43,7 @@ func addServerTLSFlags(f *pflag.FlagSet, o *serverTLSOptions) {
 	f.StringVar(&o.workloadAPIAddr, "workload-api-addr", "", "Workload API address of the control plane's SVID, unix:///path or tcp://ip:port (default: "+workloadapi.SocketEnv+"); used with --xds-tls and --api-tls-listen")
 	f.StringVar(&o.spiffeID, "spiffe-id", "", "SPIFFE ID of the control plane's SVID when the Workload API offers several (default: the first)")
 	f.StringArrayVar(&o.trustDomains, "xds-tls-trust-domain", nil, "trust domain whose SVIDs may fetch xDS configuration with --xds-tls; repeatable (default: the control plane's own)")
-	f.StringVar(&o.apiTLSListen, "api-tls-listen", "", "address of a policy API listener over mTLS with the control plane's SVID (default: none)")
+	f.StringVar(&o.apiTLSListen, "api-tls-listen", "", "address of a policy API listener over mTLS with the control plane's SVID, which also serves the admin endpoints (/debug/* to --api-allowed-spiffe-id) (default: none)")
 	f.StringArrayVar(&o.apiAllowedIDs, "api-allowed-spiffe-id", nil, "SPIFFE ID allowed to call the policy API over --api-tls-listen; repeatable")
 	f.DurationVar(&o.svidTimeout, "workload-api-timeout", 30*time.Second, "how long to wait at startup for the control plane's first SVID")
 }

@@ -1837,8 +1837,13 @@ type PutPolicyRequest struct {
 	// When set, the write only succeeds if the stored policy is still at this
 	// revision (0: only if no policy exists). Unset: unconditional.
 	ExpectedRevision *uint64 `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3,oneof" json:"expected_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Store the policy even though it removes subsets that other stored
+	// policies route to. Without it such a write fails with
+	// FAILED_PRECONDITION naming every dependent route. Forced writes are
+	// logged at WARN and their response lists what they broke.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutPolicyRequest) Reset() {
@@ -1885,14 +1890,24 @@ func (x *PutPolicyRequest) GetExpectedRevision() uint64 {
 	return 0
 }
 
+func (x *PutPolicyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type PutPolicyResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Policy   *ServicePolicy         `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	Revision uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Accepted but noteworthy, e.g. a destination service unknown to Consul.
-	Warnings      []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Warnings []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The routes of other policies left without a destination by this
+	// write; only a forced write can have any.
+	BrokenDependents []*BrokenDependency `protobuf:"bytes,4,rep,name=broken_dependents,json=brokenDependents,proto3" json:"broken_dependents,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PutPolicyResponse) Reset() {
@@ -1946,6 +1961,87 @@ func (x *PutPolicyResponse) GetWarnings() []string {
 	return nil
 }
 
+func (x *PutPolicyResponse) GetBrokenDependents() []*BrokenDependency {
+	if x != nil {
+		return x.BrokenDependents
+	}
+	return nil
+}
+
+// BrokenDependency is a route of one stored policy whose destination is
+// defined by another service's policy (a subset) and would no longer exist.
+type BrokenDependency struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The service of the dependent policy.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// The dependent route: "routes[2] (canary)", with the split entry when
+	// the destination is one, "routes[0].split.destinations[1]".
+	Route string `protobuf:"bytes,2,opt,name=route,proto3" json:"route,omitempty"`
+	// The destination that would be missing.
+	DestinationService string `protobuf:"bytes,3,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	DestinationSubset  string `protobuf:"bytes,4,opt,name=destination_subset,json=destinationSubset,proto3" json:"destination_subset,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *BrokenDependency) Reset() {
+	*x = BrokenDependency{}
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BrokenDependency) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BrokenDependency) ProtoMessage() {}
+
+func (x *BrokenDependency) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BrokenDependency.ProtoReflect.Descriptor instead.
+func (*BrokenDependency) Descriptor() ([]byte, []int) {
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *BrokenDependency) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *BrokenDependency) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *BrokenDependency) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *BrokenDependency) GetDestinationSubset() string {
+	if x != nil {
+		return x.DestinationSubset
+	}
+	return ""
+}
+
 type GetPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
@@ -1955,7 +2051,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2063,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2076,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{26}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetPolicyRequest) GetService() string {
@@ -2000,7 +2096,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2108,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2121,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{27}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *ServicePolicy {
@@ -2050,7 +2146,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2158,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,19 +2171,24 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{28}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{29}
 }
 
 type ListPoliciesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Policies      []*StoredPolicy        `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every readable policy, sorted by service.
+	Policies []*StoredPolicy `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	// The keys under the policy prefix whose value is not a policy, sorted
+	// by key. They are not in effect (the servers keep the last good
+	// revision of such a key's service until it is fixed or deleted).
+	Errors        []*KeyError `protobuf:"bytes,2,rep,name=errors,proto3" json:"errors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2200,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2213,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{29}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*StoredPolicy {
@@ -2120,6 +2221,77 @@ func (x *ListPoliciesResponse) GetPolicies() []*StoredPolicy {
 		return x.Policies
 	}
 	return nil
+}
+
+func (x *ListPoliciesResponse) GetErrors() []*KeyError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+// KeyError is a stored key whose value cannot be read as a policy.
+type KeyError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full Consul key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The key's ModifyIndex.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// What is wrong with the value.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyError) Reset() {
+	*x = KeyError{}
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyError) ProtoMessage() {}
+
+func (x *KeyError) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyError.ProtoReflect.Descriptor instead.
+func (*KeyError) Descriptor() ([]byte, []int) {
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *KeyError) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyError) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *KeyError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type StoredPolicy struct {
@@ -2132,7 +2304,7 @@ type StoredPolicy struct {
 
 func (x *StoredPolicy) Reset() {
 	*x = StoredPolicy{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2316,7 @@ func (x *StoredPolicy) String() string {
 func (*StoredPolicy) ProtoMessage() {}
 
 func (x *StoredPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2329,7 @@ func (x *StoredPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredPolicy.ProtoReflect.Descriptor instead.
 func (*StoredPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{30}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StoredPolicy) GetPolicy() *ServicePolicy {
@@ -2178,13 +2350,16 @@ type DeletePolicyRequest struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Service          string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
 	ExpectedRevision *uint64                `protobuf:"varint,2,opt,name=expected_revision,json=expectedRevision,proto3,oneof" json:"expected_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Delete the policy even though other stored policies route to its
+	// subsets; see PutPolicyRequest.force.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2371,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2384,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{31}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeletePolicyRequest) GetService() string {
@@ -2226,15 +2401,25 @@ func (x *DeletePolicyRequest) GetExpectedRevision() uint64 {
 	return 0
 }
 
+func (x *DeletePolicyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 type DeletePolicyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The routes of other policies left without a destination by this
+	// delete; only a forced delete can have any.
+	BrokenDependents []*BrokenDependency `protobuf:"bytes,1,rep,name=broken_dependents,json=brokenDependents,proto3" json:"broken_dependents,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2431,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2444,14 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{32}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeletePolicyResponse) GetBrokenDependents() []*BrokenDependency {
+	if x != nil {
+		return x.BrokenDependents
+	}
+	return nil
 }
 
 type ValidatePolicyRequest struct {
@@ -2271,7 +2463,7 @@ type ValidatePolicyRequest struct {
 
 func (x *ValidatePolicyRequest) Reset() {
 	*x = ValidatePolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2475,7 @@ func (x *ValidatePolicyRequest) String() string {
 func (*ValidatePolicyRequest) ProtoMessage() {}
 
 func (x *ValidatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2488,7 @@ func (x *ValidatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*ValidatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{33}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ValidatePolicyRequest) GetPolicy() *ServicePolicy {
@@ -2315,7 +2507,7 @@ type ValidatePolicyResponse struct {
 
 func (x *ValidatePolicyResponse) Reset() {
 	*x = ValidatePolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2519,7 @@ func (x *ValidatePolicyResponse) String() string {
 func (*ValidatePolicyResponse) ProtoMessage() {}
 
 func (x *ValidatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2532,7 @@ func (x *ValidatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*ValidatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{34}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ValidatePolicyResponse) GetWarnings() []string {
@@ -2489,31 +2681,45 @@ const file_trellis_policy_v1_policy_proto_rawDesc = "" +
 	"_thresholdB\x19\n" +
 	"\x17_enforcement_percentageB\x10\n" +
 	"\x0e_minimum_hostsB\x11\n" +
-	"\x0f_request_volume\"\x94\x01\n" +
+	"\x0f_request_volume\"\xaa\x01\n" +
 	"\x10PutPolicyRequest\x128\n" +
 	"\x06policy\x18\x01 \x01(\v2 .trellis.policy.v1.ServicePolicyR\x06policy\x120\n" +
-	"\x11expected_revision\x18\x02 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\x85\x01\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05forceB\x14\n" +
+	"\x12_expected_revision\"\xd7\x01\n" +
 	"\x11PutPolicyResponse\x128\n" +
 	"\x06policy\x18\x01 \x01(\v2 .trellis.policy.v1.ServicePolicyR\x06policy\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1a\n" +
-	"\bwarnings\x18\x03 \x03(\tR\bwarnings\",\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\x12P\n" +
+	"\x11broken_dependents\x18\x04 \x03(\v2#.trellis.policy.v1.BrokenDependencyR\x10brokenDependents\"\xa2\x01\n" +
+	"\x10BrokenDependency\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x14\n" +
+	"\x05route\x18\x02 \x01(\tR\x05route\x12/\n" +
+	"\x13destination_service\x18\x03 \x01(\tR\x12destinationService\x12-\n" +
+	"\x12destination_subset\x18\x04 \x01(\tR\x11destinationSubset\",\n" +
 	"\x10GetPolicyRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\"i\n" +
 	"\x11GetPolicyResponse\x128\n" +
 	"\x06policy\x18\x01 \x01(\v2 .trellis.policy.v1.ServicePolicyR\x06policy\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\"\x15\n" +
-	"\x13ListPoliciesRequest\"S\n" +
+	"\x13ListPoliciesRequest\"\x88\x01\n" +
 	"\x14ListPoliciesResponse\x12;\n" +
-	"\bpolicies\x18\x01 \x03(\v2\x1f.trellis.policy.v1.StoredPolicyR\bpolicies\"d\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x1f.trellis.policy.v1.StoredPolicyR\bpolicies\x123\n" +
+	"\x06errors\x18\x02 \x03(\v2\x1b.trellis.policy.v1.KeyErrorR\x06errors\"P\n" +
+	"\bKeyError\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"d\n" +
 	"\fStoredPolicy\x128\n" +
 	"\x06policy\x18\x01 \x01(\v2 .trellis.policy.v1.ServicePolicyR\x06policy\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"w\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x8d\x01\n" +
 	"\x13DeletePolicyRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x120\n" +
-	"\x11expected_revision\x18\x02 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\x16\n" +
-	"\x14DeletePolicyResponse\"Q\n" +
+	"\x11expected_revision\x18\x02 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05forceB\x14\n" +
+	"\x12_expected_revision\"h\n" +
+	"\x14DeletePolicyResponse\x12P\n" +
+	"\x11broken_dependents\x18\x01 \x03(\v2#.trellis.policy.v1.BrokenDependencyR\x10brokenDependents\"Q\n" +
 	"\x15ValidatePolicyRequest\x128\n" +
 	"\x06policy\x18\x01 \x01(\v2 .trellis.policy.v1.ServicePolicyR\x06policy\"4\n" +
 	"\x16ValidatePolicyResponse\x12\x1a\n" +
@@ -2537,7 +2743,7 @@ func file_trellis_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_trellis_policy_v1_policy_proto_rawDescData
 }
 
-var file_trellis_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_trellis_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_trellis_policy_v1_policy_proto_goTypes = []any{
 	(*ServicePolicy)(nil),             // 0: trellis.policy.v1.ServicePolicy
 	(*Subset)(nil),                    // 1: trellis.policy.v1.Subset
@@ -2565,17 +2771,19 @@ var file_trellis_policy_v1_policy_proto_goTypes = []any{
 	(*FailurePercentageEjection)(nil), // 23: trellis.policy.v1.FailurePercentageEjection
 	(*PutPolicyRequest)(nil),          // 24: trellis.policy.v1.PutPolicyRequest
 	(*PutPolicyResponse)(nil),         // 25: trellis.policy.v1.PutPolicyResponse
-	(*GetPolicyRequest)(nil),          // 26: trellis.policy.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 27: trellis.policy.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),       // 28: trellis.policy.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 29: trellis.policy.v1.ListPoliciesResponse
-	(*StoredPolicy)(nil),              // 30: trellis.policy.v1.StoredPolicy
-	(*DeletePolicyRequest)(nil),       // 31: trellis.policy.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),      // 32: trellis.policy.v1.DeletePolicyResponse
-	(*ValidatePolicyRequest)(nil),     // 33: trellis.policy.v1.ValidatePolicyRequest
-	(*ValidatePolicyResponse)(nil),    // 34: trellis.policy.v1.ValidatePolicyResponse
-	nil,                               // 35: trellis.policy.v1.Subset.MetaEntry
-	(*durationpb.Duration)(nil),       // 36: google.protobuf.Duration
+	(*BrokenDependency)(nil),          // 26: trellis.policy.v1.BrokenDependency
+	(*GetPolicyRequest)(nil),          // 27: trellis.policy.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 28: trellis.policy.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 29: trellis.policy.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 30: trellis.policy.v1.ListPoliciesResponse
+	(*KeyError)(nil),                  // 31: trellis.policy.v1.KeyError
+	(*StoredPolicy)(nil),              // 32: trellis.policy.v1.StoredPolicy
+	(*DeletePolicyRequest)(nil),       // 33: trellis.policy.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),      // 34: trellis.policy.v1.DeletePolicyResponse
+	(*ValidatePolicyRequest)(nil),     // 35: trellis.policy.v1.ValidatePolicyRequest
+	(*ValidatePolicyResponse)(nil),    // 36: trellis.policy.v1.ValidatePolicyResponse
+	nil,                               // 37: trellis.policy.v1.Subset.MetaEntry
+	(*durationpb.Duration)(nil),       // 38: google.protobuf.Duration
 }
 var file_trellis_policy_v1_policy_proto_depIdxs = []int32{
 	1,  // 0: trellis.policy.v1.ServicePolicy.subsets:type_name -> trellis.policy.v1.Subset
@@ -2584,57 +2792,60 @@ var file_trellis_policy_v1_policy_proto_depIdxs = []int32{
 	14, // 3: trellis.policy.v1.ServicePolicy.load_balancing:type_name -> trellis.policy.v1.LoadBalancing
 	20, // 4: trellis.policy.v1.ServicePolicy.circuit_breaker:type_name -> trellis.policy.v1.CircuitBreaker
 	21, // 5: trellis.policy.v1.ServicePolicy.outlier_detection:type_name -> trellis.policy.v1.OutlierDetection
-	35, // 6: trellis.policy.v1.Subset.meta:type_name -> trellis.policy.v1.Subset.MetaEntry
+	37, // 6: trellis.policy.v1.Subset.meta:type_name -> trellis.policy.v1.Subset.MetaEntry
 	4,  // 7: trellis.policy.v1.Route.match:type_name -> trellis.policy.v1.RouteMatch
 	6,  // 8: trellis.policy.v1.Route.destination:type_name -> trellis.policy.v1.Destination
 	7,  // 9: trellis.policy.v1.Route.split:type_name -> trellis.policy.v1.WeightedSplit
 	3,  // 10: trellis.policy.v1.Route.settings:type_name -> trellis.policy.v1.RouteSettings
-	36, // 11: trellis.policy.v1.RouteSettings.timeout:type_name -> google.protobuf.Duration
+	38, // 11: trellis.policy.v1.RouteSettings.timeout:type_name -> google.protobuf.Duration
 	9,  // 12: trellis.policy.v1.RouteSettings.retry:type_name -> trellis.policy.v1.RetryPolicy
 	10, // 13: trellis.policy.v1.RouteSettings.fault:type_name -> trellis.policy.v1.FaultInjection
 	13, // 14: trellis.policy.v1.RouteSettings.hash_policy:type_name -> trellis.policy.v1.HashPolicy
 	5,  // 15: trellis.policy.v1.RouteMatch.headers:type_name -> trellis.policy.v1.HeaderMatch
 	8,  // 16: trellis.policy.v1.WeightedSplit.destinations:type_name -> trellis.policy.v1.WeightedDestination
 	6,  // 17: trellis.policy.v1.WeightedDestination.destination:type_name -> trellis.policy.v1.Destination
-	36, // 18: trellis.policy.v1.RetryPolicy.base_interval:type_name -> google.protobuf.Duration
-	36, // 19: trellis.policy.v1.RetryPolicy.max_interval:type_name -> google.protobuf.Duration
+	38, // 18: trellis.policy.v1.RetryPolicy.base_interval:type_name -> google.protobuf.Duration
+	38, // 19: trellis.policy.v1.RetryPolicy.max_interval:type_name -> google.protobuf.Duration
 	11, // 20: trellis.policy.v1.FaultInjection.delay:type_name -> trellis.policy.v1.FaultDelay
 	12, // 21: trellis.policy.v1.FaultInjection.abort:type_name -> trellis.policy.v1.FaultAbort
-	36, // 22: trellis.policy.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	38, // 22: trellis.policy.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
 	15, // 23: trellis.policy.v1.LoadBalancing.round_robin:type_name -> trellis.policy.v1.RoundRobin
 	16, // 24: trellis.policy.v1.LoadBalancing.ring_hash:type_name -> trellis.policy.v1.RingHash
 	17, // 25: trellis.policy.v1.LoadBalancing.least_request:type_name -> trellis.policy.v1.LeastRequest
 	18, // 26: trellis.policy.v1.LoadBalancing.pick_first:type_name -> trellis.policy.v1.PickFirst
 	19, // 27: trellis.policy.v1.LoadBalancing.weighted_round_robin:type_name -> trellis.policy.v1.WeightedRoundRobin
-	36, // 28: trellis.policy.v1.WeightedRoundRobin.oob_reporting_period:type_name -> google.protobuf.Duration
-	36, // 29: trellis.policy.v1.WeightedRoundRobin.weight_expiration_period:type_name -> google.protobuf.Duration
-	36, // 30: trellis.policy.v1.WeightedRoundRobin.weight_update_period:type_name -> google.protobuf.Duration
-	36, // 31: trellis.policy.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	36, // 32: trellis.policy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	36, // 33: trellis.policy.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	38, // 28: trellis.policy.v1.WeightedRoundRobin.oob_reporting_period:type_name -> google.protobuf.Duration
+	38, // 29: trellis.policy.v1.WeightedRoundRobin.weight_expiration_period:type_name -> google.protobuf.Duration
+	38, // 30: trellis.policy.v1.WeightedRoundRobin.weight_update_period:type_name -> google.protobuf.Duration
+	38, // 31: trellis.policy.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	38, // 32: trellis.policy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	38, // 33: trellis.policy.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
 	22, // 34: trellis.policy.v1.OutlierDetection.success_rate:type_name -> trellis.policy.v1.SuccessRateEjection
 	23, // 35: trellis.policy.v1.OutlierDetection.failure_percentage:type_name -> trellis.policy.v1.FailurePercentageEjection
 	0,  // 36: trellis.policy.v1.PutPolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
 	0,  // 37: trellis.policy.v1.PutPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
-	0,  // 38: trellis.policy.v1.GetPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
-	30, // 39: trellis.policy.v1.ListPoliciesResponse.policies:type_name -> trellis.policy.v1.StoredPolicy
-	0,  // 40: trellis.policy.v1.StoredPolicy.policy:type_name -> trellis.policy.v1.ServicePolicy
-	0,  // 41: trellis.policy.v1.ValidatePolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
-	24, // 42: trellis.policy.v1.PolicyService.PutPolicy:input_type -> trellis.policy.v1.PutPolicyRequest
-	26, // 43: trellis.policy.v1.PolicyService.GetPolicy:input_type -> trellis.policy.v1.GetPolicyRequest
-	28, // 44: trellis.policy.v1.PolicyService.ListPolicies:input_type -> trellis.policy.v1.ListPoliciesRequest
-	31, // 45: trellis.policy.v1.PolicyService.DeletePolicy:input_type -> trellis.policy.v1.DeletePolicyRequest
-	33, // 46: trellis.policy.v1.PolicyService.ValidatePolicy:input_type -> trellis.policy.v1.ValidatePolicyRequest
-	25, // 47: trellis.policy.v1.PolicyService.PutPolicy:output_type -> trellis.policy.v1.PutPolicyResponse
-	27, // 48: trellis.policy.v1.PolicyService.GetPolicy:output_type -> trellis.policy.v1.GetPolicyResponse
-	29, // 49: trellis.policy.v1.PolicyService.ListPolicies:output_type -> trellis.policy.v1.ListPoliciesResponse
-	32, // 50: trellis.policy.v1.PolicyService.DeletePolicy:output_type -> trellis.policy.v1.DeletePolicyResponse
-	34, // 51: trellis.policy.v1.PolicyService.ValidatePolicy:output_type -> trellis.policy.v1.ValidatePolicyResponse
-	47, // [47:52] is the sub-list for method output_type
-	42, // [42:47] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	26, // 38: trellis.policy.v1.PutPolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
+	0,  // 39: trellis.policy.v1.GetPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
+	32, // 40: trellis.policy.v1.ListPoliciesResponse.policies:type_name -> trellis.policy.v1.StoredPolicy
+	31, // 41: trellis.policy.v1.ListPoliciesResponse.errors:type_name -> trellis.policy.v1.KeyError
+	0,  // 42: trellis.policy.v1.StoredPolicy.policy:type_name -> trellis.policy.v1.ServicePolicy
+	26, // 43: trellis.policy.v1.DeletePolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
+	0,  // 44: trellis.policy.v1.ValidatePolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
+	24, // 45: trellis.policy.v1.PolicyService.PutPolicy:input_type -> trellis.policy.v1.PutPolicyRequest
+	27, // 46: trellis.policy.v1.PolicyService.GetPolicy:input_type -> trellis.policy.v1.GetPolicyRequest
+	29, // 47: trellis.policy.v1.PolicyService.ListPolicies:input_type -> trellis.policy.v1.ListPoliciesRequest
+	33, // 48: trellis.policy.v1.PolicyService.DeletePolicy:input_type -> trellis.policy.v1.DeletePolicyRequest
+	35, // 49: trellis.policy.v1.PolicyService.ValidatePolicy:input_type -> trellis.policy.v1.ValidatePolicyRequest
+	25, // 50: trellis.policy.v1.PolicyService.PutPolicy:output_type -> trellis.policy.v1.PutPolicyResponse
+	28, // 51: trellis.policy.v1.PolicyService.GetPolicy:output_type -> trellis.policy.v1.GetPolicyResponse
+	30, // 52: trellis.policy.v1.PolicyService.ListPolicies:output_type -> trellis.policy.v1.ListPoliciesResponse
+	34, // 53: trellis.policy.v1.PolicyService.DeletePolicy:output_type -> trellis.policy.v1.DeletePolicyResponse
+	36, // 54: trellis.policy.v1.PolicyService.ValidatePolicy:output_type -> trellis.policy.v1.ValidatePolicyResponse
+	50, // [50:55] is the sub-list for method output_type
+	45, // [45:50] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_trellis_policy_v1_policy_proto_init() }
@@ -2673,14 +2884,14 @@ func file_trellis_policy_v1_policy_proto_init() {
 	file_trellis_policy_v1_policy_proto_msgTypes[22].OneofWrappers = []any{}
 	file_trellis_policy_v1_policy_proto_msgTypes[23].OneofWrappers = []any{}
 	file_trellis_policy_v1_policy_proto_msgTypes[24].OneofWrappers = []any{}
-	file_trellis_policy_v1_policy_proto_msgTypes[31].OneofWrappers = []any{}
+	file_trellis_policy_v1_policy_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_policy_v1_policy_proto_rawDesc), len(file_trellis_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

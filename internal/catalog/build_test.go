@@ -159,30 +159,6 @@ func TestBuildServiceCopies(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	tests := []struct {
-		name     string
-		failures int
-		max      time.Duration
-		wantLow  time.Duration
-		wantHigh time.Duration
-	}{
-		{name: "first retry", failures: 1, max: 5 * time.Second, wantLow: 125 * time.Millisecond, wantHigh: 250 * time.Millisecond},
-		{name: "third retry doubles twice", failures: 3, max: 5 * time.Second, wantLow: 500 * time.Millisecond, wantHigh: time.Second},
-		{name: "capped", failures: 40, max: 5 * time.Second, wantLow: 2500 * time.Millisecond, wantHigh: 5 * time.Second},
-		{name: "cap below the base", failures: 1, max: 100 * time.Millisecond, wantLow: 50 * time.Millisecond, wantHigh: 100 * time.Millisecond},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			for range 100 {
-				if got := backoff(tt.failures, tt.max); got < tt.wantLow || got > tt.wantHigh {
-					t.Fatalf("backoff(%d, %s) = %s, want within [%s, %s]", tt.failures, tt.max, got, tt.wantLow, tt.wantHigh)
-				}
-			}
-		})
-	}
-}
-
 func TestNewConfig(t *testing.T) {
 	client, err := api.NewClient(&api.Config{Address: "127.0.0.1:1"})
 	if err != nil {
@@ -194,7 +170,7 @@ func TestNewConfig(t *testing.T) {
 		wantErr string
 	}{
 		{name: "no client", cfg: Config{}, wantErr: "catalog: Config.Client is required"},
-		{name: "negative duration", cfg: Config{Client: client, Coalesce: -time.Second}, wantErr: "catalog: Config.Coalesce is -1s; accepted: a positive duration, or 0 for the default (100ms)"},
+		{name: "negative duration", cfg: Config{Client: client, Coalesce: -time.Second}, wantErr: "catalog: Config.Coalesce is -1s; accepted: a positive duration, or 0 for the default (50ms)"},
 		{name: "defaults", cfg: Config{Client: client}},
 	}
 	for _, tt := range tests {
@@ -213,10 +189,12 @@ func TestNewConfig(t *testing.T) {
 				Client:        client,
 				ZoneMetaKeys:  []string{"zone"},
 				WaitTime:      time.Minute,
-				MinInterval:   100 * time.Millisecond,
-				Coalesce:      100 * time.Millisecond,
-				ProbeInterval: 2 * time.Second,
-				MaxBackoff:    5 * time.Second,
+				MinInterval:     50 * time.Millisecond,
+				Coalesce:        50 * time.Millisecond,
+				ProbeInterval:   2 * time.Second,
+				MaxBackoff:      5 * time.Second,
+				ReadConcurrency: 8,
+				SweepInterval:   2 * time.Minute,
 			}
 			got := w.cfg
 			got.Logger = nil

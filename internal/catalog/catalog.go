@@ -2,14 +2,57 @@
 // model.Snapshot values describing every service, its instances and their
 // health.
 //
-// A Watcher runs one blocking query on the service list and one per listed
-// service on its health (every instance with its node and service checks),
-// so the load it puts on Consul grows with the number of services, never
-// with the number of clients. Blocking queries follow consul-template's
-// rules: an unchanged index or unchanged content publishes nothing, an index
-// that went backwards restarts the query from 0, calls are spaced by a
-// minimum interval plus jitter, and errors back off exponentially with
-// jitter. Bursts of changes are coalesced into one snapshot.
+// # How it watches Consul at scale
+//
+// Consul's HTTP API has no change feed over many services, and each
+// blocking query holds one HTTP/1.1 connection for its whole wait; Consul
+// refuses an address with more than limits.http_max_conns_per_client (200)
+// connections, and every Consul client of a host shares that address. One
+// blocking query per service (what Prometheus' consul_sd and consul-template
+// do) therefore cannot serve a catalog of more than ~200 services, and takes
+// the local agent away from everyone else on the way. The Watcher instead
+// uses a fixed number of connections whatever the catalog's size:
+//
+//   - two change detectors, each one blocking query: the service list
+//     (/v1/catalog/services, whose index moves on every registration change
+//     anywhere, and whose body gives each service's tags) and the checks
+//     that are not passing (/v1/health/state/any filtered on Status, whose
+//     index moves on every check change; its body stays small because
+//     healthy checks are left out);
+//   - a bounded pool of readers (Config.ReadConcurrency, default 8) that
+//     re-read, with one non-blocking /v1/health/service/:name each, only the
+//     services a detector points at: a service added or whose tags changed;
+//     a service one of whose checks changed status or appeared or
+//     disappeared among the non-passing ones; every service of a node whose
+//     node check did;
+//   - for what no detector can attribute to a service (an address, port,
+//     meta or weights edit, an instance added with a passing check or none,
+//     an instance removed while passing: the list's index moved, yet no read
+//     returned that index within a short grace period), an index sweep: every
+//     service's own index (X-Consul-Index of a /v1/health/service/:name read
+//     narrowed by a tag no instance carries, so the answer is an empty list)
+//     is compared with the one it was last read at, and the services whose
+//     index moved are re-read. A sweep costs one tiny request per service,
+//     runs on the same bounded pool, at most one at a time (changes arriving
+//     meanwhile are covered by the next), and a slow background sweep every
+//     Config.SweepInterval catches anything a race between the detectors
+//     could hide.
+//
+// Connections: at most Config's client bound (consulwatch.NewClient, default
+// 16) shared by the two detectors, the readers and the probe. Work per change:
+// a check changing status costs one detector answer (proportional to the
+// non-passing checks) and one service read; a registration edit costs one
+// sweep (proportional to the number of services, a few hundred bytes each)
+// plus the reads of what changed. Consul's load does not grow with the number
+// of xDS clients.
+//
+// Blocking queries follow consul-template's rules (see consulwatch): an
+// unchanged index or unchanged content publishes nothing, an index that went
+// backwards restarts from 0, errors back off with jitter and are classified
+// (a 429 is rate limiting, a 403 an ACL problem). Bursts of changes are
+// coalesced into one snapshot. A service's value is replaced only when its
+// content changed, so an unchanged service keeps its *model.Service pointer
+// from one snapshot to the next: consumers may memoise on it.
 //
 // When Consul is unreachable (requests fail, or hang as they do on a paused
 // process) the Watcher keeps the last published snapshot: it never publishes
@@ -21,9 +64,9 @@
 // duplicate addresses pass through, and so does the "consul" service itself.
 // Deciding what can be served belongs to the translator.
 //
-// This package owns everything that knows Consul's API. It imports
-// internal/model and must not import the xDS packages (xdsserver/...),
-// identity, or cmd.
+// This package owns everything that knows Consul's catalog API. It imports
+// internal/model and internal/consulwatch and must not import the xDS
+// packages (xdsserver/...), identity, or cmd.
 package catalog
 
 import (
@@ -38,40 +81,40 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/model"
 )
 
 // Defaults for the Config fields.
 const (
-	DefaultWaitTime      = time.Minute
-	DefaultMinInterval   = 100 * time.Millisecond
-	DefaultCoalesce      = 100 * time.Millisecond
-	DefaultProbeInterval = 2 * time.Second
-	DefaultMaxBackoff    = 5 * time.Second
+	DefaultWaitTime        = time.Minute
+	DefaultMinInterval     = 50 * time.Millisecond
+	DefaultCoalesce        = 50 * time.Millisecond
+	DefaultProbeInterval   = 2 * time.Second
+	DefaultMaxBackoff      = 5 * time.Second
+	DefaultReadConcurrency = 8
+	DefaultSweepInterval   = 2 * time.Minute
 )
 
 const (
-	// probeTimeout bounds one reachability probe.
-	probeTimeout = time.Second
-	// baseBackoff is the delay before the first retry after an error.
-	baseBackoff = 250 * time.Millisecond
-	// queryMargin is added to a blocking query's wait time to get its
-	// deadline: Consul adds up to WaitTime/16 of jitter, and the response
-	// needs time to arrive.
-	queryMargin = 5 * time.Second
-	// recoveryWait is the wait time of the first query after a failure.
-	recoveryWait = 10 * time.Millisecond
 	// maxCoalesceFactor bounds how long a stream of changes can delay a
 	// snapshot: at most maxCoalesceFactor*Coalesce after the first
 	// unpublished change.
 	maxCoalesceFactor = 10
+	// probeTag is a tag no instance carries: a health read narrowed by it
+	// answers an empty list with the service's own index.
+	probeTag = "trellis.index-probe.none"
+	// minSweepGap separates the starts of two sweeps triggered by changes,
+	// so that registration churn cannot turn sweeps into a busy loop.
+	minSweepGap = 500 * time.Millisecond
 )
 
 // Config configures a Watcher.
 type Config struct {
 	// Client is the Consul API client. Required. Its HTTP client must not
-	// time requests out sooner than WaitTime (api.DefaultConfig's has no
-	// timeout); the Watcher bounds every request itself.
+	// time requests out sooner than WaitTime; the Watcher bounds every
+	// request itself. Build it with consulwatch.NewClient to bound its
+	// connections.
 	Client *api.Client
 	// Logger receives the Watcher's logs; pass one tagged with a component
 	// attribute. Default: logs are discarded.
@@ -79,6 +122,8 @@ type Config struct {
 	// Registerer receives the trellis_catalog_* metrics.
 	// Default: nil, no metrics are registered.
 	Registerer prometheus.Registerer
+	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
+	ConsulMetrics *consulwatch.Metrics
 	// ZoneMetaKeys are the metadata keys holding an instance's zone, tried
 	// in order on the service's metadata, then in order on its node's
 	// metadata; the first non-empty value wins. (Consul accepts only
@@ -88,13 +133,13 @@ type Config struct {
 	// Default: 1m.
 	WaitTime time.Duration
 	// MinInterval is the minimum delay between the starts of two
-	// successive blocking queries of one watch; a random jitter of up to
-	// MinInterval is added. Default: 100ms.
+	// successive blocking queries of one detector; a random jitter of up
+	// to MinInterval is added. Default: 50ms.
 	MinInterval time.Duration
 	// Coalesce is the quiet period that batches a burst of changes into one
 	// snapshot: a snapshot is published once no change arrived for
 	// Coalesce, or at the latest 10*Coalesce after the first unpublished
-	// change. Default: 100ms.
+	// change. Default: 50ms.
 	Coalesce time.Duration
 	// ProbeInterval is how often Consul's reachability is probed (a
 	// leader lookup with a 1s timeout). Default: 2s.
@@ -103,6 +148,13 @@ type Config struct {
 	// after 250ms (or MaxBackoff if smaller) and double, with jitter.
 	// Default: 5s.
 	MaxBackoff time.Duration
+	// ReadConcurrency bounds the service reads and index probes in flight
+	// at once (each holds one connection while it runs). Default: 8.
+	ReadConcurrency int
+	// SweepInterval is the period of the background index sweep that
+	// catches a registration change the detectors could not attribute.
+	// Default: 2m.
+	SweepInterval time.Duration
 }
 
 // Status describes the Watcher's view of Consul at one moment.
@@ -110,15 +162,19 @@ type Status struct {
 	// Synced is true once the first complete snapshot has been published.
 	Synced bool
 	// Reachable is true while Consul answers: the probe succeeds and no
-	// query is failing. It is false until Consul first answers.
+	// detector is failing. It is false until Consul first answers.
 	Reachable bool
 	// LastError is the error that made Consul unreachable; empty while it
 	// is reachable.
 	LastError string
+	// LastErrorKind classifies LastError (rate limited, ACL, unreachable, ...).
+	LastErrorKind consulwatch.Kind
 	// LastContact is when Consul last answered a query or a probe.
 	LastContact time.Time
 	// Services is the number of services in the last published snapshot.
 	Services int
+	// Reads counts service reads, Sweeps index sweeps, since the start.
+	Reads, Sweeps uint64
 }
 
 // Watcher watches Consul and publishes snapshots. Create it with New and
@@ -127,29 +183,13 @@ type Watcher struct {
 	cfg       Config
 	logger    *slog.Logger
 	metrics   metrics
-	snapshots chan *model.Snapshot
+	tracker   *consulwatch.Tracker
+	snapshots *consulwatch.Latest[*model.Snapshot]
 	running   atomic.Bool
-	// queryTimeout bounds one blocking query.
-	queryTimeout time.Duration
 
 	mu     sync.Mutex
 	status Status
-	// reachKnown is false until the first success or failure decides
-	// Reachable.
-	reachKnown bool
-	// probeOK is the result of the last probe (true before the first).
-	probeOK bool
-	// failing holds the watches whose last query failed.
-	failing map[*watchKey]error
-	// wake is cancelled, and replaced, when the probe sees Consul again
-	// after an outage: queries hung on the dead connection are then
-	// cancelled and every watch retries at once.
-	wake       context.Context
-	cancelWake context.CancelFunc
 }
-
-// watchKey identifies one running watch.
-type watchKey struct{ what string }
 
 // metrics are the Watcher's Prometheus collectors.
 type metrics struct {
@@ -157,17 +197,29 @@ type metrics struct {
 	errors    prometheus.Counter
 	services  prometheus.Gauge
 	snapshots prometheus.Counter
+	reads     *prometheus.CounterVec
+	sweeps    prometheus.Counter
+	probes    prometheus.Counter
 }
 
+// Reasons a service is read, as counted by trellis_catalog_reads_total.
+const (
+	reasonInitial = "initial"
+	reasonList    = "list"
+	reasonHealth  = "health"
+	reasonSweep   = "sweep"
+	reasonRetry   = "retry"
+)
+
 func newMetrics() metrics {
-	return metrics{
+	m := metrics{
 		reachable: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "trellis_catalog_consul_reachable",
 			Help: "1 while Consul answers the catalog's queries and probes, 0 otherwise.",
 		}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trellis_catalog_errors_total",
-			Help: "Failed Consul requests (blocking queries and reachability probes).",
+			Help: "Failed Consul requests of the catalog watch (detectors, reads, probes).",
 		}),
 		services: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "trellis_catalog_services",
@@ -177,11 +229,27 @@ func newMetrics() metrics {
 			Name: "trellis_catalog_snapshots_total",
 			Help: "Catalog snapshots published.",
 		}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_catalog_reads_total",
+			Help: "Service reads from Consul, by what asked for them (initial, list, health, sweep, retry).",
+		}, []string{"reason"}),
+		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_catalog_sweeps_total",
+			Help: "Index sweeps run to find registration changes no detector attributed to a service.",
+		}),
+		probes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_catalog_index_probes_total",
+			Help: "Per-service index probes sent by sweeps.",
+		}),
 	}
+	for _, r := range []string{reasonInitial, reasonList, reasonHealth, reasonSweep, reasonRetry} {
+		m.reads.WithLabelValues(r)
+	}
+	return m
 }
 
 func (m metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.reachable, m.errors, m.services, m.snapshots} {
+	for _, c := range []prometheus.Collector{m.reachable, m.errors, m.services, m.snapshots, m.reads, m.sweeps, m.probes} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -205,6 +273,7 @@ func New(cfg Config) (*Watcher, error) {
 		{"Coalesce", &cfg.Coalesce, DefaultCoalesce},
 		{"ProbeInterval", &cfg.ProbeInterval, DefaultProbeInterval},
 		{"MaxBackoff", &cfg.MaxBackoff, DefaultMaxBackoff},
+		{"SweepInterval", &cfg.SweepInterval, DefaultSweepInterval},
 	} {
 		switch {
 		case *d.value < 0:
@@ -212,6 +281,12 @@ func New(cfg Config) (*Watcher, error) {
 		case *d.value == 0:
 			*d.value = d.def
 		}
+	}
+	switch {
+	case cfg.ReadConcurrency < 0:
+		return nil, fmt.Errorf("catalog: Config.ReadConcurrency is %d; accepted: a positive number, or 0 for the default (%d)", cfg.ReadConcurrency, DefaultReadConcurrency)
+	case cfg.ReadConcurrency == 0:
+		cfg.ReadConcurrency = DefaultReadConcurrency
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -223,14 +298,25 @@ func New(cfg Config) (*Watcher, error) {
 	}
 
 	w := &Watcher{
-		cfg:          cfg,
-		logger:       cfg.Logger,
-		metrics:      newMetrics(),
-		snapshots:    make(chan *model.Snapshot, 1),
-		queryTimeout: cfg.WaitTime + cfg.WaitTime/16 + queryMargin,
-		probeOK:      true,
-		failing:      make(map[*watchKey]error),
+		cfg:       cfg,
+		logger:    cfg.Logger,
+		metrics:   newMetrics(),
+		snapshots: consulwatch.NewLatest[*model.Snapshot](),
 	}
+	tracker, err := consulwatch.NewTracker(consulwatch.TrackerConfig{
+		Client:        cfg.Client,
+		Component:     "catalog",
+		Logger:        cfg.Logger,
+		Metrics:       cfg.ConsulMetrics,
+		Reachable:     w.metrics.reachable,
+		Errors:        w.metrics.errors,
+		ProbeInterval: cfg.ProbeInterval,
+		Keeping:       "keeping the last catalog snapshot",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %w", err)
+	}
+	w.tracker = tracker
 	if cfg.Registerer != nil {
 		if err := w.metrics.register(cfg.Registerer); err != nil {
 			return nil, fmt.Errorf("catalog: register metrics: %w", err)
@@ -244,13 +330,22 @@ func New(cfg Config) (*Watcher, error) {
 // newest snapshot. The first snapshot arrives after the first complete sync
 // (the service list and the health of every listed service). The channel is
 // never closed. Snapshots are immutable: readers must not modify them.
-func (w *Watcher) Snapshots() <-chan *model.Snapshot { return w.snapshots }
+func (w *Watcher) Snapshots() <-chan *model.Snapshot { return w.snapshots.C() }
+
+// Latest returns the last published snapshot, nil before the first.
+func (w *Watcher) Latest() *model.Snapshot {
+	s, _ := w.snapshots.Load()
+	return s
+}
 
 // Status returns the Watcher's current view of Consul.
 func (w *Watcher) Status() Status {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.status
+	st := w.status
+	w.mu.Unlock()
+	reach := w.tracker.Status()
+	st.Reachable, st.LastError, st.LastErrorKind, st.LastContact = reach.Reachable, reach.LastError, reach.LastErrorKind, reach.LastContact
+	return st
 }
 
 // Run watches Consul until ctx is done, then stops every goroutine it
@@ -263,157 +358,21 @@ func (w *Watcher) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	w.mu.Lock()
-	w.wake, w.cancelWake = context.WithCancel(context.Background())
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		w.cancelWake()
-		w.mu.Unlock()
-	}()
-
+	c := newCoordinator(w)
 	var wg sync.WaitGroup
-	events := make(chan event)
-	wg.Go(func() { w.probeLoop(ctx) })
-	wg.Go(func() { w.watchServiceList(ctx, events) })
-	w.coordinate(ctx, events, &wg)
+	wg.Go(func() { w.tracker.Run(ctx) })
+	wg.Go(func() { w.watchList(ctx, c.lists) })
+	wg.Go(func() { w.watchHealth(ctx, c.healths) })
+	for range w.cfg.ReadConcurrency {
+		wg.Go(func() { w.readLoop(ctx, c.jobs, c.results) })
+	}
+	c.run(ctx)
 	cancel()
 	wg.Wait()
 	return nil
 }
 
-// event is a watch's news for the coordinator: either the service list or
-// the instances of one service.
-type event struct {
-	// names is the sorted service list; set for the service list watch.
-	names []string
-	list  bool
-	// watch and service are set for a service's health watch.
-	watch   *serviceWatch
-	service *model.Service
-}
-
-// serviceWatch is a running health watch of one service.
-type serviceWatch struct {
-	name   string
-	cancel context.CancelFunc
-}
-
-// coordinate runs the health watches that the service list asks for,
-// gathers their results and publishes coalesced snapshots, until ctx is
-// done.
-func (w *Watcher) coordinate(ctx context.Context, events chan event, wg *sync.WaitGroup) {
-	var (
-		watches  = make(map[string]*serviceWatch)
-		services = make(map[string]*model.Service) // latest result per watched service
-		haveList bool
-		// published is the content of the last snapshot; nil before the
-		// first.
-		published map[string]*model.Service
-		// pendingSince is when the first unpublished change arrived; zero
-		// when nothing is pending.
-		pendingSince time.Time
-		timer        = time.NewTimer(time.Hour)
-	)
-	timer.Stop()
-	defer func() {
-		timer.Stop()
-		for _, sw := range watches {
-			sw.cancel()
-		}
-	}()
-
-	for {
-		select {
-		case <-ctx.Done():
-			return
-
-		case ev := <-events:
-			if ev.list {
-				haveList = true
-				listed := make(map[string]bool, len(ev.names))
-				for _, name := range ev.names {
-					listed[name] = true
-					if _, ok := watches[name]; !ok {
-						wctx, wcancel := context.WithCancel(ctx)
-						sw := &serviceWatch{name: name, cancel: wcancel}
-						watches[name] = sw
-						wg.Go(func() { w.watchService(wctx, sw, events) })
-					}
-				}
-				for name, sw := range watches {
-					if !listed[name] {
-						sw.cancel()
-						delete(watches, name)
-						delete(services, name)
-					}
-				}
-			} else {
-				if watches[ev.service.Name] != ev.watch {
-					continue // a result from a watch stopped meanwhile
-				}
-				services[ev.service.Name] = ev.service
-			}
-			now := time.Now()
-			if pendingSince.IsZero() {
-				pendingSince = now
-			}
-			delay := min(w.cfg.Coalesce, pendingSince.Add(maxCoalesceFactor*w.cfg.Coalesce).Sub(now))
-			timer.Reset(max(delay, 0))
-
-		case <-timer.C:
-			pendingSince = time.Time{}
-			if published == nil && !complete(haveList, watches, services) {
-				// The first snapshot waits for a complete sync; the
-				// missing results will arrive as events.
-				continue
-			}
-			next := make(map[string]*model.Service, len(services))
-			for name, svc := range services {
-				next[name] = svc
-			}
-			if published != nil && sameServices(published, next) {
-				continue
-			}
-			published = next
-			w.publish(&model.Snapshot{Services: next})
-		}
-	}
-}
-
-// complete reports whether the service list and the health of every listed
-// service have arrived.
-func complete(haveList bool, watches map[string]*serviceWatch, services map[string]*model.Service) bool {
-	if !haveList {
-		return false
-	}
-	for name := range watches {
-		if _, ok := services[name]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// sameServices reports whether two snapshots hold the very same service
-// values. Service values are immutable and replaced on every change, so
-// pointer equality is content equality.
-func sameServices(a, b map[string]*model.Service) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for name, svc := range a {
-		if b[name] != svc {
-			return false
-		}
-	}
-	return true
-}
-
-// publish updates the status and metrics, then replaces any unread
-// snapshot with snap, so that a reader of snap sees a status that counts
-// it. Only the coordinator sends, so after draining the buffered channel the
-// send never blocks.
+// publish updates the status and metrics, then publishes snap.
 func (w *Watcher) publish(snap *model.Snapshot) {
 	w.metrics.snapshots.Inc()
 	w.metrics.services.Set(float64(len(snap.Services)))
@@ -422,15 +381,18 @@ func (w *Watcher) publish(snap *model.Snapshot) {
 	w.status.Synced = true
 	w.status.Services = len(snap.Services)
 	w.mu.Unlock()
-
-	select {
-	case <-w.snapshots:
-	default:
-	}
-	w.snapshots <- snap
+	w.snapshots.Publish(snap)
 	if first {
 		w.logger.Info("first complete catalog sync", "services", len(snap.Services))
 	} else {
 		w.logger.Debug("published catalog snapshot", "services", len(snap.Services))
 	}
+}
+
+// counted records a read or a sweep in the status.
+func (w *Watcher) counted(reads, sweeps uint64) {
+	w.mu.Lock()
+	w.status.Reads += reads
+	w.status.Sweeps += sweeps
+	w.mu.Unlock()
 }

@@ -51,7 +51,10 @@ type fakeRequest struct {
 	index uint64
 }
 
-const fakeListPath = "/v1/catalog/services"
+const (
+	fakeListPath  = "/v1/catalog/services"
+	fakeStatePath = "/v1/health/state/any"
+)
 
 func fakeHealthPath(name string) string { return "/v1/health/service/" + name }
 
@@ -82,12 +85,16 @@ func (f *fakeConsul) set(path string, index uint64, body any) {
 	f.changed = make(chan struct{})
 }
 
-// setNotReady makes a service's health answer what a restarting Consul
-// answers before it restored its state: index 1, no instances, no leader.
-func (f *fakeConsul) setNotReady(name string) {
+// setNotReady makes every answer what a restarting Consul answers before
+// it restored its state: index 1, nothing in it, no leader.
+func (f *fakeConsul) setNotReady(names ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.resources[fakeHealthPath(name)] = &fakeResource{index: 1, body: []*api.ServiceEntry{}, noLeader: true}
+	f.resources[fakeListPath] = &fakeResource{index: 1, body: map[string][]string{}, noLeader: true}
+	f.resources[fakeStatePath] = &fakeResource{index: 1, body: []*api.HealthCheck{}, noLeader: true}
+	for _, name := range names {
+		f.resources[fakeHealthPath(name)] = &fakeResource{index: 1, body: []*api.ServiceEntry{}, noLeader: true}
+	}
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
@@ -117,6 +124,19 @@ func (f *fakeConsul) setInstances(name string, index uint64, ports ...int) {
 		})
 	}
 	f.set(fakeHealthPath(name), index, entries)
+	f.bumpList(index)
+}
+
+// bumpList moves the service list's index up to index, its content kept,
+// as Consul's does on every registration change.
+func (f *fakeConsul) bumpList(index uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.resources[fakeListPath]; l != nil && index > l.index {
+		f.resources[fakeListPath] = &fakeResource{index: index, body: l.body}
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
 }
 
 // fail makes requests to path ("" for every catalog and health path)
@@ -191,7 +211,7 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 0, true, "127.0.0.1:8300")
 		return
 	}
-	if r.URL.Path != fakeListPath && !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+	if r.URL.Path != fakeListPath && r.URL.Path != fakeStatePath && !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
 		http.NotFound(w, r)
 		return
 	}
@@ -222,8 +242,17 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if res == nil {
-			// An unknown service: no instances, as Consul answers.
+			// An unknown service: no instances, as Consul answers; no
+			// check that is not passing.
 			res = &fakeResource{index: 1, body: []*api.ServiceEntry{}}
+			if r.URL.Path == fakeStatePath {
+				res.body = []*api.HealthCheck{}
+			}
+		}
+		if tag := r.URL.Query().Get("tag"); tag != "" {
+			// An index probe: the instances with the tag (none), at the
+			// service's index.
+			res = &fakeResource{index: res.index, body: []*api.ServiceEntry{}, noLeader: res.noLeader}
 		}
 		// Like Consul, block while the index is not above the one asked
 		// for, until the wait time is over.

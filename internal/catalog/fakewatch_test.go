@@ -86,20 +86,31 @@ func TestRestartingConsulIgnored(t *testing.T) {
 	f.setInstances("a", 10, 1)
 	w := startWatcher(t, fakeConfig(t, f))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+	published := metricValue(t, w, "trellis_catalog_snapshots_total")
 
+	// The detectors' answers go back to index 1 with nothing in them:
+	// they restart from 0 and get the empty state again, which is an
+	// error, never an empty catalog.
 	f.setNotReady("a")
-	// The watch resets to index 0 and is answered the empty state again.
-	waitRequests(t, f, fakeHealthPath("a"), func(r []uint64) bool {
+	waitRequests(t, f, fakeListPath, func(r []uint64) bool {
 		i := slices.Index(r, 10)
 		return i >= 0 && slices.Contains(r[i:], 0)
 	})
-	waitStatus(t, w, 5*time.Second, func(s Status) error {
+	st := waitStatus(t, w, 5*time.Second, func(s Status) error {
 		if s.Reachable {
 			return fmt.Errorf("a Consul that is not ready counts as reachable")
 		}
 		return nil
 	})
+	if st.LastErrorKind != "not_ready" {
+		t.Errorf("LastErrorKind = %q, want not_ready", st.LastErrorKind)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != published {
+		t.Errorf("published %v snapshots from a restarting Consul", got-published)
+	}
 
+	f.setServices(12, "a")
 	f.setInstances("a", 12, 2)
 	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
 		if p := ports(s, "a"); len(p) == 0 {
@@ -111,8 +122,8 @@ func TestRestartingConsulIgnored(t *testing.T) {
 
 func TestIndexZeroTreatedAsOne(t *testing.T) {
 	f := newFakeConsul(t)
-	f.setServices(0, "a")
 	f.setInstances("a", 3, 1)
+	f.setServices(0, "a")
 	w := startWatcher(t, fakeConfig(t, f))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
 
@@ -135,32 +146,33 @@ func TestUnchangedIndexOrDataPublishesNothing(t *testing.T) {
 	w := startWatcher(t, fakeConfig(t, f))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
 	published := metricValue(t, w, "trellis_catalog_snapshots_total")
-	healthA := fakeHealthPath("a")
 
 	// Same index, different content: Consul would never do this; the
 	// watcher must ignore it, as the index says nothing changed.
-	f.setInstances("a", 10, 2)
+	f.setServices(10, "a", "b")
+	f.setInstances("b", 10, 2)
 	// Two more queries at index 10 prove the answer was read.
-	waitRequests(t, f, healthA, func(r []uint64) bool { return len(r) >= 3 && r[len(r)-1] == 10 && r[len(r)-2] == 10 })
+	waitRequests(t, f, fakeListPath, func(r []uint64) bool { return len(r) >= 3 && r[len(r)-1] == 10 && r[len(r)-2] == 10 })
+	if n := len(f.requestsTo(fakeHealthPath("b"))); n != 0 {
+		t.Errorf("b read %d times from a list answer whose index had not changed", n)
+	}
 
-	// New index, same content as published: nothing to publish either.
-	f.setInstances("a", 11, 1)
-	waitRequests(t, f, healthA, func(r []uint64) bool { return slices.Contains(r, 11) })
-
-	// Let a coalescing period pass: nothing may have been published.
+	// New index, same content: the sweep finds no service's index moved,
+	// so nothing is read and nothing published.
+	f.setServices(11, "a")
+	sweeps := metricValue(t, w, "trellis_catalog_sweeps_total")
+	waitFor(t, 5*time.Second, func() bool { return metricValue(t, w, "trellis_catalog_sweeps_total") > sweeps })
 	time.Sleep(3 * 50 * time.Millisecond)
 	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != published {
 		t.Errorf("snapshots published = %v, want %v (nothing changed)", got, published)
 	}
+	if n := len(f.requestsTo(fakeHealthPath("a"))); n != 2 {
+		t.Errorf("requests for a: %v, want the initial read and one index probe", f.requestsTo(fakeHealthPath("a")))
+	}
 
-	// A real change is published, and the ignored port 2 never was.
+	// A real change is published.
 	f.setInstances("a", 12, 3)
-	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
-		if p := ports(s, "a"); slices.Contains(p, 2) {
-			t.Errorf("published ports %v from a response whose index had not changed", p)
-		}
-		return hasPorts(map[string][]int{"a": {3}})(s)
-	})
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {3}}))
 }
 
 func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
@@ -182,7 +194,7 @@ func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
 	published := metricValue(t, w, "trellis_catalog_snapshots_total")
 
 	f.fail("", http.StatusInternalServerError)
-	before := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeHealthPath("a"))) + len(f.requestsTo(fakeHealthPath("b")))
+	before := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeStatePath))
 	// Blocked queries run out their 300ms wait, then fail.
 	st := waitStatus(t, w, 5*time.Second, func(s Status) error {
 		if s.Reachable {
@@ -197,8 +209,8 @@ func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
 		t.Errorf("trellis_catalog_consul_reachable = %v, want 0", got)
 	}
 	time.Sleep(2 * time.Second)
-	after := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeHealthPath("a"))) + len(f.requestsTo(fakeHealthPath("b")))
-	// Three watches, each retrying after 125ms..400ms: at most about 16
+	after := len(f.requestsTo(fakeListPath)) + len(f.requestsTo(fakeStatePath))
+	// Two detectors, each retrying after 190ms..400ms: at most about 12
 	// requests each in 2.3s; without backoff they would be thousands.
 	if n := after - before; n > 50 || n < 3 {
 		t.Errorf("%d requests during 2s of errors, want a few per watch (backoff)", n)
@@ -242,7 +254,8 @@ func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
 	for _, mf := range families {
 		names = append(names, mf.GetName())
 	}
-	want := []string{"trellis_catalog_consul_reachable", "trellis_catalog_errors_total", "trellis_catalog_services", "trellis_catalog_snapshots_total"}
+	want := []string{"trellis_catalog_consul_reachable", "trellis_catalog_errors_total", "trellis_catalog_index_probes_total",
+		"trellis_catalog_reads_total", "trellis_catalog_services", "trellis_catalog_snapshots_total", "trellis_catalog_sweeps_total"}
 	if !slices.Equal(names, want) {
 		t.Errorf("registered metrics %v, want %v", names, want)
 	}
@@ -373,8 +386,8 @@ func TestFirstSnapshotWaitsForCompleteSync(t *testing.T) {
 	f.fail(fakeHealthPath("b"), http.StatusInternalServerError)
 	w := startWatcher(t, fakeConfig(t, f))
 
-	// a answered (and was queried again), b failed twice.
-	waitRequests(t, f, fakeHealthPath("a"), func(r []uint64) bool { return len(r) >= 2 })
+	// a answered, b failed and was retried.
+	waitRequests(t, f, fakeHealthPath("a"), func(r []uint64) bool { return len(r) >= 1 })
 	waitRequests(t, f, fakeHealthPath("b"), func(r []uint64) bool { return len(r) >= 2 })
 	time.Sleep(3 * 50 * time.Millisecond) // a coalescing period
 	select {
@@ -434,5 +447,16 @@ func TestRunTwice(t *testing.T) {
 	})
 	if err := w.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "more than once") {
 		t.Errorf("second Run() = %v, want an error", err)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -62,6 +62,8 @@ const (
 type Config struct {
 	// Client is the Consul API client. Required.
 	Client *api.Client
+	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
+	ConsulMetrics *consulwatch.Metrics
 	// Logger receives the watcher's logs; pass one tagged with a component
 	// attribute. Default: logs are discarded.
 	Logger *slog.Logger
@@ -130,6 +132,9 @@ type Watcher struct {
 	lastIgnored map[Ignored]bool
 	lastUnknown map[string]bool
 
+	// tracker follows Consul's reachability for the watch.
+	tracker *consulwatch.Tracker
+
 	mu     sync.Mutex // guards status
 	status Status
 }
@@ -179,6 +184,18 @@ func New(cfg Config) (*Watcher, error) {
 		lastUnknown: map[string]bool{},
 		status:      Status{Reachable: true},
 	}
+	tracker, err := consulwatch.NewTracker(consulwatch.TrackerConfig{
+		Client:    cfg.Client,
+		Component: "intentions",
+		Logger:    cfg.Logger,
+		Metrics:   cfg.ConsulMetrics,
+		Errors:    w.errors,
+		Keeping:   "keeping the last intentions read",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("intentions: %w", err)
+	}
+	w.tracker = tracker
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{w.intentionsGauge, w.ignoredGauge, w.errors, w.snapshots} {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -203,6 +220,8 @@ func (w *Watcher) Status() Status {
 	defer w.mu.Unlock()
 	st := w.status
 	st.Ignored = append([]Ignored(nil), w.status.Ignored...)
+	reach := w.tracker.Status()
+	st.Reachable, st.LastError, st.LastContact = reach.Reachable || reach.LastError == "", reach.LastError, reach.LastContact
 	return st
 }
 
@@ -213,45 +232,26 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("intentions: watcher: Run called twice")
 	}
-	consulwatch.Run(ctx, consulwatch.Config{
-		WaitTime:   w.cfg.WaitTime,
-		MinDelay:   w.cfg.MinDelay,
-		MaxBackoff: w.cfg.MaxBackoff,
-		Logger:     w.logger,
-	}, func(opts *api.QueryOptions) ([]api.ConfigEntry, *api.QueryMeta, error) {
-		return w.entries.List(Kind, opts)
-	}, consulwatch.Handlers[[]api.ConfigEntry]{
-		Changed:   w.process,
-		Failed:    w.queryFailed,
-		Succeeded: w.queryOK,
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { w.tracker.Run(ctx) })
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[[]api.ConfigEntry]{
+		Name: "service-intentions config entries",
+		Fetch: func(opts *api.QueryOptions) ([]api.ConfigEntry, *api.QueryMeta, error) {
+			return w.entries.List(Kind, opts)
+		},
+		Changed: func(entries []api.ConfigEntry, meta *api.QueryMeta) bool {
+			w.process(entries, meta.LastIndex)
+			return true
+		},
+		WaitTime:    w.cfg.WaitTime,
+		MinInterval: w.cfg.MinDelay,
+		MaxBackoff:  w.cfg.MaxBackoff,
 	})
+	cancel()
 	return nil
-}
-
-func (w *Watcher) queryFailed(err error, retryIn time.Duration) {
-	w.errors.Inc()
-	w.mu.Lock()
-	wasReachable := w.status.Reachable
-	w.status.Reachable = false
-	w.status.LastError = err.Error()
-	w.mu.Unlock()
-	if wasReachable {
-		w.logger.Warn("cannot read intentions from Consul; keeping the last ones read", "error", err, "retry_in", retryIn)
-	} else {
-		w.logger.Debug("cannot read intentions from Consul", "error", err, "retry_in", retryIn)
-	}
-}
-
-func (w *Watcher) queryOK() {
-	w.mu.Lock()
-	wasReachable := w.status.Reachable
-	w.status.Reachable = true
-	w.status.LastError = ""
-	w.status.LastContact = time.Now()
-	w.mu.Unlock()
-	if !wasReachable {
-		w.logger.Info("reading intentions from Consul again")
-	}
 }
 
 // process turns one complete read into a snapshot, logs what changed in

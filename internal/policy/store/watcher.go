@@ -33,6 +33,8 @@ type WatcherConfig struct {
 	// Registerer receives the watcher's metrics. Default: nil (the metrics
 	// are kept but not registered).
 	Registerer prometheus.Registerer
+	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
+	ConsulMetrics *consulwatch.Metrics
 	// KnownService tells whether a service is in the catalog; it only
 	// affects validation warnings, which the watcher logs at debug level.
 	// Default: every service is known.
@@ -118,6 +120,9 @@ type Watcher struct {
 	good      map[string]*Stored
 	published map[string]uint64
 
+	// tracker follows Consul's reachability for the watch.
+	tracker *consulwatch.Tracker
+
 	mu     sync.Mutex // guards status
 	status WatchStatus
 }
@@ -187,6 +192,18 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		published: nil,
 		status:    WatchStatus{Reachable: true},
 	}
+	tracker, err := consulwatch.NewTracker(consulwatch.TrackerConfig{
+		Client:    cfg.Client,
+		Component: "policy",
+		Logger:    cfg.Logger.With("prefix", prefix),
+		Metrics:   cfg.ConsulMetrics,
+		Errors:    w.errors.WithLabelValues(errKindConsul),
+		Keeping:   "keeping the last good policies",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	w.tracker = tracker
 	for _, kind := range []string{errKindDecode, errKindKey, errKindValidation, errKindConsul} {
 		w.errors.WithLabelValues(kind)
 	}
@@ -214,6 +231,8 @@ func (w *Watcher) Status() WatchStatus {
 	defer w.mu.Unlock()
 	st := w.status
 	st.Invalid = append([]InvalidKey(nil), w.status.Invalid...)
+	reach := w.tracker.Status()
+	st.Reachable, st.LastError, st.LastContact = reach.Reachable || reach.LastError == "", reach.LastError, reach.LastContact
 	return st
 }
 
@@ -224,45 +243,26 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("store: watcher: Run called twice")
 	}
-	consulwatch.Run(ctx, consulwatch.Config{
-		WaitTime:   w.cfg.WaitTime,
-		MinDelay:   w.cfg.MinDelay,
-		MaxBackoff: w.cfg.MaxBackoff,
-		Logger:     w.logger.With("prefix", w.prefix),
-	}, func(opts *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
-		return w.kv.List(w.prefix, opts)
-	}, consulwatch.Handlers[consulapi.KVPairs]{
-		Changed:   w.process,
-		Failed:    w.queryFailed,
-		Succeeded: w.queryOK,
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { w.tracker.Run(ctx) })
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[consulapi.KVPairs]{
+		Name: "policies under " + w.prefix,
+		Fetch: func(opts *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
+			return w.kv.List(w.prefix, opts)
+		},
+		Changed: func(pairs consulapi.KVPairs, meta *consulapi.QueryMeta) bool {
+			w.process(pairs, meta.LastIndex)
+			return true
+		},
+		WaitTime:    w.cfg.WaitTime,
+		MinInterval: w.cfg.MinDelay,
+		MaxBackoff:  w.cfg.MaxBackoff,
 	})
+	cancel()
 	return nil
-}
-
-func (w *Watcher) queryFailed(err error, retryIn time.Duration) {
-	w.errors.WithLabelValues(errKindConsul).Inc()
-	w.mu.Lock()
-	wasReachable := w.status.Reachable
-	w.status.Reachable = false
-	w.status.LastError = err.Error()
-	w.mu.Unlock()
-	if wasReachable {
-		w.logger.Warn("cannot read policies from Consul; keeping the last good policies", "prefix", w.prefix, "error", err, "retry_in", retryIn)
-	} else {
-		w.logger.Debug("cannot read policies from Consul", "prefix", w.prefix, "error", err, "retry_in", retryIn)
-	}
-}
-
-func (w *Watcher) queryOK() {
-	w.mu.Lock()
-	wasReachable := w.status.Reachable
-	w.status.Reachable = true
-	w.status.LastError = ""
-	w.status.LastContact = time.Now()
-	w.mu.Unlock()
-	if !wasReachable {
-		w.logger.Info("reading policies from Consul again", "prefix", w.prefix)
-	}
 }
 
 // candidate is a value that decoded and sits under its service's key.

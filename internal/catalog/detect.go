@@ -1,0 +1,613 @@
+package catalog
+
+import (
+	"context"
+	"maps"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// listEvent is one answer of the service-list detector.
+type listEvent struct {
+	// tags is every service's sorted tags, by name.
+	tags  map[string][]string
+	index uint64
+}
+
+// healthEvent is one answer of the non-passing checks detector.
+type healthEvent struct {
+	checks map[checkKey]checkState
+	index  uint64
+}
+
+// checkKey identifies a check.
+type checkKey struct{ node, id string }
+
+// checkState is what the detector compares of a non-passing check.
+type checkState struct {
+	status  string
+	service string // "" for a node check
+}
+
+// job is one request for a reader: a full read of a service, or an index
+// probe.
+type job struct {
+	name  string
+	probe bool
+}
+
+// result is a reader's answer.
+type result struct {
+	job
+	svc   *model.Service // full reads only
+	index uint64
+	err   *consulwatch.Error
+}
+
+// notPassingFilter narrows the health detector to the checks that are not
+// passing, so that its answer stays small in a healthy catalog.
+const notPassingFilter = `Status != "passing"`
+
+// watchList runs the service-list detector.
+func (w *Watcher) watchList(ctx context.Context, out chan<- listEvent) {
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[map[string][]string]{
+		Name: "service list",
+		Fetch: func(opts *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
+			services, meta, err := w.cfg.Client.Catalog().Services(opts)
+			if err != nil {
+				return nil, nil, err
+			}
+			tags := make(map[string][]string, len(services))
+			for name, t := range services {
+				tags[name] = sortedTags(t)
+			}
+			return tags, meta, nil
+		},
+		Changed: func(tags map[string][]string, meta *api.QueryMeta) bool {
+			select {
+			case out <- listEvent{tags: tags, index: meta.LastIndex}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		},
+		WaitTime:    w.cfg.WaitTime,
+		MinInterval: w.cfg.MinInterval,
+		MaxBackoff:  w.cfg.MaxBackoff,
+	})
+}
+
+// watchHealth runs the non-passing checks detector.
+func (w *Watcher) watchHealth(ctx context.Context, out chan<- healthEvent) {
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[map[checkKey]checkState]{
+		Name: "non-passing checks",
+		Fetch: func(opts *api.QueryOptions) (map[checkKey]checkState, *api.QueryMeta, error) {
+			opts.Filter = notPassingFilter
+			checks, meta, err := w.cfg.Client.Health().State(api.HealthAny, opts)
+			if err != nil {
+				return nil, nil, err
+			}
+			m := make(map[checkKey]checkState, len(checks))
+			for _, c := range checks {
+				if c == nil || c.Status == api.HealthPassing {
+					continue
+				}
+				m[checkKey{node: c.Node, id: c.CheckID}] = checkState{status: c.Status, service: c.ServiceName}
+			}
+			return m, meta, nil
+		},
+		Changed: func(checks map[checkKey]checkState, meta *api.QueryMeta) bool {
+			select {
+			case out <- healthEvent{checks: checks, index: meta.LastIndex}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		},
+		WaitTime:    w.cfg.WaitTime,
+		MinInterval: w.cfg.MinInterval,
+		MaxBackoff:  w.cfg.MaxBackoff,
+	})
+}
+
+// readLoop serves jobs until ctx is done.
+func (w *Watcher) readLoop(ctx context.Context, jobs <-chan job, results chan<- result) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-jobs:
+			r := w.do(ctx, j)
+			select {
+			case results <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// readTimeout bounds one read or probe.
+const readTimeout = 15 * time.Second
+
+// do runs one job.
+func (w *Watcher) do(ctx context.Context, j job) result {
+	rctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	opts := (&api.QueryOptions{}).WithContext(rctx)
+	tag := ""
+	what := "read service " + j.name
+	if j.probe {
+		tag, what = probeTag, "probe service "+j.name
+	}
+	entries, meta, err := w.cfg.Client.Health().Service(j.name, tag, false, opts)
+	switch {
+	case err != nil:
+	case meta == nil:
+		err = errNoMeta
+	case meta.LastIndex <= 1 && !meta.KnownLeader:
+		// A Consul restoring its state after a restart answers from an
+		// empty store: not this service's instances.
+		err = errNotReady
+	}
+	if err != nil {
+		return result{job: j, err: w.tracker.Failure(what, err)}
+	}
+	r := result{job: j, index: meta.LastIndex}
+	if !j.probe {
+		r.svc = buildService(j.name, entries, w.cfg.ZoneMetaKeys)
+	}
+	return r
+}
+
+type constError string
+
+func (e constError) Error() string { return string(e) }
+
+const (
+	errNoMeta   = constError("no query metadata in the response")
+	errNotReady = constError("Consul has no leader and an empty state (still starting)")
+)
+
+// entry is the coordinator's state of one listed service.
+type entry struct {
+	svc   *model.Service // nil until first read
+	index uint64         // the service's index at its last read
+	tags  []string
+	nodes []string // nodes of its instances at the last read
+	// queued: a read is waiting; reading: a read is in flight; again: a
+	// trigger arrived while it was in flight, read once more.
+	queued, reading, again bool
+	reason                 string
+	retries                int
+	// lastChange is when a read last found the service changed; sweeps
+	// probe the most recently changed services first, since changes come
+	// in bursts (a deploy registers, then deregisters, instances).
+	lastChange time.Time
+}
+
+// coordinator owns the catalog state: it turns detector answers into reads,
+// runs sweeps, and publishes coalesced snapshots. Only its goroutine
+// touches its fields.
+type coordinator struct {
+	w       *Watcher
+	lists   chan listEvent
+	healths chan healthEvent
+	jobs    chan job
+	results chan result
+
+	services    map[string]*entry
+	nodeIndex   map[string]map[string]bool // node -> services with instances on it
+	checks      map[checkKey]checkState
+	haveList    bool
+	haveHealth  bool
+	listIndex   uint64
+	readQueue   []string
+	inflight    int
+	retryAt     map[string]time.Time
+	unexplained uint64    // list index no read has accounted for yet; 0: none
+	explainBy   time.Time // when an unexplained index starts a sweep
+	sweepQueue  []string  // services left to probe in the running sweep
+	sweeping    bool
+	sweepAgain  bool
+	lastSweep   time.Time
+	nextSweep   time.Time // the background sweep
+	dirty       bool      // unpublished changes
+	published   bool
+	pending     time.Time // first unpublished change
+	quietUntil  time.Time
+}
+
+func newCoordinator(w *Watcher) *coordinator {
+	n := w.cfg.ReadConcurrency
+	return &coordinator{
+		w:         w,
+		lists:     make(chan listEvent),
+		healths:   make(chan healthEvent),
+		jobs:      make(chan job, n),
+		results:   make(chan result, n),
+		services:  map[string]*entry{},
+		nodeIndex: map[string]map[string]bool{},
+		retryAt:   map[string]time.Time{},
+	}
+}
+
+func (c *coordinator) run(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	c.nextSweep = time.Now().Add(c.w.cfg.SweepInterval)
+	for {
+		c.dispatch()
+		c.arm(timer)
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-c.lists:
+			c.onList(ev)
+		case ev := <-c.healths:
+			c.onHealth(ev)
+		case r := <-c.results:
+			c.onResult(r)
+		case <-timer.C:
+		}
+		c.tick(time.Now())
+	}
+}
+
+// arm sets timer to the next deadline: a publish, an unexplained index's
+// grace, a retry, the background sweep.
+func (c *coordinator) arm(timer *time.Timer) {
+	next := c.nextSweep
+	consider := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	if c.dirty {
+		consider(c.publishAt())
+	}
+	if c.unexplained != 0 {
+		consider(c.explainBy)
+	}
+	for _, t := range c.retryAt {
+		consider(t)
+	}
+	if c.sweepAgain && !c.sweeping {
+		consider(c.lastSweep.Add(minSweepGap))
+	}
+	timer.Reset(max(time.Until(next), 0))
+}
+
+// publishAt is when pending changes are published.
+func (c *coordinator) publishAt() time.Time {
+	latest := c.pending.Add(maxCoalesceFactor * c.w.cfg.Coalesce)
+	if c.quietUntil.Before(latest) {
+		return c.quietUntil
+	}
+	return latest
+}
+
+// tick acts on the deadlines that passed.
+func (c *coordinator) tick(now time.Time) {
+	for name, t := range c.retryAt {
+		if !t.After(now) {
+			delete(c.retryAt, name)
+			c.queueRead(name, reasonRetry)
+		}
+	}
+	if c.unexplained != 0 && !c.explainBy.After(now) {
+		c.unexplained = 0
+		c.requestSweep()
+	}
+	if !c.nextSweep.After(now) {
+		c.nextSweep = now.Add(c.w.cfg.SweepInterval)
+		if c.published {
+			c.requestSweep()
+		}
+	}
+	if c.sweepAgain && !c.sweeping && !c.lastSweep.Add(minSweepGap).After(now) {
+		c.startSweep(now)
+	}
+	if c.dirty && !c.publishAt().After(now) {
+		c.publish()
+	}
+}
+
+// changed notes an unpublished change.
+func (c *coordinator) changed() {
+	now := time.Now()
+	if !c.dirty {
+		c.dirty = true
+		c.pending = now
+	}
+	c.quietUntil = now.Add(c.w.cfg.Coalesce)
+}
+
+func (c *coordinator) onList(ev listEvent) {
+	first := !c.haveList
+	c.haveList = true
+	if first {
+		c.changed() // an empty catalog is a complete one
+	}
+	for name, tags := range ev.tags {
+		e, ok := c.services[name]
+		switch {
+		case !ok:
+			c.services[name] = &entry{tags: tags}
+			reason := reasonList
+			if first {
+				reason = reasonInitial
+			}
+			c.queueRead(name, reason)
+		case !slices.Equal(e.tags, tags):
+			e.tags = tags
+			c.queueRead(name, reasonList)
+		}
+	}
+	for name, e := range c.services {
+		if _, ok := ev.tags[name]; ok {
+			continue
+		}
+		c.dropNodes(name, e.nodes)
+		delete(c.services, name)
+		delete(c.retryAt, name)
+		c.changed()
+	}
+	switch {
+	case first || ev.index <= c.listIndex:
+	case c.unexplained != 0:
+		// Two registration changes in a row and the first one still
+		// unaccounted for: one index cannot account for both.
+		c.unexplained = 0
+		c.requestSweep()
+	default:
+		// A registration changed somewhere. The reads just queued, or
+		// the health detector, may account for it; if nothing does
+		// within the grace period, a sweep finds it.
+		c.unexplained = ev.index
+		c.explainBy = time.Now().Add(c.explainGrace())
+	}
+	c.listIndex = ev.index
+}
+
+// explainGrace is how long an unexplained list index waits for a read that
+// accounts for it before a sweep starts: long enough for the health
+// detector's answer to the same registration to arrive and its read to
+// return.
+func (c *coordinator) explainGrace() time.Duration {
+	return max(4*c.w.cfg.MinInterval, 100*time.Millisecond)
+}
+
+func (c *coordinator) onHealth(ev healthEvent) {
+	first := !c.haveHealth
+	c.haveHealth = true
+	prev := c.checks
+	c.checks = ev.checks
+	if first {
+		c.changed()
+		return // the initial reads cover the initial state
+	}
+	affected := map[string]bool{}
+	note := func(k checkKey, st checkState) {
+		if st.service != "" {
+			affected[st.service] = true
+			return
+		}
+		for name := range c.nodeIndex[k.node] {
+			affected[name] = true
+		}
+	}
+	for k, st := range ev.checks {
+		if old, ok := prev[k]; !ok || old != st {
+			note(k, st)
+		}
+	}
+	for k, st := range prev {
+		if _, ok := ev.checks[k]; !ok {
+			note(k, st)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(affected)) {
+		if _, ok := c.services[name]; ok {
+			c.queueRead(name, reasonHealth)
+		}
+	}
+}
+
+// queueRead asks for a full read of a listed service.
+func (c *coordinator) queueRead(name, reason string) {
+	e, ok := c.services[name]
+	if !ok {
+		return
+	}
+	if e.reading {
+		e.again = true
+		return
+	}
+	if e.queued {
+		return
+	}
+	e.queued = true
+	e.reason = reason
+	c.readQueue = append(c.readQueue, name)
+}
+
+// dispatch hands queued reads, then sweep probes, to idle readers. The jobs
+// channel's buffer equals the number of readers, so sends never block.
+func (c *coordinator) dispatch() {
+	for c.inflight < cap(c.jobs) && len(c.readQueue) > 0 {
+		name := c.readQueue[0]
+		c.readQueue = c.readQueue[1:]
+		e, ok := c.services[name]
+		if !ok || !e.queued {
+			continue
+		}
+		e.queued, e.reading = false, true
+		c.w.metrics.reads.WithLabelValues(e.reason).Inc()
+		c.jobs <- job{name: name}
+		c.inflight++
+	}
+	for c.inflight < cap(c.jobs) && len(c.sweepQueue) > 0 {
+		name := c.sweepQueue[0]
+		c.sweepQueue = c.sweepQueue[1:]
+		e, ok := c.services[name]
+		if !ok || e.queued || e.reading || e.svc == nil {
+			continue // being read anyway
+		}
+		c.w.metrics.probes.Inc()
+		c.jobs <- job{name: name, probe: true}
+		c.inflight++
+	}
+	if c.sweeping && len(c.sweepQueue) == 0 && c.inflight == 0 {
+		c.sweeping = false
+	}
+}
+
+func (c *coordinator) onResult(r result) {
+	c.inflight--
+	e, ok := c.services[r.name]
+	if !ok {
+		return // removed meanwhile
+	}
+	if r.probe {
+		if r.err == nil && r.index != e.index {
+			c.queueRead(r.name, reasonSweep)
+		}
+		return
+	}
+	e.reading = false
+	c.w.counted(1, 0)
+	if r.err != nil {
+		e.retries++
+		c.retryAt[r.name] = time.Now().Add(min(time.Duration(e.retries)*250*time.Millisecond, c.w.cfg.MaxBackoff))
+		return
+	}
+	e.retries = 0
+	if c.unexplained != 0 && r.index >= c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc) {
+		// This read found the registration change the list detector saw.
+		c.unexplained = 0
+	}
+	e.index = r.index
+	if e.svc == nil || !reflect.DeepEqual(e.svc, r.svc) {
+		e.lastChange = time.Now()
+		c.dropNodes(r.name, e.nodes)
+		e.svc = r.svc
+		e.nodes = instanceNodes(r.svc)
+		for _, n := range e.nodes {
+			if c.nodeIndex[n] == nil {
+				c.nodeIndex[n] = map[string]bool{}
+			}
+			c.nodeIndex[n][r.name] = true
+		}
+		c.changed()
+	}
+	if e.again {
+		e.again = false
+		c.queueRead(r.name, reasonRetry)
+	}
+}
+
+func (c *coordinator) dropNodes(name string, nodes []string) {
+	for _, n := range nodes {
+		delete(c.nodeIndex[n], name)
+		if len(c.nodeIndex[n]) == 0 {
+			delete(c.nodeIndex, n)
+		}
+	}
+}
+
+// requestSweep asks for a sweep as soon as the previous one is done and the
+// minimum gap has passed.
+func (c *coordinator) requestSweep() { c.sweepAgain = true }
+
+func (c *coordinator) startSweep(now time.Time) {
+	c.sweepAgain = false
+	c.sweeping = true
+	c.lastSweep = now
+	c.sweepQueue = slices.Collect(maps.Keys(c.services))
+	slices.SortFunc(c.sweepQueue, func(a, b string) int {
+		if ta, tb := c.services[a].lastChange, c.services[b].lastChange; !ta.Equal(tb) {
+			return tb.Compare(ta) // most recently changed first
+		}
+		return strings.Compare(a, b)
+	})
+	c.w.metrics.sweeps.Inc()
+	c.w.counted(0, 1)
+	c.w.logger.Debug("index sweep", "services", len(c.sweepQueue))
+}
+
+// complete reports whether the first snapshot can be published: both
+// detectors answered and every listed service was read.
+func (c *coordinator) complete() bool {
+	if !c.haveList || !c.haveHealth {
+		return false
+	}
+	for _, e := range c.services {
+		if e.svc == nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *coordinator) publish() {
+	if !c.published && !c.complete() {
+		c.dirty = false // the missing reads mark the state changed again
+		return
+	}
+	c.dirty = false
+	c.published = true
+	next := make(map[string]*model.Service, len(c.services))
+	for name, e := range c.services {
+		if e.svc != nil {
+			next[name] = e.svc
+		}
+	}
+	c.w.publish(&model.Snapshot{Services: next})
+}
+
+func instanceNodes(svc *model.Service) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, inst := range svc.Instances {
+		if !seen[inst.Node] {
+			seen[inst.Node] = true
+			out = append(out, inst.Node)
+		}
+	}
+	return out
+}
+
+// sameRegistrations reports whether two reads of a service hold the same
+// instances with the same registration data, health aside.
+func sameRegistrations(a, b *model.Service) bool {
+	if len(a.Instances) != len(b.Instances) {
+		return false
+	}
+	for i := range a.Instances {
+		x, y := a.Instances[i], b.Instances[i]
+		x.Health, y.Health = 0, 0
+		if !reflect.DeepEqual(x, y) {
+			return false
+		}
+	}
+	return true
+}
+
+// sortedTags copies and sorts a service's tags; none is nil.
+func sortedTags(tags []string) []string {
+	if len(tags) == 0 {
+		return nil
+	}
+	out := append([]string(nil), tags...)
+	sort.Strings(out)
+	return out
+}

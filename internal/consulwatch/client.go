@@ -1,0 +1,90 @@
+package consulwatch
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultMaxConns is the default bound on concurrent connections to Consul.
+const DefaultMaxConns = 16
+
+// ClientConfig configures NewClient.
+type ClientConfig struct {
+	// API is Consul's client configuration, as api.DefaultConfig reads it
+	// from CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ... with the
+	// caller's overrides. Required. Its Transport and HttpClient are
+	// replaced.
+	API *api.Config
+	// MaxConns bounds the TCP connections the client opens to Consul: a
+	// request that finds them all busy waits for one. Consul refuses an
+	// address holding more than limits.http_max_conns_per_client (default
+	// 200) connections, and every other Consul client of the host shares
+	// that address: keep it well below. Default: DefaultMaxConns (16).
+	MaxConns int
+	// Registerer receives trellis_consul_requests_total{code}. Default: nil.
+	Registerer prometheus.Registerer
+}
+
+// NewClient returns a Consul client whose connections are bounded by
+// cfg.MaxConns and kept alive (idle connections up to the same bound are
+// reused, never closed and reopened under load), and whose requests are
+// counted.
+func NewClient(cfg ClientConfig) (*api.Client, error) {
+	if cfg.API == nil {
+		return nil, errors.New("consulwatch: ClientConfig.API is required")
+	}
+	if cfg.MaxConns < 0 {
+		return nil, fmt.Errorf("consulwatch: ClientConfig.MaxConns is %d; accepted: a positive number, or 0 for the default (%d)", cfg.MaxConns, DefaultMaxConns)
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	tr := cleanhttp.DefaultPooledTransport()
+	tr.MaxConnsPerHost = cfg.MaxConns
+	tr.MaxIdleConnsPerHost = cfg.MaxConns
+	tr.MaxIdleConns = cfg.MaxConns
+	apiCfg := *cfg.API
+	apiCfg.Transport = tr
+	hc, err := api.NewHttpClient(tr, apiCfg.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consulwatch: Consul TLS configuration: %w", err)
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "trellis_consul_requests_total",
+		Help: "HTTP requests sent to Consul, by response status code (\"error\" when no response arrived).",
+	}, []string{"code"})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(requests); err != nil {
+			return nil, fmt.Errorf("consulwatch: register metrics: %w", err)
+		}
+	}
+	hc.Transport = countingTransport{next: hc.Transport, requests: requests}
+	apiCfg.HttpClient = hc
+	client, err := api.NewClient(&apiCfg)
+	if err != nil {
+		return nil, fmt.Errorf("consulwatch: Consul client: %w", err)
+	}
+	return client, nil
+}
+
+// countingTransport counts requests by status code.
+type countingTransport struct {
+	next     http.RoundTripper
+	requests *prometheus.CounterVec
+}
+
+func (c countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(req)
+	if err != nil {
+		c.requests.WithLabelValues("error").Inc()
+		return nil, err
+	}
+	c.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
+	return resp, nil
+}

@@ -186,9 +186,9 @@ func TestNewConfig(t *testing.T) {
 				t.Fatalf("New() error = %v", err)
 			}
 			want := Config{
-				Client:        client,
-				ZoneMetaKeys:  []string{"zone"},
-				WaitTime:      time.Minute,
+				Client:          client,
+				ZoneMetaKeys:    []string{"zone"},
+				WaitTime:        time.Minute,
 				MinInterval:     50 * time.Millisecond,
 				Coalesce:        50 * time.Millisecond,
 				ProbeInterval:   2 * time.Second,

@@ -34,16 +34,16 @@ type step struct {
 // failures are reported with a backoff and a kind.
 func TestRunIndexHandling(t *testing.T) {
 	script := []step{
-		{index: 1, leader: false},                          // restarting Consul: an error, not a result
-		{index: 0, leader: true, data: 1},                  // 0 is treated as 1: changed
-		{index: 1, leader: true, data: 1},                  // unchanged index
-		{index: 5, leader: true, data: 2},                  // changed
+		{index: 1, leader: false},                           // restarting Consul: an error, not a result
+		{index: 0, leader: true, data: 1},                   // 0 is treated as 1: changed
+		{index: 1, leader: true, data: 1},                   // unchanged index
+		{index: 5, leader: true, data: 2},                   // changed
 		{err: api.StatusError{Code: 429, Body: "too many"}}, // rate limited: backoff
-		{index: 5, leader: true, data: 2},                  // unchanged
-		{index: 6, leader: true, data: 2},                  // index moved, equal data: not handed on
-		{index: 3, leader: true, data: 3},                  // backwards: start over, not handed on
-		{index: 3, leader: true, data: 3},                  // from 0: changed
-		{index: 4, leader: true, data: 4},                  // changed
+		{index: 5, leader: true, data: 2},                   // unchanged
+		{index: 6, leader: true, data: 2},                   // index moved, equal data: not handed on
+		{index: 3, leader: true, data: 3},                   // backwards: start over, not handed on
+		{index: 3, leader: true, data: 3},                   // from 0: changed
+		{index: 4, leader: true, data: 4},                   // changed
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,0 +1,275 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/policy/store"
+	"github.com/trellis-mesh/trellis/xdsserver/translate"
+	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeCache records every apply.
+type fakeCache struct {
+	mu      sync.Mutex
+	applies []map[string]xdscache.Resources
+	err     error
+	notify  chan struct{}
+}
+
+func newFakeCache() *fakeCache { return &fakeCache{notify: make(chan struct{}, 100)} }
+
+func (c *fakeCache) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
+	c.mu.Lock()
+	c.applies = append(c.applies, next)
+	err := c.err
+	c.mu.Unlock()
+	c.notify <- struct{}{}
+	out := map[string]xdscache.ApplyResult{}
+	for name := range next {
+		out[name] = xdscache.ApplyResult{Err: err}
+	}
+	return out
+}
+
+func (c *fakeCache) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.applies)
+}
+
+func (c *fakeCache) last() map[string]xdscache.Resources {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applies[len(c.applies)-1]
+}
+
+// inputs are the channels a test feeds.
+type inputs struct {
+	catalogs chan *model.Snapshot
+	policies chan *store.Snapshot
+	security chan *translate.Security
+}
+
+func start(t *testing.T, cfg Config) (*Pipeline, *fakeCache, inputs, *bytes.Buffer) {
+	t.Helper()
+	in := inputs{make(chan *model.Snapshot), make(chan *store.Snapshot), make(chan *translate.Security)}
+	cache := newFakeCache()
+	var logs bytes.Buffer
+	cfg.Catalogs, cfg.Policies, cfg.Security, cfg.Cache = in.catalogs, in.policies, in.security, cache
+	cfg.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	return p, cache, in, &logs
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func catalog(ports ...int) *model.Snapshot {
+	svc := &model.Service{Name: "echo"}
+	for _, p := range ports {
+		svc.Instances = append(svc.Instances, model.Instance{ID: "echo-" + string(rune('a'+p%26)), Node: "n1", Address: "10.0.0.1", Port: p,
+			Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"})
+	}
+	return model.NewSnapshot([]*model.Service{svc})
+}
+
+func waitApplies(t *testing.T, c *fakeCache, n int) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for c.count() < n {
+		select {
+		case <-c.notify:
+		case <-deadline:
+			t.Fatalf("%d applies, want %d", c.count(), n)
+		}
+	}
+}
+
+func noApply(t *testing.T, c *fakeCache, n int) {
+	t.Helper()
+	time.Sleep(50 * time.Millisecond)
+	if got := c.count(); got != n {
+		t.Fatalf("%d applies, want %d", got, n)
+	}
+}
+
+func TestWaitsForCatalogAndPolicies(t *testing.T) {
+	p, cache, in, _ := start(t, Config{})
+	in.catalogs <- catalog(8080)
+	noApply(t, cache, 0)
+	if p.Ready() {
+		t.Fatal("ready before the first policy snapshot")
+	}
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	select {
+	case <-p.Synced():
+	case <-time.After(time.Second):
+		t.Fatal("Synced not closed after the first apply")
+	}
+	if got := len(cache.last()["widest"][resource.ClusterType]); got != 1 {
+		t.Errorf("clusters applied: %d, want 1", got)
+	}
+}
+
+// TestNoTrustDomainDoesNotWaitForIntentions: without a trust domain the
+// intentions change nothing that needs waiting for, so a token that cannot
+// read them must not keep xDS unserved.
+func TestNoTrustDomainDoesNotWaitForIntentions(t *testing.T) {
+	_, cache, in, _ := start(t, Config{BaseSecurity: &translate.Security{}})
+	in.catalogs <- catalog(8080)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+}
+
+func TestTrustDomainWaitsForIntentions(t *testing.T) {
+	base := &translate.Security{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), MTLS: true}
+	_, cache, in, _ := start(t, Config{BaseSecurity: base})
+	in.catalogs <- catalog(8080)
+	in.policies <- &store.Snapshot{}
+	noApply(t, cache, 0)
+	sec := *base
+	sec.Intentions = model.NewIntentions(nil)
+	in.security <- &sec
+	waitApplies(t, cache, 1)
+}
+
+// TestLatestInputsAndLastGood: every new snapshot is translated with the
+// latest of the others, and an input that stops (its source unreachable)
+// keeps its last value.
+func TestLatestInputsAndLastGood(t *testing.T) {
+	_, cache, in, _ := start(t, Config{})
+	in.catalogs <- catalog(8080)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	in.catalogs <- catalog(8080, 8081)
+	waitApplies(t, cache, 2)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 3)
+	endpoints := cache.last()["widest"][resource.EndpointType]
+	if len(endpoints) != 1 {
+		t.Fatalf("endpoint resources %d, want 1", len(endpoints))
+	}
+	for _, cla := range endpoints {
+		if s := cla.(interface{ String() string }).String(); !strings.Contains(s, "8081") {
+			t.Errorf("the policy apply did not use the latest catalog: %s", s)
+		}
+	}
+}
+
+// TestUnchangedServiceKeepsItsResources: the memoising translation hands
+// the cache the very same resource values for an unchanged service.
+func TestUnchangedServiceKeepsItsResources(t *testing.T) {
+	_, cache, in, _ := start(t, Config{})
+	snap := catalog(8080)
+	in.catalogs <- snap
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	first := cache.last()["widest"][resource.ClusterType]["echo"]
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 2)
+	if cache.last()["widest"][resource.ClusterType]["echo"] != first {
+		t.Error("an unchanged service's Cluster was rebuilt")
+	}
+}
+
+func TestSkipsLoggedOnceAndCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p, cache, in, logs := start(t, Config{Registerer: reg})
+	bad := model.NewSnapshot([]*model.Service{{Name: "bad name!"}, {Name: "echo"}})
+	in.catalogs <- bad
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 2)
+	if n := strings.Count(logs.String(), `service="bad name!"`); n != 1 {
+		t.Errorf("the skip was logged %d times, want once:\n%s", n, logs)
+	}
+	if st := p.Status(); st.LeftOut != 1 || st.Services != 2 {
+		t.Errorf("status %+v, want 1 left out of 2 services", st)
+	}
+	if v := testutil.ToFloat64(p.metrics.skipped.WithLabelValues("left_out")); v != 1 {
+		t.Errorf("trellis_translate_skipped{kind=left_out} = %v, want 1", v)
+	}
+	in.catalogs <- catalog(8080)
+	waitApplies(t, cache, 3)
+	if !strings.Contains(logs.String(), "resolved") {
+		t.Errorf("the skip clearing was not logged:\n%s", logs)
+	}
+}
+
+func TestApplyErrorsLoggedAndCounted(t *testing.T) {
+	p, cache, in, logs := start(t, Config{})
+	cache.err = errTest
+	in.catalogs <- catalog(8080)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	waitFor(t, func() bool { return len(p.Status().ApplyErrors) == 1 })
+	if !strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("apply error not logged at error level:\n%s", logs)
+	}
+	if v := testutil.ToFloat64(p.metrics.applyErrors); v != 1 {
+		t.Errorf("trellis_pipeline_apply_errors_total = %v, want 1", v)
+	}
+}
+
+type testError string
+
+func (e testError) Error() string { return string(e) }
+
+const errTest = testError("refused")
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Error("New without inputs accepted")
+	}
+}

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
@@ -18,12 +18,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
-	"github.com/trellis-mesh/trellis/internal/model"
-	"github.com/trellis-mesh/trellis/internal/policy/store"
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
+	"github.com/trellis-mesh/trellis/internal/pipeline"
 	"github.com/trellis-mesh/trellis/xdsserver"
 	"github.com/trellis-mesh/trellis/xdsserver/admin"
 	"github.com/trellis-mesh/trellis/xdsserver/translate"
-	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
 )
 
 // serverOptions are the flags of `trellis server`.
@@ -33,6 +32,7 @@ type serverOptions struct {
 	consulAddr     string
 	consulToken    string
 	consulDC       string
+	consulMaxConns int
 	excludeWarning bool
 	disablePanic   bool
 	zoneMetaKeys   []string
@@ -77,6 +77,7 @@ catalog and the policies. The admin listener serves /healthz, /readyz,
 	f.StringVar(&opts.adminListen, "admin-listen", "127.0.0.1:18001", "address of the admin HTTP listener (/healthz, /readyz, /metrics)")
 	f.StringVar(&opts.consulAddr, "consul-addr", "", "Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	f.StringVar(&opts.consulToken, "consul-token", "", "Consul ACL token (default: CONSUL_HTTP_TOKEN)")
+	f.IntVar(&opts.consulMaxConns, "consul-max-conns", consulwatch.DefaultMaxConns, "most TCP connections to Consul at once, shared by every watch and read (Consul refuses an address above limits.http_max_conns_per_client, default 200, shared by every Consul client of the host)")
 	f.StringVar(&opts.consulDC, "consul-datacenter", "", "Consul datacenter to serve (default: the agent's)")
 	f.BoolVar(&opts.excludeWarning, "exclude-warning", false, "send no calls to instances whose checks are warning (default: they receive calls)")
 	f.BoolVar(&opts.disablePanic, "disable-panic-routing", false, "when no instance of a service is healthy, send calls to none (default: to all instances not in maintenance)")
@@ -106,7 +107,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	}
 }
 
-func consulClient(opts serverOptions) (*consulapi.Client, string, error) {
+// consulClient builds the Consul client every component of the server
+// shares: connections bounded by --consul-max-conns, requests counted.
+func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, string, error) {
 	cfg := consulapi.DefaultConfig()
 	if opts.consulAddr != "" {
 		cfg.Address = opts.consulAddr
@@ -117,11 +120,23 @@ func consulClient(opts serverOptions) (*consulapi.Client, string, error) {
 	if opts.consulDC != "" {
 		cfg.Datacenter = opts.consulDC
 	}
-	client, err := consulapi.NewClient(cfg)
+	if opts.consulMaxConns < 4 {
+		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+	}
+	client, err := consulwatch.NewClient(consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg})
 	if err != nil {
 		return nil, "", fmt.Errorf("consul client: %w", err)
 	}
 	return client, cfg.Address, nil
+}
+
+// stdlogWriter hands what other libraries print through the standard log
+// package to slog, so that every line stays structured.
+type stdlogWriter struct{ logger *slog.Logger }
+
+func (w stdlogWriter) Write(p []byte) (int, error) {
+	w.logger.Warn(strings.TrimSpace(string(p)), "source", "stdlib")
+	return len(p), nil
 }
 
 func runServer(ctx context.Context, opts serverOptions) error {
@@ -129,7 +144,15 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
-	client, consulAddr, err := consulClient(opts)
+	log.SetFlags(0)
+	log.SetOutput(stdlogWriter{logger: logger})
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	client, consulAddr, err := consulClient(opts, registry)
+	if err != nil {
+		return err
+	}
+	consulMetrics, err := consulwatch.NewMetrics(registry)
 	if err != nil {
 		return err
 	}
@@ -144,21 +167,24 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	defer stls.Close()
 	opts.policy.authenticators = stls.policyAuthenticators()
 
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
 	watcher, err := catalog.New(catalog.Config{
-		Client:       client,
-		Logger:       logger.With("component", "catalog"),
-		Registerer:   registry,
-		ZoneMetaKeys: opts.zoneMetaKeys,
+		Client:        client,
+		Logger:        logger.With("component", "catalog"),
+		Registerer:    registry,
+		ConsulMetrics: consulMetrics,
+		ZoneMetaKeys:  opts.zoneMetaKeys,
 	})
 	if err != nil {
 		return err
 	}
-	cache := xdscache.New(xdscache.Config{Logger: logger.With("component", "xdscache")})
+	// One cache per client profile (internal/clients); each stream is
+	// served its profile's translation.
+	cache, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Logger: logger.With("component", "xdscache")})
+	if err != nil {
+		return err
+	}
 	xds, err := xdsserver.New(xdsserver.Config{
-		Cache:         cache,
+		Watcher:       cache.ConfigWatcher(),
 		Logger:        logger.With("component", "xds"),
 		Registerer:    registry,
 		ServerOptions: stls.xdsServerOptions(),
@@ -166,12 +192,36 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
-	applier := newApplier(cache, translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic}, logger.With("component", "translate"), registry)
-	policies, err := newPolicyServer(opts.policy, client, logger, registry, applier.knownService)
+	// knownService tells whether a service is in the latest catalog
+	// snapshot; before the first one, every service is taken as known.
+	knownService := func(name string) bool {
+		snap := watcher.Latest()
+		if snap == nil {
+			return true
+		}
+		_, ok := snap.Services[name]
+		return ok
+	}
+	policies, err := newPolicyServer(opts.policy, client, logger, registry, knownService, consulMetrics)
 	if err != nil {
 		return err
 	}
-	security, err := newSecurityServer(opts.security, client, logger, registry, applier.knownService)
+	security, err := newSecurityServer(opts.security, client, logger, registry, knownService, consulMetrics)
+	if err != nil {
+		return err
+	}
+	base := security.base
+	pipe, err := pipeline.New(pipeline.Config{
+		Catalogs:     watcher.Snapshots(),
+		Policies:     policies.watcher.Snapshots(),
+		Security:     security.snapshots(),
+		BaseSecurity: &base,
+		Cache:        cache,
+		Profiles:     cache.Profiles(),
+		Options:      translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic},
+		Logger:       logger.With("component", "translate"),
+		Registerer:   registry,
+	})
 	if err != nil {
 		return err
 	}
@@ -186,13 +236,22 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		if st.LastError != "" {
 			fmt.Fprintf(&detail, "consul last error: %s\n", st.LastError)
 		}
-		if !st.Reachable && applier.ready() {
+		if st.LastErrorKind != "" {
+			fmt.Fprintf(&detail, "consul last error kind: %s\n", st.LastErrorKind)
+		}
+		if !st.Reachable && pipe.Ready() {
 			detail.WriteString("serving the last good configuration until Consul is reachable again\n")
 		}
 		policies.readyDetail(&detail)
 		security.readyDetail(&detail)
 		stls.readyDetail(&detail)
-		return applier.ready(), detail.String()
+		if ps := pipe.Status(); !ps.Applied.IsZero() {
+			fmt.Fprintf(&detail, "translation: %d services, %d left out, %d warnings\n", ps.Services, ps.LeftOut, ps.Warnings)
+			for _, e := range ps.ApplyErrors {
+				fmt.Fprintf(&detail, "xds cache refused: %s\n", e)
+			}
+		}
+		return pipe.Ready(), detail.String()
 	}
 	adminServer := admin.New(admin.Config{
 		Logger:    logger.With("component", "admin"),
@@ -224,7 +283,6 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 
-	synced := make(chan struct{})
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
@@ -232,12 +290,10 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })
 	g.Go(func() error { return security.run(ctx) })
 	g.Go(func() error { return registration.run(ctx) })
-	g.Go(func() error {
-		return applier.run(ctx, watcher.Snapshots(), policies.watcher.Snapshots(), security.snapshots(), synced)
-	})
+	g.Go(func() error { return pipe.Run(ctx) })
 	g.Go(func() error {
 		select {
-		case <-synced:
+		case <-pipe.Synced():
 		case <-ctx.Done():
 			xdsLis.Close()
 			return nil
@@ -251,132 +307,4 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return nil
 	}
 	return err
-}
-
-// applier translates each catalog or policy snapshot, with the latest of
-// the other, and hands the result to the cache.
-type applier struct {
-	// catalog is the latest catalog snapshot, for knownService.
-	catalog atomic.Pointer[model.Snapshot]
-	cache   *xdscache.Cache
-	opts    translate.Options
-	logger  *slog.Logger
-	synced  atomic.Bool
-	skipped prometheus.Gauge
-	applies prometheus.Counter
-	// lastSkips is what the previous translation skipped, so that a skip is
-	// logged when it appears and when it clears, not on every snapshot.
-	lastSkips map[string]bool
-	// lastPanics are the clusters routed in panic mode by the previous
-	// translation.
-	lastPanics map[string]bool
-	panicking  prometheus.Gauge
-}
-
-func newApplier(cache *xdscache.Cache, opts translate.Options, logger *slog.Logger, reg prometheus.Registerer) *applier {
-	a := &applier{
-		cache:  cache,
-		opts:   opts,
-		logger: logger,
-		skipped: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "trellis_translate_skipped",
-			Help: "Services and instances left out of the last translation because they cannot be served safely.",
-		}),
-		applies: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trellis_translate_snapshots_total",
-			Help: "Catalog and policy snapshots translated and applied to the xDS cache.",
-		}),
-	}
-	a.panicking = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "trellis_translate_panic_clusters",
-		Help: "Clusters with no healthy instance whose calls are spread over all their instances (panic routing).",
-	})
-	reg.MustRegister(a.skipped, a.applies, a.panicking)
-	return a
-}
-
-func (a *applier) ready() bool { return a.synced.Load() }
-
-// knownService tells whether a service is in the latest catalog snapshot;
-// before the first one, every service is taken as known.
-func (a *applier) knownService(name string) bool {
-	snap := a.catalog.Load()
-	if snap == nil {
-		return true
-	}
-	_, ok := snap.Services[name]
-	return ok
-}
-
-// run translates from the first moment a catalog, a policy and a security
-// snapshot have arrived, and again on every new snapshot of any.
-func (a *applier) run(ctx context.Context, catalogs <-chan *model.Snapshot, policies <-chan *store.Snapshot, security <-chan *translate.Security, synced chan<- struct{}) error {
-	var in translate.Input
-	havePolicies := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case snap := <-catalogs:
-			in.Catalog = snap
-			a.catalog.Store(snap)
-		case ps := <-policies:
-			in.Policies = ps.Policies
-			havePolicies = true
-		case sec := <-security:
-			in.Security = sec
-		}
-		if in.Catalog == nil || !havePolicies || in.Security == nil {
-			continue
-		}
-		a.apply(in)
-		if !a.synced.Swap(true) {
-			close(synced)
-		}
-	}
-}
-
-func (a *applier) apply(in translate.Input) {
-	snap := in.Catalog
-	res := translate.Translate(in, a.opts)
-	a.logSkips(res.Skipped)
-	a.logPanics(res.Panicking)
-	result := a.cache.Apply(res.Resources.ByTypeURL())
-	a.applies.Inc()
-	a.logger.Debug("applied snapshot", "services", len(snap.Services), "policies", len(in.Policies), "result", result)
-}
-
-func (a *applier) logPanics(clusters []string) {
-	now := make(map[string]bool, len(clusters))
-	for _, c := range clusters {
-		now[c] = true
-		if !a.lastPanics[c] {
-			a.logger.Warn("no healthy instance: spreading calls over all instances (panic routing)", "cluster", c)
-		}
-	}
-	for c := range a.lastPanics {
-		if !now[c] {
-			a.logger.Info("healthy instances again: panic routing ends", "cluster", c)
-		}
-	}
-	a.lastPanics = now
-	a.panicking.Set(float64(len(clusters)))
-}
-
-func (a *applier) logSkips(skips []translate.Skip) {
-	now := make(map[string]bool, len(skips))
-	for _, s := range skips {
-		msg := s.String()
-		now[msg] = true
-		if !a.lastSkips[msg] {
-			a.logger.Warn("left out of the xDS configuration", "service", s.Service, "instance", s.Instance, "reason", s.Reason)
-		}
-	}
-	for msg := range a.lastSkips {
-		if !now[msg] {
-			a.logger.Info("no longer left out", "what", msg)
-		}
-	}
-	a.lastSkips = now
-	a.skipped.Set(float64(len(skips)))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/policy/store"
 	"github.com/trellis-mesh/trellis/xdsserver/policyapi"
 )
@@ -42,17 +43,18 @@ type policyServer struct {
 
 // newPolicyServer builds the policy watcher and API. knownService tells
 // whether a service is in the catalog (for validation warnings).
-func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool) (*policyServer, error) {
+func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics) (*policyServer, error) {
 	st, err := store.New(store.Config{Client: client, Prefix: opts.prefix})
 	if err != nil {
 		return nil, err
 	}
 	watcher, err := store.NewWatcher(store.WatcherConfig{
-		Client:       client,
-		Prefix:       opts.prefix,
-		Logger:       logger.With("component", "policy"),
-		Registerer:   reg,
-		KnownService: knownService,
+		Client:        client,
+		Prefix:        opts.prefix,
+		Logger:        logger.With("component", "policy"),
+		Registerer:    reg,
+		KnownService:  knownService,
+		ConsulMetrics: consulMetrics,
 	})
 	if err != nil {
 		return nil, err

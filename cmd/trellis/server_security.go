@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/trellis-mesh/trellis/identity"
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/intentions"
-	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/xdsserver/translate"
 )
 
@@ -62,16 +62,17 @@ type securityServer struct {
 
 // newSecurityServer validates the flags and builds the intentions watcher.
 // knownService tells whether a service is in the catalog (for debug logs).
-func newSecurityServer(opts securityOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool) (*securityServer, error) {
+func newSecurityServer(opts securityOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics) (*securityServer, error) {
 	base, err := opts.security()
 	if err != nil {
 		return nil, err
 	}
 	w, err := intentions.New(intentions.Config{
-		Client:       client,
-		Logger:       logger.With("component", "intentions"),
-		Registerer:   reg,
-		KnownService: knownService,
+		Client:        client,
+		Logger:        logger.With("component", "intentions"),
+		Registerer:    reg,
+		KnownService:  knownService,
+		ConsulMetrics: consulMetrics,
 	})
 	if err != nil {
 		return nil, err
@@ -100,9 +101,9 @@ func (o securityOptions) security() (translate.Security, error) {
 	sec.Scheme = scheme
 	switch o.intentionDefault {
 	case "allow":
-		sec.DefaultAction = model.IntentionAllow
+		sec.DefaultDeny = false
 	case "deny":
-		sec.DefaultAction = model.IntentionDeny
+		sec.DefaultDeny = true
 	default:
 		errs = append(errs, fmt.Errorf("--intention-default %q: accepted: allow, deny", o.intentionDefault))
 	}
@@ -121,7 +122,7 @@ func (s *securityServer) run(ctx context.Context) error {
 		mode = "mTLS unless a service's meta opts out"
 	}
 	s.logger.Info("transport security", "default", mode, "trust_domain", s.base.TrustDomain.Name(),
-		"spiffe_id_template", s.base.Scheme.Template(), "intention_default", s.base.DefaultAction.String())
+		"spiffe_id_template", s.base.Scheme.Template(), "intention_default", s.base.DefaultAction().String())
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.watcher.Run(ctx) })
 	g.Go(func() error {

@@ -27,8 +27,9 @@
 //     node check did;
 //   - for what no detector can attribute to a service (an address, port,
 //     meta or weights edit, an instance added with a passing check or none,
-//     an instance removed while passing: the list's index moved, yet no read
-//     returned that index within a short grace period), an index sweep: every
+//     an instance removed while passing: the list's index moved, and no read
+//     accounts for it), an index sweep, started at once and stopped as soon
+//     as a read accounts for the change: every
 //     service's own index (X-Consul-Index of a /v1/health/service/:name read
 //     narrowed by a tag no instance carries, so the answer is an empty list)
 //     is compared with the one it was last read at, and the services whose
@@ -106,7 +107,7 @@ const (
 	probeTag = "trellis.index-probe.none"
 	// minSweepGap separates the starts of two sweeps triggered by changes,
 	// so that registration churn cannot turn sweeps into a busy loop.
-	minSweepGap = 500 * time.Millisecond
+	minSweepGap = 200 * time.Millisecond
 )
 
 // Config configures a Watcher.

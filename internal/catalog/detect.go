@@ -213,17 +213,20 @@ type coordinator struct {
 	readQueue   []string
 	inflight    int
 	retryAt     map[string]time.Time
-	unexplained uint64    // list index no read has accounted for yet; 0: none
-	explainBy   time.Time // when an unexplained index starts a sweep
-	sweepQueue  []string  // services left to probe in the running sweep
+	unexplained uint64   // list index no read has accounted for yet; 0: none
+	sweepQueue  []string // services left to probe in the running sweep
 	sweeping    bool
 	sweepAgain  bool
-	lastSweep   time.Time
-	nextSweep   time.Time // the background sweep
-	dirty       bool      // unpublished changes
-	published   bool
-	pending     time.Time // first unpublished change
-	quietUntil  time.Time
+	// againCancellable and sweepCancellable: the requested (running)
+	// sweep only looks for the unexplained index, and stops once a read
+	// accounts for it.
+	againCancellable, sweepCancellable bool
+	lastSweep                          time.Time
+	nextSweep                          time.Time // the background sweep
+	dirty                              bool      // unpublished changes
+	published                          bool
+	pending                            time.Time // first unpublished change
+	quietUntil                         time.Time
 }
 
 func newCoordinator(w *Watcher) *coordinator {
@@ -274,9 +277,6 @@ func (c *coordinator) arm(timer *time.Timer) {
 	if c.dirty {
 		consider(c.publishAt())
 	}
-	if c.unexplained != 0 {
-		consider(c.explainBy)
-	}
 	for _, t := range c.retryAt {
 		consider(t)
 	}
@@ -303,14 +303,10 @@ func (c *coordinator) tick(now time.Time) {
 			c.queueRead(name, reasonRetry)
 		}
 	}
-	if c.unexplained != 0 && !c.explainBy.After(now) {
-		c.unexplained = 0
-		c.requestSweep()
-	}
 	if !c.nextSweep.After(now) {
 		c.nextSweep = now.Add(c.w.cfg.SweepInterval)
 		if c.published {
-			c.requestSweep()
+			c.requestSweep(false)
 		}
 	}
 	if c.sweepAgain && !c.sweeping && !c.lastSweep.Add(minSweepGap).After(now) {
@@ -367,23 +363,15 @@ func (c *coordinator) onList(ev listEvent) {
 		// Two registration changes in a row and the first one still
 		// unaccounted for: one index cannot account for both.
 		c.unexplained = 0
-		c.requestSweep()
+		c.requestSweep(false)
 	default:
-		// A registration changed somewhere. The reads just queued, or
-		// the health detector, may account for it; if nothing does
-		// within the grace period, a sweep finds it.
+		// A registration changed somewhere. A sweep looks for it at
+		// once; the reads just queued, or the health detector's, may
+		// account for it first, and then the sweep stops.
 		c.unexplained = ev.index
-		c.explainBy = time.Now().Add(c.explainGrace())
+		c.requestSweep(true)
 	}
 	c.listIndex = ev.index
-}
-
-// explainGrace is how long an unexplained list index waits for a read that
-// accounts for it before a sweep starts: long enough for the health
-// detector's answer to the same registration to arrive and its read to
-// return.
-func (c *coordinator) explainGrace() time.Duration {
-	return max(4*c.w.cfg.MinInterval, 100*time.Millisecond)
 }
 
 func (c *coordinator) onHealth(ev healthEvent) {
@@ -494,6 +482,12 @@ func (c *coordinator) onResult(r result) {
 	if c.unexplained != 0 && r.index >= c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc) {
 		// This read found the registration change the list detector saw.
 		c.unexplained = 0
+		if c.sweeping && c.sweepCancellable {
+			c.sweepQueue = nil
+		}
+		if c.sweepAgain && c.againCancellable {
+			c.sweepAgain = false
+		}
 	}
 	e.index = r.index
 	if e.svc == nil || !reflect.DeepEqual(e.svc, r.svc) {
@@ -526,11 +520,19 @@ func (c *coordinator) dropNodes(name string, nodes []string) {
 
 // requestSweep asks for a sweep as soon as the previous one is done and the
 // minimum gap has passed.
-func (c *coordinator) requestSweep() { c.sweepAgain = true }
+// A cancellable sweep only looks for the unexplained list index.
+func (c *coordinator) requestSweep(cancellable bool) {
+	if !c.sweepAgain {
+		c.sweepAgain, c.againCancellable = true, cancellable
+		return
+	}
+	c.againCancellable = c.againCancellable && cancellable
+}
 
 func (c *coordinator) startSweep(now time.Time) {
 	c.sweepAgain = false
 	c.sweeping = true
+	c.sweepCancellable = c.againCancellable
 	c.lastSweep = now
 	c.sweepQueue = slices.Collect(maps.Keys(c.services))
 	slices.SortFunc(c.sweepQueue, func(a, b string) int {

@@ -4,8 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
+	"sync"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -43,7 +44,18 @@ type ProfileCaches struct {
 	profiles []clients.Profile
 	caches   map[string]*xdscache.Cache
 	logger   *slog.Logger
+
+	// mu serializes Apply and guards shared.
+	mu sync.Mutex
+	// shared memoises share: per non-base profile, type URL and name, the
+	// profile's resource and the base's that it was compared with, and
+	// the value that came out. An unchanged pair costs a pointer
+	// comparison, not a proto.Equal.
+	shared map[string]map[string]map[string]sharedEntry
 }
+
+// sharedEntry is one memoised share decision.
+type sharedEntry struct{ in, base, out types.Resource }
 
 // NewProfileCaches returns empty caches for cfg.Profiles.
 func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
@@ -55,7 +67,8 @@ func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	p := &ProfileCaches{profiles: profiles, caches: make(map[string]*xdscache.Cache, len(profiles)), logger: logger}
+	p := &ProfileCaches{profiles: profiles, caches: make(map[string]*xdscache.Cache, len(profiles)), logger: logger,
+		shared: map[string]map[string]map[string]sharedEntry{}}
 	for _, pr := range profiles {
 		if pr.Name == "" {
 			return nil, fmt.Errorf("xdsserver: ProfileCachesConfig.Profiles: a profile has no name")
@@ -93,6 +106,8 @@ func (p *ProfileCaches) ProfileOf(node *corev3.Node) clients.Profile {
 // the first profile's are replaced by the first profile's values before
 // they are applied. next is not modified.
 func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	out := make(map[string]xdscache.ApplyResult, len(next))
 	base := next[p.profiles[0].Name]
 	for _, pr := range p.profiles {
@@ -101,7 +116,7 @@ func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xds
 			continue
 		}
 		if pr.Name != p.profiles[0].Name {
-			res = share(base, res)
+			res = p.share(pr.Name, base, res)
 		}
 		out[pr.Name] = p.caches[pr.Name].Apply(res)
 	}
@@ -109,18 +124,31 @@ func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xds
 }
 
 // share returns res with every resource equal to base's resource of the
-// same type and name replaced by base's.
-func share(base, res xdscache.Resources) xdscache.Resources {
+// same type and name replaced by base's. Decisions are memoised per
+// profile: a pair of values seen in the previous Apply is not compared
+// again. p.mu must be held.
+func (p *ProfileCaches) share(profile string, base, res xdscache.Resources) xdscache.Resources {
+	prev := p.shared[profile]
+	memo := make(map[string]map[string]sharedEntry, len(res))
 	out := make(xdscache.Resources, len(res))
 	for typeURL, byName := range res {
-		m := maps.Clone(byName)
-		for name, r := range m {
-			if b, ok := base[typeURL][name]; ok && b != r && proto.Equal(b, r) {
-				m[name] = b
+		m := make(map[string]types.Resource, len(byName))
+		mm := make(map[string]sharedEntry, len(byName))
+		for name, r := range byName {
+			b := base[typeURL][name]
+			if e, ok := prev[typeURL][name]; ok && e.in == r && e.base == b {
+				m[name], mm[name] = e.out, e
+				continue
 			}
+			v := r
+			if b != nil && b != r && proto.Equal(b, r) {
+				v = b
+			}
+			m[name], mm[name] = v, sharedEntry{in: r, base: b, out: v}
 		}
-		out[typeURL] = m
+		out[typeURL], memo[typeURL] = m, mm
 	}
+	p.shared[profile] = memo
 	return out
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -59,6 +60,9 @@ type Config struct {
 	// ShutdownGrace is how long Serve waits, once its context is done, for
 	// RPCs to finish before closing every connection. Default: 5s.
 	ShutdownGrace time.Duration
+	// Scope, when set, limits what each stream's peer may receive (see
+	// Scope). Default: every stream may receive every resource.
+	Scope Scope
 }
 
 // Server is the ADS gRPC server.
@@ -69,6 +73,14 @@ type Server struct {
 	opts    []grpc.ServerOption
 	grace   time.Duration
 	serving atomic.Bool
+
+	scope        Scope
+	scopeMetrics *scopeMetrics
+	// serveCtx, sotwOpts and streamIDs serve the scoped streams, each by a
+	// sotw server of its own; set by Serve.
+	serveCtx  context.Context
+	sotwOpts  []config.XDSOption
+	streamIDs atomic.Int64
 }
 
 // New validates cfg and registers the server's metrics.
@@ -113,7 +125,13 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 	}
 	opts = append(opts, cfg.ServerOptions...)
-	return &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace}, nil
+	s := &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace, scope: cfg.Scope}
+	if s.scope != nil {
+		if s.scopeMetrics, err = newScopeMetrics(reg); err != nil {
+			return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Serve serves ADS (StreamAggregatedResources, state of the world only) and
@@ -130,10 +148,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	// The sotw server ends every stream when ctx is done: ADS streams never
 	// end by themselves, so without it GracefulStop would wait for the
 	// whole grace period.
-	xds := sotw.NewServer(ctx, s.watcher, s.tracker,
-		sotw.DeactivateLegacyWildcard(),
-		sotw.WithLogger(cplog.New(s.logger)))
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &ads{sotw: xds})
+	s.serveCtx = ctx
+	s.sotwOpts = []config.XDSOption{sotw.DeactivateLegacyWildcard(), sotw.WithLogger(cplog.New(s.logger))}
+	xds := sotw.NewServer(ctx, s.watcher, s.tracker, s.sotwOpts...)
+	handler := &ads{sotw: xds}
+	if s.scope != nil {
+		handler.scoped = s.scopedStream
+	}
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, handler)
 	hs := health.NewServer()
 	hs.SetServingStatus(discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
@@ -183,8 +205,13 @@ func (s *Server) Totals() Totals { return s.tracker.totalsSnapshot() }
 type ads struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	sotw sotw.Server
+	// scoped, when set, serves every stream instead (Config.Scope).
+	scoped func(discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error
 }
 
 func (a *ads) StreamAggregatedResources(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	if a.scoped != nil {
+		return a.scoped(st)
+	}
 	return a.sotw.StreamHandler(st, resource.AnyType)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-mesh/trellis/internal/model"
@@ -459,4 +460,108 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// setNonPassing sets the answer of the non-passing checks detector.
+func (f *fakeConsul) setNonPassing(index uint64, checks ...*api.HealthCheck) {
+	if checks == nil {
+		checks = []*api.HealthCheck{}
+	}
+	f.set(fakeStatePath, index, checks)
+}
+
+// TestHealthChangeReadsOnlyItsService: a check leaving or joining the
+// non-passing set re-reads that service alone, with no sweep.
+func TestHealthChangeReadsOnlyItsService(t *testing.T) {
+	f := newFakeConsul(t)
+	names := []string{"a", "b", "c", "d"}
+	for _, n := range names {
+		f.setInstances(n, 10, 1)
+	}
+	f.setServices(10, names...)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "d": {1}}))
+	before := map[string]int{}
+	for _, n := range names {
+		before[n] = len(f.requestsTo(fakeHealthPath(n)))
+	}
+	sweeps := metricValue(t, w, "trellis_catalog_sweeps_total")
+
+	// c's check fails: the health detector sees it; no registration
+	// changed, so the list's index stays.
+	f.mu.Lock()
+	entries := f.resources[fakeHealthPath("c")].body.([]*api.ServiceEntry)
+	f.mu.Unlock()
+	failed := *entries[0]
+	failed.Checks = api.HealthChecks{{Node: "n1", CheckID: "service:c-1", ServiceID: "c-1", ServiceName: "c", Status: api.HealthCritical}}
+	f.set(fakeHealthPath("c"), 11, []*api.ServiceEntry{&failed})
+	f.setNonPassing(11, failed.Checks[0])
+	nextSnapshot(t, w, 10*time.Second, instanceIs("c", "c-1", healthIs(model.HealthCritical)))
+	for _, n := range names {
+		got := len(f.requestsTo(fakeHealthPath(n))) - before[n]
+		if want := map[bool]int{true: 1, false: 0}[n == "c"]; got != want {
+			t.Errorf("service %s read %d times after c's check changed, want %d", n, got, want)
+		}
+	}
+	if got := metricValue(t, w, "trellis_catalog_sweeps_total"); got != sweeps {
+		t.Errorf("%v sweeps for a health change, want none", got-sweeps)
+	}
+}
+
+// TestUnattributedRegistrationChangeFoundBySweep: the list's index moves
+// with its content unchanged and no check changing (an instance moved to
+// another port): the sweep probes every service's index and reads the one
+// that moved, and only that one.
+func TestUnattributedRegistrationChangeFoundBySweep(t *testing.T) {
+	f := newFakeConsul(t)
+	names := []string{"a", "b", "c"}
+	for _, n := range names {
+		f.setInstances(n, 10, 1)
+	}
+	f.setServices(10, names...)
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {1}, "c": {1}}))
+	reads := metricValue(t, w, "trellis_catalog_index_probes_total")
+
+	f.setInstances("b", 12, 7) // moves the list's index too, as Consul does
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {7}, "c": {1}}))
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - reads; got < 1 || got > 3 {
+		t.Errorf("%v index probes, want one per service at most (3)", got)
+	}
+	// a and c were read once at the start and probed once: two requests.
+	for _, n := range []string{"a", "c"} {
+		if got := len(f.requestsTo(fakeHealthPath(n))); got != 2 {
+			t.Errorf("%d requests for %s, want its initial read and one index probe", got, n)
+		}
+	}
+}
+
+// TestRateLimitIsReportedAsSuch: a 429 is rate limiting, not an outage
+// nor an unknown error, and the last snapshot is kept.
+func TestRateLimitIsReportedAsSuch(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setInstances("a", 10, 1)
+	f.setServices(10, "a")
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+	f.fail(fakeListPath, http.StatusTooManyRequests)
+	st := waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if s.LastErrorKind == "" {
+			return fmt.Errorf("no error yet")
+		}
+		return nil
+	})
+	if st.LastErrorKind != "rate_limited" || !strings.Contains(st.LastError, "429") || strings.Contains(st.LastError, "%!") {
+		t.Errorf("status %+v: want a rate_limited error naming the 429", st)
+	}
+	if st.Services != 1 || !st.Synced {
+		t.Errorf("status %+v: want the last snapshot kept", st)
+	}
+	f.fail(fakeListPath, 0)
+	waitStatus(t, w, 5*time.Second, func(s Status) error {
+		if !s.Reachable {
+			return fmt.Errorf("not reachable again")
+		}
+		return nil
+	})
 }

@@ -275,6 +275,8 @@ func (p *Pipeline) apply(in translate.Input) {
 			}
 		}
 	}
+	p.logSkips(skips)
+	p.logPanics(panicking)
 	results := p.cfg.Cache.Apply(next)
 	p.metrics.duration.Observe(time.Since(start).Seconds())
 	p.metrics.applies.Inc()
@@ -297,8 +299,6 @@ func (p *Pipeline) apply(in translate.Input) {
 		p.metrics.clientAdapted.WithLabelValues(pr.Name).Set(float64(adapted[pr.Name]))
 	}
 	p.latest.Store(st)
-	p.logSkips(skips)
-	p.logPanics(panicking)
 	p.logger.Debug("applied snapshot", "services", len(in.Catalog.Services), "policies", len(in.Policies),
 		"duration", time.Since(start), "result", results[p.cfg.Profiles[0].Name])
 }

@@ -65,13 +65,13 @@ type inputs struct {
 	security chan *translate.Security
 }
 
-func start(t *testing.T, cfg Config) (*Pipeline, *fakeCache, inputs, *bytes.Buffer) {
+func start(t *testing.T, cfg Config) (*Pipeline, *fakeCache, inputs, *syncWriter) {
 	t.Helper()
 	in := inputs{make(chan *model.Snapshot), make(chan *store.Snapshot), make(chan *translate.Security)}
 	cache := newFakeCache()
-	var logs bytes.Buffer
+	logs := &syncWriter{w: &bytes.Buffer{}}
 	cfg.Catalogs, cfg.Policies, cfg.Security, cfg.Cache = in.catalogs, in.policies, in.security, cache
-	cfg.Logger = slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
@@ -88,7 +88,7 @@ func start(t *testing.T, cfg Config) (*Pipeline, *fakeCache, inputs, *bytes.Buff
 			t.Errorf("Run = %v", err)
 		}
 	})
-	return p, cache, in, &logs
+	return p, cache, in, logs
 }
 
 type syncWriter struct {
@@ -100,6 +100,12 @@ func (s *syncWriter) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(b)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
 }
 
 func catalog(ports ...int) *model.Snapshot {
@@ -223,9 +229,7 @@ func TestSkipsLoggedOnceAndCounted(t *testing.T) {
 	if n := strings.Count(logs.String(), `service="bad name!"`); n != 1 {
 		t.Errorf("the skip was logged %d times, want once:\n%s", n, logs)
 	}
-	if st := p.Status(); st.LeftOut != 1 || st.Services != 2 {
-		t.Errorf("status %+v, want 1 left out of 2 services", st)
-	}
+	waitFor(t, func() bool { st := p.Status(); return st.LeftOut == 1 && st.Services == 2 })
 	if v := testutil.ToFloat64(p.metrics.skipped.WithLabelValues("left_out")); v != 1 {
 		t.Errorf("trellis_translate_skipped{kind=left_out} = %v, want 1", v)
 	}
@@ -243,6 +247,7 @@ func TestApplyErrorsLoggedAndCounted(t *testing.T) {
 	in.policies <- &store.Snapshot{}
 	waitApplies(t, cache, 1)
 	waitFor(t, func() bool { return len(p.Status().ApplyErrors) == 1 })
+	waitFor(t, func() bool { return testutil.ToFloat64(p.metrics.applyErrors) == 1 })
 	if !strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("apply error not logged at error level:\n%s", logs)
 	}

@@ -8,6 +8,8 @@ export TRELLIS_SPIRE_SERVER_BIN ?= $(TRELLIS_TOOLS_DIR)/spire-server-v1.13.3
 export TRELLIS_SPIRE_AGENT_BIN ?= $(TRELLIS_TOOLS_DIR)/spire-agent-v1.13.3
 
 TEST_TIMEOUT ?= 40m
+# Packages quick enough to run again under the race detector in make test.
+RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
 
 .PHONY: all build tools test bench demo generate check-generated vet clean
 
@@ -29,6 +31,7 @@ tools:
 test: tools build check-generated
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /integration)
+	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
 
 ## bench: benchmarks, reported as ratios against a baseline in the same run.

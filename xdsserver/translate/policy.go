@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/names"
 	"github.com/trellis-mesh/trellis/internal/policy"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
@@ -36,21 +37,35 @@ const FaultFilterName = "envoy.filters.http.fault"
 func SubsetClusterName(service, subset string) string { return service + "/" + subset }
 
 // clusterIndex knows which clusters a translation produces, so that routes
-// never point at a cluster that does not exist.
-type clusterIndex map[string]bool
+// never point at a cluster that does not exist: the cluster of every
+// service of the catalog with a valid name, and of every subset of its
+// policy.
+type clusterIndex struct {
+	catalog  *model.Snapshot
+	policies map[string]*policyv1.ServicePolicy
+}
 
 func newClusterIndex(in Input) clusterIndex {
-	idx := clusterIndex{}
-	for name := range in.Catalog.Services {
-		if checkServiceName(name) != "" {
-			continue
-		}
-		idx[name] = true
-		for _, s := range in.Policies[name].GetSubsets() {
-			idx[SubsetClusterName(name, s.GetName())] = true
+	return clusterIndex{catalog: in.Catalog, policies: in.Policies}
+}
+
+// has reports whether the translation produces the cluster name. Service
+// names cannot contain '/', so a name with one is a subset cluster (see
+// SubsetClusterName).
+func (idx clusterIndex) has(name string) bool {
+	service, subset, isSubset := strings.Cut(name, "/")
+	if _, ok := idx.catalog.Services[service]; !ok || !names.ValidService(service) {
+		return false
+	}
+	if !isSubset {
+		return true
+	}
+	for _, s := range idx.policies[service].GetSubsets() {
+		if s.GetName() == subset {
+			return true
 		}
 	}
-	return idx
+	return false
 }
 
 // usesFault reports whether any route of the policy injects faults, in which
@@ -126,7 +141,7 @@ func routeAction(service string, r *policyv1.Route, clusters clusterIndex) (*rou
 	switch a := r.GetAction().(type) {
 	case *policyv1.Route_Destination:
 		name := destinationCluster(service, a.Destination)
-		if !clusters[name] {
+		if !clusters.has(name) {
 			return nil, []string{name}, nil
 		}
 		return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}}, nil, nil
@@ -138,7 +153,7 @@ func routeAction(service string, r *policyv1.Route, clusters clusterIndex) (*rou
 		)
 		for _, d := range a.Split.GetDestinations() {
 			name := destinationCluster(service, d.GetDestination())
-			if !clusters[name] {
+			if !clusters.has(name) {
 				dropped = append(dropped, name)
 				continue
 			}

@@ -56,8 +56,12 @@ const unenforcedReason = "intentions not enforced: the service is served in plai
 const inboundName = "inbound"
 
 // Security is the transport security and authorization input of a
-// translation. With a nil *Security, nothing is secured and no server
-// Listeners are produced.
+// translation. Its zero value is what `trellis server` runs with by
+// default: plaintext unless an instance's meta asks for mTLS, no trust
+// domain (so a service asking for mTLS is left out), the default SPIFFE ID
+// scheme, and calls that no intention matches allowed. With a nil
+// *Security, nothing is secured and no server Listeners are produced; the
+// server always translates with one.
 //
 // With a Security, every instance with a usable IP and port gets a server
 // Listener, the resource an xds.NewGRPCServer listening on that address asks
@@ -79,7 +83,7 @@ const inboundName = "inbound"
 //
 // Authorization follows Consul's intention semantics: among the intentions
 // matching a call (its source or "*", its destination or "*"), the one of
-// highest precedence decides; when none matches, DefaultAction does. An
+// highest precedence decides; when none matches, DefaultDeny does. An
 // intention with conditions Trellis does not enforce (HTTP permissions, JWT
 // requirements) denies every call from its source: it is reported in
 // Result.Skipped. Callers are identified by their SPIFFE ID under Scheme in
@@ -97,9 +101,10 @@ type Security struct {
 	// MTLS is the mesh-wide default transport: mTLS when true. A service
 	// whose instances carry MTLSMetaKey overrides it. Default: false.
 	MTLS bool
-	// DefaultAction decides the calls no intention matches.
-	// Default: deny (the zero value).
-	DefaultAction model.IntentionAction
+	// DefaultDeny denies the calls no intention matches. Default: false,
+	// they are allowed, as Consul does with ACLs disabled (trellis server's
+	// --intention-default=allow).
+	DefaultDeny bool
 	// Intentions are the service intentions. Default: none.
 	Intentions *model.Intentions
 }
@@ -157,6 +162,14 @@ func (s *Security) forService(svc *model.Service, datacenters []string) (*servic
 	return out, skips, ""
 }
 
+// DefaultAction is what s does with the calls no intention matches.
+func (s *Security) DefaultAction() model.IntentionAction {
+	if s.DefaultDeny {
+		return model.IntentionDeny
+	}
+	return model.IntentionAllow
+}
+
 func (s *Security) scheme() *identity.Scheme {
 	if s.Scheme == nil {
 		return identity.DefaultScheme()
@@ -188,14 +201,14 @@ func (s *Security) serviceMTLS(svc *model.Service) (bool, []Skip) {
 		case "false":
 			noByInsts = append(noByInsts, inst.Key())
 		default:
-			skips = append(skips, Skip{Service: svc.Name, Route: fmt.Sprintf("instance %q", inst.Key()), Reason: fmt.Sprintf(
+			skips = append(skips, Skip{Kind: SkipWarning, Service: svc.Name, Route: fmt.Sprintf("instance %q", inst.Key()), Reason: fmt.Sprintf(
 				"meta %s=%q of instance %q ignored; accepted: true or false", MTLSMetaKey, v, inst.Key())})
 		}
 	}
 	switch {
 	case yes:
 		for _, key := range noByInsts {
-			skips = append(skips, Skip{Service: svc.Name, Route: fmt.Sprintf("instance %q", key), Reason: fmt.Sprintf(
+			skips = append(skips, Skip{Kind: SkipWarning, Service: svc.Name, Route: fmt.Sprintf("instance %q", key), Reason: fmt.Sprintf(
 				"meta %s=false of instance %q overridden: another instance of the service asks for mTLS, which wins", MTLSMetaKey, key)})
 		}
 		return true, skips
@@ -313,7 +326,7 @@ func (ss *serviceSecurity) wildcardAllows() bool {
 	if w := ss.intentions.Wildcard; w != nil {
 		return allows(*w)
 	}
-	return ss.sec.DefaultAction == model.IntentionAllow
+	return !ss.sec.DefaultDeny
 }
 
 // deniesSome reports whether the intentions (or the default) deny some
@@ -539,7 +552,7 @@ func reportConditions(sec *Security, snap *model.Snapshot) []Skip {
 		if in.Source == model.Wildcard {
 			who = "any source without an intention of its own"
 		}
-		skips = append(skips, Skip{Service: in.Destination, Route: fmt.Sprintf("intention from %q", in.Source), Reason: fmt.Sprintf(
+		skips = append(skips, Skip{Kind: SkipWarning, Service: in.Destination, Route: fmt.Sprintf("intention from %q", in.Source), Reason: fmt.Sprintf(
 			"intention from %q: %s not enforced by gRPC servers; treated as deny: calls from %s are denied", in.Source, strings.Join(in.Conditions, ", "), who)})
 	}
 	return skips

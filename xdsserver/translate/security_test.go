@@ -79,10 +79,10 @@ func (g goldenSecurity) security(t *testing.T) *Security {
 		sec.Scheme = s
 	}
 	switch g.Default {
-	case "allow":
-		sec.DefaultAction = model.IntentionAllow
-	case "deny", "":
-		sec.DefaultAction = model.IntentionDeny
+	case "allow", "":
+		sec.DefaultDeny = false
+	case "deny":
+		sec.DefaultDeny = true
 	default:
 		t.Fatalf("security.default %q: want allow or deny", g.Default)
 	}
@@ -255,7 +255,7 @@ func TestRBACMatchesIntentions(t *testing.T) {
 	callers := []string{"web", "batch", "api", "unnamed"}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			sec := &Security{TrustDomain: td, MTLS: true, DefaultAction: tc.def, Intentions: model.NewIntentions(tc.intentions)}
+			sec := &Security{TrustDomain: td, MTLS: true, DefaultDeny: tc.def == model.IntentionDeny, Intentions: model.NewIntentions(tc.intentions)}
 			snap := model.NewSnapshot([]*model.Service{{Name: "api", Instances: []model.Instance{
 				{ID: "api-1", Node: "n", Address: "10.0.0.1", Port: 8080, Datacenter: "dc1", Weights: model.Weights{Passing: 1, Warning: 1}},
 			}}})

@@ -15,7 +15,6 @@ package translate
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +34,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/names"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
@@ -85,11 +85,19 @@ type Resources struct {
 	Routes    map[string]*routev3.RouteConfiguration
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+
+	// byType is the ByTypeURL view, kept up to date by a Translator; nil
+	// when ByTypeURL must build it.
+	byType map[string]map[string]types.Resource
 }
 
 // ByTypeURL returns the resources keyed by xDS type URL, then by name: the
-// shape the xDS cache consumes.
+// shape the xDS cache consumes. The maps must not be modified: resources
+// from a Translator share them with its later results.
 func (r *Resources) ByTypeURL() map[string]map[string]types.Resource {
+	if r.byType != nil {
+		return r.byType
+	}
 	out := map[string]map[string]types.Resource{
 		resource.ListenerType: make(map[string]types.Resource, len(r.Listeners)),
 		resource.RouteType:    make(map[string]types.Resource, len(r.Routes)),
@@ -111,8 +119,11 @@ func (r *Resources) ByTypeURL() map[string]map[string]types.Resource {
 	return out
 }
 
-// Skip records something left out of the translation, and why.
+// Skip records something left out of the translation, or translated
+// otherwise than asked, and why (see skip.go for its kinds and log form).
 type Skip struct {
+	// Kind tells something left out from a warning. Default: SkipLeftOut.
+	Kind SkipKind
 	// Service is the service concerned.
 	Service string
 	// Instance is the instance key (node/id) when one instance was left out.
@@ -176,51 +187,85 @@ func Translate(in Input, opts Options) *Result {
 	}
 	serverOwners := map[string]string{}
 	for _, name := range in.Catalog.ServiceNames() {
-		svc := in.Catalog.Services[name]
-		if reason := checkServiceName(name); reason != "" {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
-			continue
+		t := translateEntry(name, in.Catalog.Services[name], in.Policies[name], in.Security, datacenters, clusters, opts)
+		res.Skipped = append(res.Skipped, t.pre...)
+		if t.out != nil {
+			res.Panicking = append(res.Panicking, t.out.panicking...)
+			t.out.addTo(&res.Resources)
+			res.Skipped = append(res.Skipped, addServerListeners(&res.Resources, name, t.out.servers, serverOwners)...)
 		}
-		sec, secSkips, reason := in.Security.forService(svc, datacenters)
-		res.Skipped = append(res.Skipped, secSkips...)
-		if reason != "" {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: reason})
-			continue
-		}
-		pol := in.Policies[name]
-		out, skips, err := translateService(svc, pol, clusters, opts, sec)
+		res.Skipped = append(res.Skipped, t.post...)
+	}
+	res.Skipped = append(res.Skipped, catalogSkips(in)...)
+	return res
+}
+
+// serviceTranslation is the translation of one service on its own, before
+// it joins the others: which server Listener addresses it keeps depends on
+// the other services (see addServerListeners).
+type serviceTranslation struct {
+	// pre are the skips reported before the service's server Listeners.
+	pre []Skip
+	// out are the service's resources; nil when it is left out.
+	out *serviceResources
+	// post are the skips reported after its server Listeners.
+	post []Skip
+}
+
+// translateEntry translates the service name of the catalog with its
+// policy (nil when none) and security (nil when none); datacenters are the
+// catalog's (see snapshotDatacenters), clusters the clusters of the whole
+// translation.
+func translateEntry(name string, svc *model.Service, pol *policyv1.ServicePolicy, security *Security, datacenters []string, clusters clusterIndex, opts Options) serviceTranslation {
+	var t serviceTranslation
+	if reason := names.CheckService(name); reason != "" {
+		t.pre = append(t.pre, Skip{Service: name, Reason: reason})
+		return t
+	}
+	sec, secSkips, reason := security.forService(svc, datacenters)
+	t.pre = append(t.pre, secSkips...)
+	if reason != "" {
+		t.pre = append(t.pre, Skip{Service: name, Reason: reason})
+		return t
+	}
+	out, skips, err := translateService(svc, pol, clusters, opts, sec)
+	if err == nil {
+		err = out.validate()
+	}
+	if err != nil && pol != nil {
+		// Never let a policy break a service: serve it without one.
+		t.pre = append(t.pre, Skip{Service: name, Route: "policy", Reason: "policy not applied: " + err.Error()})
+		out, skips, err = translateService(svc, nil, clusters, opts, sec)
 		if err == nil {
 			err = out.validate()
 		}
-		if err != nil && pol != nil {
-			// Never let a policy break a service: serve it without one.
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: "policy not applied: " + err.Error()})
-			out, skips, err = translateService(svc, nil, clusters, opts, sec)
-			if err == nil {
-				err = out.validate()
-			}
-		}
-		if err != nil {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: err.Error()})
-			continue
-		}
-		res.Skipped = append(res.Skipped, skips...)
-		res.Panicking = append(res.Panicking, out.panicking...)
-		out.addTo(&res.Resources)
-		res.Skipped = append(res.Skipped, addServerListeners(&res.Resources, name, out.servers, serverOwners)...)
-		if sec != nil && !sec.mtls && sec.deniesSome() {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Route: "intentions", Reason: unenforcedReason})
-		}
 	}
+	if err != nil {
+		t.pre = append(t.pre, Skip{Service: name, Reason: err.Error()})
+		return t
+	}
+	t.pre = append(t.pre, skips...)
+	t.out = out
+	if sec != nil && !sec.mtls && sec.deniesSome() {
+		t.post = append(t.post, Skip{Kind: SkipWarning, Service: name, Route: "intentions", Reason: unenforcedReason})
+	}
+	return t
+}
+
+// catalogSkips are the skips that concern the input as a whole, reported
+// after every service's: intentions with conditions, and policies whose
+// service is not in the catalog.
+func catalogSkips(in Input) []Skip {
+	var skips []Skip
 	if in.Security != nil {
-		res.Skipped = append(res.Skipped, reportConditions(in.Security, in.Catalog)...)
+		skips = append(skips, reportConditions(in.Security, in.Catalog)...)
 	}
 	for _, name := range sortedKeys(in.Policies) {
 		if _, ok := in.Catalog.Services[name]; !ok {
-			res.Skipped = append(res.Skipped, Skip{Service: name, Reason: "a policy exists but the service is not in the catalog; nothing to serve yet"})
+			skips = append(skips, Skip{Kind: SkipWarning, Service: name, Route: "policy", Reason: "a policy exists but the service is not in the catalog; nothing to serve yet"})
 		}
 	}
-	return res
+	return skips
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -328,20 +373,6 @@ func (s *serviceResources) validate() error {
 		}
 	}
 	return nil
-}
-
-// serviceNamePattern is what a service name must look like to be dialled as
-// xds:///name and matched as a virtual host domain.
-var serviceNamePattern = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$`)
-
-func checkServiceName(name string) string {
-	if name == "" {
-		return "empty service name"
-	}
-	if !serviceNamePattern.MatchString(name) {
-		return "the name cannot be carried in an xds:/// target; accepted: letters, digits, '_', and '.' or '-' between them"
-	}
-	return ""
 }
 
 // clientListener is the API listener gRPC resolves xds:///name to. It routes

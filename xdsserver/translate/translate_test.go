@@ -96,7 +96,8 @@ func (in goldenInput) snapshot(t *testing.T) *model.Snapshot {
 	return model.NewSnapshot(services)
 }
 
-// TestGolden translates every testdata/<case>.in.yaml and compares each
+// TestGolden translates every testdata/<case>.in.yaml, with the security
+// settings trellis server uses by default, and compares each
 // resource type with testdata/<case>.<type>.golden.json. Every generated
 // resource also passes the envoy protos' validation. Run with -update to
 // rewrite the golden files.
@@ -119,7 +120,9 @@ func TestGolden(t *testing.T) {
 			if err := yaml.UnmarshalStrict(raw, &in); err != nil {
 				t.Fatalf("parse %s: %v", path, err)
 			}
-			res := Translate(Input{Catalog: in.snapshot(t), Policies: in.policies(t)}, in.Options)
+			// The zero Security is what trellis server runs with by
+			// default (see Security).
+			res := Translate(Input{Catalog: in.snapshot(t), Policies: in.policies(t), Security: &Security{}}, in.Options)
 			compareResult(t, name, res)
 		})
 	}
@@ -148,7 +151,7 @@ func compareResult(t *testing.T, name string, res *Result) {
 		Panicking []string `json:"panicking"`
 	}{Skipped: []string{}, Panicking: res.Panicking}
 	for _, s := range res.Skipped {
-		report.Skipped = append(report.Skipped, s.String())
+		report.Skipped = append(report.Skipped, s.Kind.String()+": "+s.String())
 	}
 	if report.Panicking == nil {
 		report.Panicking = []string{}

@@ -1,0 +1,471 @@
+package translate
+
+import (
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
+)
+
+// Translator is a memoising Translate: each call gives exactly what
+// Translate(in, opts) gives, but re-translates only the services whose
+// inputs changed since the previous call, and hands back the very same
+// resource values (pointers) for the others, so that the xDS cache neither
+// re-encodes nor re-hashes them.
+//
+// A service is re-translated when any of these changed:
+//   - its *model.Service (compared by content when the pointer differs:
+//     the catalog publishes a new pointer only for a changed service);
+//   - its policy (by pointer, then by content);
+//   - the mesh-wide security settings (trust domain, SPIFFE ID scheme,
+//     mTLS default, intention default, Security present or not);
+//   - an intention whose destination is the service or "*";
+//   - the catalog's datacenters, when the service has an instance without
+//     a datacenter (or none at all);
+//   - whether a cluster its policy routes to exists.
+//
+// Which service keeps a server Listener address registered for several
+// services, and the skips that concern the input as a whole, are worked
+// out again on every call, at a cost that follows what changed.
+//
+// Everything a Translator returns, and everything handed to it, is shared
+// and must not be modified. Translate may be called from several
+// goroutines; calls are serialized.
+type Translator struct {
+	opts Options
+
+	mu sync.Mutex
+	// st is the state of the previous call; nil before the first.
+	// Guarded by mu.
+	st *memoState
+}
+
+// NewTranslator returns a Translator translating with opts.
+func NewTranslator(opts Options) *Translator {
+	return &Translator{opts: opts}
+}
+
+// securityKey is what, in a Security, every service's translation reads.
+type securityKey struct {
+	present     bool
+	trustDomain spiffeid.TrustDomain
+	template    string
+	mtls        bool
+	defaultDeny bool
+}
+
+func keyOf(s *Security) securityKey {
+	if s == nil {
+		return securityKey{}
+	}
+	return securityKey{present: true, trustDomain: s.TrustDomain, template: s.scheme().Template(), mtls: s.MTLS, defaultDeny: s.DefaultDeny}
+}
+
+// memoEntry is one service's memoised translation and the inputs it was
+// made from.
+type memoEntry struct {
+	svc    *model.Service
+	pol    *policyv1.ServicePolicy
+	secGen uint64
+	// dcs are the service's instance datacenters (instanceDatacenters).
+	dcs []string
+	// usesCatalogDCs is set when the translation may read the catalog's
+	// datacenters: an instance without a datacenter, or none with one.
+	usesCatalogDCs bool
+	dcGen          uint64
+	// dests are the clusters the policy routes to, and whether each
+	// existed when the entry was made.
+	dests   []string
+	destHas []bool
+
+	t serviceTranslation
+}
+
+// memoState is what a Translator keeps between calls.
+type memoState struct {
+	entries map[string]*memoEntry
+	// names are the keys of entries, sorted.
+	names []string
+
+	secKey     securityKey
+	secGen     uint64
+	intentions *model.Intentions
+
+	// dcCount counts, per datacenter, the services with an instance there.
+	dcCount     map[string]int
+	datacenters []string
+	dcGen       uint64
+
+	// candidates lists, per server Listener name, the services (sorted)
+	// whose translation has it; the first keeps it.
+	candidates map[string][]string
+	// contested are the server Listener names with several candidates.
+	contested map[string]bool
+
+	res    Resources
+	byType map[string]map[string]types.Resource
+}
+
+// Translate translates in as Translate(in, opts) does, reusing the
+// translation of every service whose inputs did not change.
+func (t *Translator) Translate(in Input) *Result {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if in.Catalog == nil {
+		t.st = nil
+		return Translate(in, t.opts)
+	}
+	first := t.st == nil
+	if first {
+		t.st = &memoState{
+			entries:    map[string]*memoEntry{},
+			dcCount:    map[string]int{},
+			candidates: map[string][]string{},
+			contested:  map[string]bool{},
+			res: Resources{
+				Listeners: map[string]*listenerv3.Listener{},
+				Routes:    map[string]*routev3.RouteConfiguration{},
+				Clusters:  map[string]*clusterv3.Cluster{},
+				Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+			},
+			byType: map[string]map[string]types.Resource{
+				resource.ListenerType: {}, resource.RouteType: {}, resource.ClusterType: {}, resource.EndpointType: {},
+			},
+		}
+	}
+	st := t.st
+
+	// Mesh-wide security settings and intentions.
+	if k := keyOf(in.Security); first || k != st.secKey {
+		st.secKey = k
+		st.secGen++
+	}
+	var intentionsChanged map[string]bool // destinations; "*" means all
+	if in.Security != nil {
+		if cur := in.Security.Intentions; cur != st.intentions {
+			if !cur.Equal(st.intentions) {
+				intentionsChanged = changedDestinations(st.intentions, cur)
+			}
+			st.intentions = cur
+		}
+	} else {
+		st.intentions = nil
+	}
+
+	// Which services changed, and the catalog's datacenters.
+	svcChanged := map[string]bool{}
+	membership := first
+	dcsChanged := false
+	countDCs := func(dcs []string, delta int) {
+		for _, dc := range dcs {
+			n := st.dcCount[dc] + delta
+			if n == 0 {
+				delete(st.dcCount, dc)
+				dcsChanged = true
+			} else {
+				if st.dcCount[dc] == 0 {
+					dcsChanged = true
+				}
+				st.dcCount[dc] = n
+			}
+		}
+	}
+	for name, svc := range in.Catalog.Services {
+		e, ok := st.entries[name]
+		switch {
+		case !ok:
+			membership = true
+			e = &memoEntry{svc: svc}
+			st.entries[name] = e
+		case e.svc == svc:
+			continue
+		case serviceEqual(e.svc, svc):
+			e.svc = svc
+			continue
+		default:
+			countDCs(e.dcs, -1)
+			e.svc = svc
+		}
+		svcChanged[name] = true
+		e.dcs, e.usesCatalogDCs = serviceDatacenters(svc)
+		countDCs(e.dcs, +1)
+	}
+	var removed []string
+	if len(st.entries) != len(in.Catalog.Services) {
+		membership = true
+		for name, e := range st.entries {
+			if _, ok := in.Catalog.Services[name]; !ok {
+				countDCs(e.dcs, -1)
+				removed = append(removed, name)
+			}
+		}
+	}
+	if dcsChanged || first {
+		st.datacenters = slices.Sorted(maps.Keys(st.dcCount))
+		st.dcGen++
+	}
+	var datacenters []string
+	if in.Security != nil {
+		datacenters = st.datacenters
+	}
+
+	// Re-translate what needs it.
+	clusters := newClusterIndex(in)
+	type rebuilt struct {
+		name string
+		old  *serviceResources
+	}
+	var changed []rebuilt
+	for name, e := range st.entries {
+		svc, ok := in.Catalog.Services[name]
+		if !ok {
+			continue
+		}
+		pol := in.Policies[name]
+		stale := svcChanged[name] || e.secGen != st.secGen ||
+			(pol != e.pol && !proto.Equal(pol, e.pol)) ||
+			(in.Security != nil && (intentionsChanged[name] || intentionsChanged[model.Wildcard])) ||
+			(in.Security != nil && e.usesCatalogDCs && e.dcGen != st.dcGen)
+		if !stale {
+			for i, d := range e.dests {
+				if clusters.has(d) != e.destHas[i] {
+					stale = true
+					break
+				}
+			}
+		}
+		if !stale {
+			e.pol = pol
+			continue
+		}
+		changed = append(changed, rebuilt{name: name, old: e.t.out})
+		e.pol, e.secGen, e.dcGen = pol, st.secGen, st.dcGen
+		e.dests = policyDestinations(name, pol)
+		e.destHas = make([]bool, len(e.dests))
+		for i, d := range e.dests {
+			e.destHas[i] = clusters.has(d)
+		}
+		e.t = translateEntry(name, svc, pol, in.Security, datacenters, clusters, t.opts)
+	}
+	if membership {
+		for _, name := range removed {
+			changed = append(changed, rebuilt{name: name, old: st.entries[name].t.out})
+			delete(st.entries, name)
+		}
+		st.names = slices.Sorted(maps.Keys(st.entries))
+	}
+
+	// Bring the resources up to date, on copies: earlier Results stay as
+	// they were.
+	if len(changed) > 0 {
+		st.res = Resources{
+			Listeners: maps.Clone(st.res.Listeners),
+			Routes:    maps.Clone(st.res.Routes),
+			Clusters:  maps.Clone(st.res.Clusters),
+			Endpoints: maps.Clone(st.res.Endpoints),
+		}
+		byType := make(map[string]map[string]types.Resource, len(st.byType))
+		for typeURL, m := range st.byType {
+			byType[typeURL] = maps.Clone(m)
+		}
+		st.byType = byType
+		affected := map[string]bool{}
+		for _, c := range changed {
+			if c.old != nil {
+				st.remove(c.name, c.old, affected)
+			}
+			if e, ok := st.entries[c.name]; ok && e.t.out != nil {
+				st.add(c.name, e.t.out, affected)
+			}
+		}
+		for l := range affected {
+			st.settle(l)
+		}
+	}
+
+	res := &Result{Resources: st.res}
+	res.Resources.byType = st.byType
+	for _, name := range st.names {
+		e := st.entries[name]
+		res.Skipped = append(res.Skipped, e.t.pre...)
+		if e.t.out != nil {
+			res.Panicking = append(res.Panicking, e.t.out.panicking...)
+			if len(st.contested) > 0 {
+				res.Skipped = append(res.Skipped, st.ownershipSkips(name, e.t.out.servers)...)
+			}
+		}
+		res.Skipped = append(res.Skipped, e.t.post...)
+	}
+	res.Skipped = append(res.Skipped, catalogSkips(in)...)
+	return res
+}
+
+// remove takes the resources of service out of the state, noting the
+// server Listener names whose owner must be settled again.
+func (st *memoState) remove(service string, out *serviceResources, affected map[string]bool) {
+	st.del(resource.ListenerType, out.listener.GetName())
+	delete(st.res.Listeners, out.listener.GetName())
+	st.del(resource.RouteType, out.route.GetName())
+	delete(st.res.Routes, out.route.GetName())
+	for _, c := range out.clusters {
+		st.del(resource.ClusterType, c.GetName())
+		delete(st.res.Clusters, c.GetName())
+	}
+	for _, cla := range out.clas {
+		st.del(resource.EndpointType, cla.GetClusterName())
+		delete(st.res.Endpoints, cla.GetClusterName())
+	}
+	for _, l := range out.servers {
+		name := l.GetName()
+		st.candidates[name] = slices.DeleteFunc(st.candidates[name], func(s string) bool { return s == service })
+		affected[name] = true
+	}
+}
+
+// add puts the resources of service into the state, noting the server
+// Listener names whose owner must be settled again.
+func (st *memoState) add(service string, out *serviceResources, affected map[string]bool) {
+	st.res.Listeners[out.listener.GetName()] = out.listener
+	st.byType[resource.ListenerType][out.listener.GetName()] = out.listener
+	st.res.Routes[out.route.GetName()] = out.route
+	st.byType[resource.RouteType][out.route.GetName()] = out.route
+	for _, c := range out.clusters {
+		st.res.Clusters[c.GetName()] = c
+		st.byType[resource.ClusterType][c.GetName()] = c
+	}
+	for _, cla := range out.clas {
+		st.res.Endpoints[cla.GetClusterName()] = cla
+		st.byType[resource.EndpointType][cla.GetClusterName()] = cla
+	}
+	for _, l := range out.servers {
+		name := l.GetName()
+		cands := st.candidates[name]
+		i, found := slices.BinarySearch(cands, service)
+		if !found {
+			st.candidates[name] = slices.Insert(cands, i, service)
+		}
+		affected[name] = true
+	}
+}
+
+func (st *memoState) del(typeURL, name string) { delete(st.byType[typeURL], name) }
+
+// settle serves the server Listener name of its first candidate, or none.
+func (st *memoState) settle(name string) {
+	cands := st.candidates[name]
+	if len(cands) > 1 {
+		st.contested[name] = true
+	} else {
+		delete(st.contested, name)
+	}
+	if len(cands) == 0 {
+		delete(st.candidates, name)
+		delete(st.res.Listeners, name)
+		st.del(resource.ListenerType, name)
+		return
+	}
+	for _, l := range st.entries[cands[0]].t.out.servers {
+		if l.GetName() == name {
+			st.res.Listeners[name] = l
+			st.byType[resource.ListenerType][name] = l
+			return
+		}
+	}
+}
+
+// ownershipSkips reports the server Listeners of service that another
+// service keeps, as addServerListeners does.
+func (st *memoState) ownershipSkips(service string, servers []*listenerv3.Listener) []Skip {
+	var lost []*listenerv3.Listener
+	owners := map[string]string{}
+	for _, l := range servers {
+		if cands := st.candidates[l.GetName()]; st.contested[l.GetName()] && cands[0] != service {
+			lost = append(lost, l)
+			owners[l.GetName()] = cands[0]
+		}
+	}
+	if len(lost) == 0 {
+		return nil
+	}
+	return addServerListeners(&Resources{Listeners: map[string]*listenerv3.Listener{}}, service, lost, owners)
+}
+
+// serviceDatacenters returns the instance datacenters of svc, and whether
+// its translation may read the catalog's datacenters instead (see
+// Security.forService and serviceSecurity.apply).
+func serviceDatacenters(svc *model.Service) ([]string, bool) {
+	dcs := instanceDatacenters(svc)
+	uses := len(dcs) == 0
+	for _, inst := range svc.Instances {
+		if inst.Datacenter == "" {
+			uses = true
+			break
+		}
+	}
+	return dcs, uses
+}
+
+// policyDestinations lists the clusters the routes of p name, as
+// routeAction resolves them.
+func policyDestinations(service string, p *policyv1.ServicePolicy) []string {
+	var out []string
+	for _, r := range p.GetRoutes() {
+		switch a := r.GetAction().(type) {
+		case *policyv1.Route_Destination:
+			out = append(out, destinationCluster(service, a.Destination))
+		case *policyv1.Route_Split:
+			for _, d := range a.Split.GetDestinations() {
+				out = append(out, destinationCluster(service, d.GetDestination()))
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// changedDestinations returns the destinations of the intentions that
+// differ between a and b.
+func changedDestinations(a, b *model.Intentions) map[string]bool {
+	type pair struct{ src, dst string }
+	prev := make(map[pair]model.Intention, a.Len())
+	for _, in := range a.All() {
+		prev[pair{in.Source, in.Destination}] = in
+	}
+	out := map[string]bool{}
+	for _, in := range b.All() {
+		k := pair{in.Source, in.Destination}
+		p, ok := prev[k]
+		if !ok || p.Action != in.Action || p.Precedence != in.Precedence || !slices.Equal(p.Conditions, in.Conditions) {
+			out[in.Destination] = true
+		}
+		delete(prev, k)
+	}
+	for k := range prev {
+		out[k.dst] = true
+	}
+	return out
+}
+
+// serviceEqual reports whether a and b hold the same service.
+func serviceEqual(a, b *model.Service) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Name == b.Name && slices.EqualFunc(a.Instances, b.Instances, func(x, y model.Instance) bool {
+		return x.ID == y.ID && x.Node == y.Node && x.Address == y.Address && x.Port == y.Port &&
+			x.Health == y.Health && x.Weights == y.Weights && x.Datacenter == y.Datacenter && x.Zone == y.Zone &&
+			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+	})
+}

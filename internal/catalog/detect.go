@@ -306,6 +306,7 @@ func (c *coordinator) tick(now time.Time) {
 	if !c.nextSweep.After(now) {
 		c.nextSweep = now.Add(c.w.cfg.SweepInterval)
 		if c.published {
+			c.w.logger.Debug("background sweep")
 			c.requestSweep(false)
 		}
 	}
@@ -362,12 +363,14 @@ func (c *coordinator) onList(ev listEvent) {
 	case c.unexplained != 0:
 		// Two registration changes in a row and the first one still
 		// unaccounted for: one index cannot account for both.
+		c.w.logger.Debug("registration changes not accounted for; full sweep", "index", ev.index, "unexplained", c.unexplained)
 		c.unexplained = 0
 		c.requestSweep(false)
 	default:
 		// A registration changed somewhere. A sweep looks for it at
 		// once; the reads just queued, or the health detector's, may
 		// account for it first, and then the sweep stops.
+		c.w.logger.Debug("registration change somewhere; looking for it", "index", ev.index)
 		c.unexplained = ev.index
 		c.requestSweep(true)
 	}
@@ -466,8 +469,14 @@ func (c *coordinator) onResult(r result) {
 		return // removed meanwhile
 	}
 	if r.probe {
-		if r.err == nil && r.index != e.index {
+		if r.err != nil {
+			return
+		}
+		if r.index != e.index {
 			c.queueRead(r.name, reasonSweep)
+		}
+		if r.index == c.unexplained {
+			c.explained(r.name, r.index)
 		}
 		return
 	}
@@ -479,15 +488,8 @@ func (c *coordinator) onResult(r result) {
 		return
 	}
 	e.retries = 0
-	if c.unexplained != 0 && r.index >= c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc) {
-		// This read found the registration change the list detector saw.
-		c.unexplained = 0
-		if c.sweeping && c.sweepCancellable {
-			c.sweepQueue = nil
-		}
-		if c.sweepAgain && c.againCancellable {
-			c.sweepAgain = false
-		}
+	if c.unexplained != 0 && (r.index == c.unexplained || r.index > c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc)) {
+		c.explained(r.name, r.index)
 	}
 	e.index = r.index
 	if e.svc == nil || !reflect.DeepEqual(e.svc, r.svc) {
@@ -506,6 +508,21 @@ func (c *coordinator) onResult(r result) {
 	if e.again {
 		e.again = false
 		c.queueRead(r.name, reasonRetry)
+	}
+}
+
+// explained records that the service name accounts for the unexplained
+// list index: it was written at that very index (a service's index is the
+// raft index of its last write), or a read found its registrations changed
+// since. A sweep looking only for that index stops.
+func (c *coordinator) explained(name string, index uint64) {
+	c.w.logger.Debug("registration change accounted for", "service", name, "index", index, "list_index", c.unexplained)
+	c.unexplained = 0
+	if c.sweeping && c.sweepCancellable {
+		c.sweepQueue = nil
+	}
+	if c.sweepAgain && c.againCancellable {
+		c.sweepAgain = false
 	}
 }
 

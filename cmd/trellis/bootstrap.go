@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
+	"github.com/trellis-mesh/trellis/internal/clients"
 )
 
 // bootstrapSecurityOptions are the identity flags of `trellis bootstrap`.
@@ -38,9 +40,11 @@ const (
 
 func newBootstrapCommand() *cobra.Command {
 	var (
-		cfg    bootstrap.Config
-		sec    bootstrapSecurityOptions
-		output string
+		cfg     bootstrap.Config
+		sec     bootstrapSecurityOptions
+		output  string
+		forImpl string
+		rbac    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
@@ -57,6 +61,19 @@ SPIFFE identity for mTLS between services (the certificate provider instance
                        workloads import github.com/trellis-mesh/trellis/identity/certprovider.
   --spiffe-files DIR   gRPC's file_watcher reads the files that
                        trellis identity sync --dir DIR keeps (any gRPC language).
+
+Other gRPC implementations (--for):
+  go     grpc-go (default): everything below.
+  node   grpc-js-xds: only the first --xds-server is written (it uses no
+         fallback), --xds-server-tls insecure only, identity only from
+         --spiffe-files (file_watcher, without the SPIFFE bundle map:
+         ca.pem carries the roots). Its xDS server gets Listeners with
+         RBAC (every mTLS server Listener) only with --rbac, declaring that
+         the workload runs with GRPC_XDS_EXPERIMENTAL_RBAC=true; without
+         it, such Listeners are withheld and the server serves nothing.
+  cpp    gRPC C-core 1.51 (Python, C++, Ruby, PHP): --xds-server-tls
+         insecure only, identity only from --spiffe-files (file_watcher,
+         without the SPIFFE bundle map).
 
 The connection to the xDS server itself (--xds-server-tls):
   insecure   plaintext (default)
@@ -83,6 +100,9 @@ The connection to the xDS server itself (--xds-server-tls):
     --spiffe-files /run/trellis/identity --xds-server-tls files`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyImplementation(cmd, &cfg, forImpl, rbac); err != nil {
+				return err
+			}
 			if err := sec.apply(cmd, &cfg); err != nil {
 				return err
 			}
@@ -105,6 +125,8 @@ The connection to the xDS server itself (--xds-server-tls):
 	f.StringVar(&cfg.Region, "region", "", "node locality region")
 	f.StringToStringVar(&cfg.Metadata, "metadata", nil, "node metadata key=value pairs")
 	f.StringVarP(&output, "output", "o", "", "file to write (default: standard output)")
+	f.StringVar(&forImpl, "for", string(bootstrap.ForGo), "gRPC implementation reading the file: go (grpc-go), node (grpc-js-xds), cpp (C-core: Python, C++, Ruby, PHP); the file holds only what it accepts")
+	f.BoolVar(&rbac, "rbac", false, "with --for node: the workload runs with GRPC_XDS_EXPERIMENTAL_RBAC=true, so its xDS server may be given Listeners carrying RBAC (node metadata "+clients.RBACMetadataKey+")")
 	f.BoolVar(&sec.spiffe, "spiffe", false, "SVID for mTLS between services from the Workload API, in process (certificate provider "+identity.ProviderPluginName+")")
 	f.StringVar(&sec.workloadAPIAddr, "workload-api-addr", "", "Workload API address for --spiffe and --xds-server-tls spiffe, unix:///path or tcp://ip:port (default: the workload's "+workloadapi.SocketEnv+")")
 	f.StringVar(&sec.spiffeID, "spiffe-id", "", "SPIFFE ID of the workload's SVID when the Workload API offers several (default: the first)")
@@ -227,6 +249,29 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// applyImplementation sets cfg.For from --for and the node metadata of
+// --rbac, and warns about the xDS servers left out for grpc-js-xds.
+func applyImplementation(cmd *cobra.Command, cfg *bootstrap.Config, forImpl string, rbac bool) error {
+	impl := bootstrap.Implementation(forImpl)
+	if !slices.Contains(bootstrap.Implementations(), impl) {
+		return fmt.Errorf("--for %q: accepted: go, node, cpp", forImpl)
+	}
+	cfg.For = impl
+	if rbac {
+		if impl != bootstrap.ForNode {
+			return errors.New("--rbac applies to --for node only: grpc-go and C-core always have the RBAC filter")
+		}
+		if cfg.Metadata == nil {
+			cfg.Metadata = map[string]string{}
+		}
+		cfg.Metadata[clients.RBACMetadataKey] = "true"
+	}
+	if impl == bootstrap.ForNode && len(cfg.Servers) > 1 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "trellis: warning: --for node: grpc-js-xds uses only the first xDS server; %s written, %v left out\n", cfg.Servers[0], cfg.Servers[1:])
 	}
 	return nil
 }

@@ -1,5 +1,6 @@
-// Package bootstrap writes the GRPC_XDS_BOOTSTRAP file that points grpc-go's
-// xDS client (and xds.NewGRPCServer) at Trellis.
+// Package bootstrap writes the GRPC_XDS_BOOTSTRAP file that points a gRPC
+// xDS client (grpc-go, grpc-js-xds or C-core) and xDS-enabled gRPC servers
+// at Trellis, holding only what the chosen implementation accepts.
 //
 // It owns the bootstrap format only. Certificate provider and channel
 // credentials entries come from the identity package as opaque JSON; this
@@ -52,7 +53,42 @@ type Config struct {
 	// CertificateProviders maps instance names to certificate provider
 	// configurations ({"plugin_name": ..., "config": ...}). Optional.
 	CertificateProviders map[string]json.RawMessage
+	// For is the gRPC implementation that reads the file: ForGo, ForNode
+	// or ForCpp; the file holds only what that implementation accepts
+	// (see Implementation). Default: ForGo.
+	For Implementation
 }
+
+// Implementation names a gRPC implementation whose bootstrap parser
+// Generate writes for.
+type Implementation string
+
+// Implementations Generate writes for.
+const (
+	// ForGo is grpc-go: every option.
+	ForGo Implementation = "go"
+	// ForNode is grpc-js-xds 1.14. It uses only the first xds server
+	// (Generate writes only that one), accepts only "insecure" and
+	// "google_default" channel credentials and only the file_watcher
+	// certificate provider, without spiffe_trust_bundle_map_file (left
+	// out: ca_certificate_file carries the roots).
+	ForNode Implementation = "node"
+	// ForCpp is gRPC C-core 1.51 (Python, C++, Ruby, PHP): "insecure" and
+	// "google_default" channel credentials, the file_watcher certificate
+	// provider without spiffe_trust_bundle_map_file.
+	ForCpp Implementation = "cpp"
+)
+
+// Implementations lists the accepted values of Config.For.
+func Implementations() []Implementation { return []Implementation{ForGo, ForNode, ForCpp} }
+
+// FileWatcherPlugin is gRPC's PEM file certificate provider, the only one
+// grpc-js-xds and C-core implement.
+const FileWatcherPlugin = "file_watcher"
+
+// bundleMapField is the file_watcher option of gRFC A87 that grpc-js-xds
+// and C-core 1.51 do not know.
+const bundleMapField = "spiffe_trust_bundle_map_file"
 
 type file struct {
 	XDSServers                          []server                   `json:"xds_servers"`
@@ -71,7 +107,7 @@ type server struct {
 type node struct {
 	ID       string            `json:"id"`
 	Cluster  string            `json:"cluster,omitempty"`
-	Locality *locality         `json:"locality,omitempty"`
+	Locality locality          `json:"locality"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
@@ -98,10 +134,21 @@ func Generate(cfg Config) ([]byte, error) {
 		ServerListenerResourceNameTemplate: ServerListenerTemplate,
 		CertificateProviders:               cfg.CertificateProviders,
 	}
-	if cfg.Zone != "" || cfg.Region != "" {
-		f.Node.Locality = &locality{Region: cfg.Region, Zone: cfg.Zone}
+	// locality is always written, {} at least: grpc-js-xds refuses a
+	// node without it.
+	f.Node.Locality = locality{Region: cfg.Region, Zone: cfg.Zone}
+	servers := cfg.Servers
+	if cfg.For == ForNode {
+		servers = servers[:1] // grpc-js-xds uses only the first
 	}
-	for _, s := range cfg.Servers {
+	if cfg.For == ForNode || cfg.For == ForCpp {
+		providers, err := withoutBundleMap(cfg.CertificateProviders)
+		if err != nil {
+			return nil, err
+		}
+		f.CertificateProviders = providers
+	}
+	for _, s := range servers {
 		f.XDSServers = append(f.XDSServers, server{
 			ServerURI:      s,
 			ChannelCreds:   creds,
@@ -136,7 +183,79 @@ func (cfg Config) validate() error {
 			errs = append(errs, fmt.Errorf("bootstrap: certificate provider %q: not valid JSON", name))
 		}
 	}
+	errs = append(errs, cfg.checkImplementation()...)
 	return errors.Join(errs...)
+}
+
+// checkImplementation checks that the implementation named by cfg.For
+// accepts the channel credentials and certificate providers.
+func (cfg Config) checkImplementation() []error {
+	switch cfg.For {
+	case "", ForGo:
+		return nil
+	case ForNode, ForCpp:
+	default:
+		return []error{fmt.Errorf("bootstrap: for %q: accepted: %s, %s, %s", cfg.For, ForGo, ForNode, ForCpp)}
+	}
+	var errs []error
+	if len(cfg.ChannelCreds) > 0 {
+		var list []struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(cfg.ChannelCreds, &list) == nil {
+			ok := false
+			for _, c := range list {
+				if c.Type == "insecure" || c.Type == "google_default" {
+					ok = true
+				}
+			}
+			if !ok {
+				errs = append(errs, fmt.Errorf("bootstrap: channel creds for %s: the implementation accepts only \"insecure\" and \"google_default\" for the xDS server; use a plaintext xDS connection on a trusted network (e.g. loopback to a local relay)", cfg.For))
+			}
+		}
+	}
+	for name, p := range cfg.CertificateProviders {
+		var prov struct {
+			PluginName string `json:"plugin_name"`
+		}
+		if json.Unmarshal(p, &prov) == nil && prov.PluginName != FileWatcherPlugin {
+			errs = append(errs, fmt.Errorf("bootstrap: certificate provider %q for %s: plugin %q is not implemented there; accepted: %s (trellis identity sync files)", name, cfg.For, prov.PluginName, FileWatcherPlugin))
+		}
+	}
+	return errs
+}
+
+// withoutBundleMap returns the providers with spiffe_trust_bundle_map_file
+// removed from every config.
+func withoutBundleMap(providers map[string]json.RawMessage) (map[string]json.RawMessage, error) {
+	if len(providers) == 0 {
+		return providers, nil
+	}
+	out := make(map[string]json.RawMessage, len(providers))
+	for name, raw := range providers {
+		var prov map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &prov); err != nil {
+			return nil, fmt.Errorf("bootstrap: certificate provider %q: %w", name, err)
+		}
+		var cfg map[string]json.RawMessage
+		if c, ok := prov["config"]; ok {
+			if err := json.Unmarshal(c, &cfg); err != nil {
+				return nil, fmt.Errorf("bootstrap: certificate provider %q config: %w", name, err)
+			}
+			delete(cfg, bundleMapField)
+			b, err := json.Marshal(cfg)
+			if err != nil {
+				return nil, fmt.Errorf("bootstrap: certificate provider %q: %w", name, err)
+			}
+			prov["config"] = b
+		}
+		b, err := json.Marshal(prov)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap: certificate provider %q: %w", name, err)
+		}
+		out[name] = b
+	}
+	return out, nil
 }
 
 // checkChannelCreds checks that creds is a non-empty list of channel

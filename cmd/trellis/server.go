@@ -177,6 +177,10 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
+	xdsScope, err := newXDSScope(opts.ha.xdsScope, opts.tls.xdsTLS, opts.security.trustDomain, watcher.Latest, logger)
+	if err != nil {
+		return err
+	}
 	// One cache per client profile (internal/clients); each stream is
 	// served its profile's translation.
 	cache, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Logger: logger.With("component", "xdscache")})
@@ -188,6 +192,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		Logger:        logger.With("component", "xds"),
 		Registerer:    registry,
 		ServerOptions: stls.xdsServerOptions(),
+		Scope:         xdsScope.scope(),
 	})
 	if err != nil {
 		return err
@@ -211,6 +216,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 	base := security.base
+	xdsScope.follow(base, security.watcher.Latest)
 	pipe, err := pipeline.New(pipeline.Config{
 		Catalogs:     watcher.Snapshots(),
 		Policies:     policies.watcher.Snapshots(),
@@ -290,6 +296,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })
 	g.Go(func() error { return security.run(ctx) })
 	g.Go(func() error { return registration.run(ctx) })
+	g.Go(func() error { return xdsScope.run(ctx) })
 	g.Go(func() error { return pipe.Run(ctx) })
 	g.Go(func() error {
 		select {

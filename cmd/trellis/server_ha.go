@@ -49,12 +49,14 @@ type haOptions struct {
 	service         string
 	address         string
 	deregisterAfter time.Duration
+	xdsScope        string
 }
 
 func addHAServerFlags(f *pflag.FlagSet, o *haOptions) {
 	f.BoolVar(&o.xdsInsecure, "xds-insecure", false, "allow plaintext xDS on a non-loopback --xds-listen: any client that reaches it can read every service's configuration (default: plaintext xDS listens on loopback only; use --xds-tls)")
 	f.StringVar(&o.service, "register-service", defaultRegisterService, "Consul service name under which this replica registers its xDS listener, with a readiness check on the admin listener's /readyz, so that clients can use e.g. the server URI dns://<consul-dns>/"+defaultRegisterService+".service.consul:<port>; empty: do not register")
 	f.StringVar(&o.address, "register-address", "", "address registered for the xDS listener (default: the host of --xds-listen, or the Consul node's address when it listens on every address)")
+	f.StringVar(&o.xdsScope, "xds-scope", xdsScopeAll, "what each xDS client receives: "+xdsScopeAll+" (every resource), or "+xdsScopeIntentions+" (with --xds-tls: the services its SPIFFE ID may call under the intentions and its own server Listeners; anything else is answered as does-not-exist and counted in trellis_xds_scope_denied_total)")
 	f.DurationVar(&o.deregisterAfter, "register-deregister-after", defaultDeregisterAfter, "how long Consul keeps a replica whose readiness check is critical (killed without a clean shutdown) before removing it; at least 1m")
 }
 

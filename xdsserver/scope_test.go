@@ -5,8 +5,8 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +25,7 @@ import (
 )
 
 // testScope lets every peer receive the resources of the services in
-// allowed, and refuses peers named "intruder".
+// allowed.
 type testScope struct {
 	mu      sync.Mutex
 	allowed map[string]bool

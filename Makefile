@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 40m
 # Packages quick enough to run again under the race detector in make test.
 RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
 
-.PHONY: all build tools test bench demo generate check-generated vet clean
+.PHONY: all build tools test bench bench-quick demo generate check-generated vet clean
 
 all: build
 
@@ -20,6 +20,7 @@ build:
 	$(GO) build -o bin/trellis ./cmd/trellis
 	$(GO) build -o bin/echo-server ./examples/echo/server
 	$(GO) build -o bin/echo-client ./examples/echo/client
+	$(GO) build -o bin/trellis-bench ./cmd/trellis-bench
 
 ## tools: build the pinned Consul and SPIRE into $(TRELLIS_TOOLS_DIR) (cached).
 tools:
@@ -35,8 +36,18 @@ test: tools build check-generated
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
 
 ## bench: benchmarks, reported as ratios against a baseline in the same run.
-bench: tools
+## The data-plane benchmark (3 rounds of 5 configurations, ~8 minutes) and
+## BENCHMARKS.md with its plots, from bench/*.json and bench/analysis.md.
+bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	bin/trellis-bench dataplane -o bench/dataplane.json -profile-dir bench/profiles
+	bin/trellis-bench report
+
+## bench-quick: a 2-minute data-plane subset (one round, 2 s loads), reported
+## in bench/quick/ so that BENCHMARKS.md keeps the full run.
+bench-quick: tools build
+	bin/trellis-bench dataplane -o bench/quick/dataplane.json -rounds 1 -phase 2s -warmup 500ms
+	bin/trellis-bench report -dataplane bench/quick/dataplane.json -o bench/quick/BENCHMARKS.md -plots bench/quick/plots -analysis /dev/null
 
 ## demo: run the mesh locally: Consul, the xDS server, three echo servers and a client.
 demo: tools build

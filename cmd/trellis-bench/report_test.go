@@ -1,0 +1,124 @@
+package main
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/bench/dataplane"
+)
+
+// syntheticReport is a two-round report in which (b) is 10% slower than
+// (a) and (d) exactly as fast as (c).
+func syntheticReport() *dataplane.Report {
+	loads := []dataplane.Load{
+		{Kind: dataplane.KindClosed, Concurrency: 16, Duration: time.Second},
+		{Kind: dataplane.KindOpen, Rate: 1000, Duration: time.Second},
+	}
+	speed := map[string]float64{"a": 1, "b": 0.9, "c": 0.8, "d": 0.8, "e": 0.75}
+	r := &dataplane.Report{Rounds: 2, Configs: dataplane.AllConfigs, Loads: loads, Machine: dataplane.Machine{CPUs: 2}}
+	for round := 1; round <= 2; round++ {
+		for _, c := range dataplane.AllConfigs {
+			run := dataplane.RunResult{Config: c, Round: round, ClientPeakRSS: 30 << 20, ServerPeakRSS: 20 << 20,
+				Ready: dataplane.ClientReady{HeapBefore: 1 << 20, HeapAfter: 2 << 20}}
+			for _, l := range loads {
+				var h dataplane.Histogram
+				for i := range 1000 {
+					h.Record(time.Duration(float64(time.Duration(100+i)*time.Microsecond) / speed[c]))
+				}
+				run.Phases = append(run.Phases, dataplane.PhaseResult{Load: l.Name(), ClientCPU: time.Second, ServerCPU: time.Second,
+					Result: dataplane.LoadResult{Calls: uint64(10000 * speed[c] * float64(round)), Elapsed: time.Second, Latency: h.Encode()}})
+			}
+			r.Runs = append(r.Runs, run)
+		}
+	}
+	r.Summary = dataplane.Summarize(r)
+	return r
+}
+
+func TestRenderReport(t *testing.T) {
+	cp := `{"results": [{"streams": 100, "rss_per_stream_bytes": 50000, "push_p99_ms": 3},
+		{"streams": 1000, "rss_per_stream_bytes": 40000, "push_p99_ms": 9}]}`
+	var cpv any
+	if err := json.Unmarshal([]byte(cp), &cpv); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name         string
+		controlplane any
+		wantPlots    []string
+		wantText     []string
+	}{
+		{"without the control plane", nil, []string{"latency-closed-16.svg", "latency-open-1000.svg"},
+			[]string{"No control-plane report"}},
+		{"with the control plane", cpv, []string{"push-latency-vs-streams.svg", "memory-vs-streams.svg"},
+			[]string{"| push_p99_ms | rss_per_stream_bytes | streams |", "| 9 | 40000 | 1000 |"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			md, files := render(reportInputs{dataplane: syntheticReport(), controlplane: tt.controlplane, controlplanePath: "cp.json", analysis: "The analysis."}, "plots")
+			want := append([]string{
+				"## Goals", "## Throughput and CPU", "## Latency at fixed rates", "## Memory", "## Context",
+				"The analysis.",
+				// (b) at 0.9x of (a) misses its goal; (d) at 1.0x of (c) meets its.
+				"| (b) calls/s vs (a) | `closed-16` | 0.900x | >= 0.97x | **missed** |",
+				"| (d) calls/s vs (c) | `closed-16` | 1.000x | >= 0.95x | met |",
+				"| (b) | `closed-16` |",
+				"![latency distribution, open-1000](plots/latency-open-1000.svg)",
+				"https://istio.io/",
+			}, tt.wantText...)
+			for _, w := range want {
+				if !strings.Contains(md, w) {
+					t.Errorf("the report lacks %q", w)
+				}
+			}
+			for _, name := range tt.wantPlots {
+				svg, ok := files[name]
+				if !ok {
+					t.Errorf("no plot %s (have %d plots)", name, len(files))
+					continue
+				}
+				dec := xml.NewDecoder(strings.NewReader(svg))
+				for {
+					_, err := dec.Token()
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						t.Errorf("%s is not well-formed XML: %v", name, err)
+						break
+					}
+				}
+				if !strings.Contains(svg, "<polyline") {
+					t.Errorf("%s draws no line", name)
+				}
+			}
+		})
+	}
+}
+
+func TestTableRowsShapes(t *testing.T) {
+	for _, tt := range []struct {
+		json string
+		want int
+	}{
+		{`[{"a": 1}, {"a": 2}, {"a": 3}]`, 3},
+		{`{"name": "x", "rows": [{"a": 1, "nested": {"b": 2}}]}`, 1},
+		{`{"a": 1, "b": {"c": 2}}`, 1},
+		{`"just a string"`, 0},
+	} {
+		var v any
+		if err := json.Unmarshal([]byte(tt.json), &v); err != nil {
+			t.Fatal(err)
+		}
+		if got := tableRows(v); len(got) != tt.want {
+			t.Errorf("tableRows(%s) = %d rows, want %d", tt.json, len(got), tt.want)
+		}
+	}
+	rows := tableRows(map[string]any{"rows": []any{map[string]any{"nested": map[string]any{"b": 2.0}}}})
+	if rows[0]["nested.b"] != 2.0 {
+		t.Errorf("nested fields are not flattened: %v", rows[0])
+	}
+}

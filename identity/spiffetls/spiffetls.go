@@ -1,8 +1,20 @@
-// Package spiffetls builds mutual TLS between SPIFFE workloads for gRPC:
-// server and client transport credentials that present the local X.509 SVID,
-// verify the peer's SVID against the trust bundle of the peer's own trust
-// domain, and authorize the peer by its SPIFFE ID; and the SPIFFE ID of a
-// gRPC peer, for authorization after the handshake.
+// Package spiffetls builds mutual TLS between SPIFFE workloads for gRPC on
+// go-spiffe: server and client TLS configurations and transport
+// credentials that present the local X.509 SVID, verify the peer's SVID
+// against the trust bundle of the peer's own trust domain, and authorize
+// the peer by its SPIFFE ID; and the SPIFFE ID of a gRPC peer, for
+// authorization after the handshake.
+//
+// Certificates, peer verification and SVID parsing are go-spiffe's
+// (spiffetls/tlsconfig, svid/x509svid, spiffegrpc/grpccredentials for peer
+// IDs). What the package adds is what go-spiffe lacks: adapters from a
+// grpc-go certificate provider (Source) to go-spiffe's x509svid.Source and
+// x509bundle.Source; authorizers that see the local SVID's ID, so that
+// "the peer's trust domain is mine" needs no configuration
+// (AuthorizeTrustDomains with no argument); verification against plain
+// Roots for key material without a SPIFFE bundle map (VerifyChain); and
+// servers that refuse TLS session resumption, which would skip the
+// verification and the authorization.
 //
 // Key material comes from a Source, the interface of grpc-go certificate
 // providers (such as identity/certprovider, fed by the Workload API), and is
@@ -17,16 +29,19 @@ package spiffetls
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/tls/certprovider"
@@ -112,35 +127,73 @@ func joinIDs(ids []spiffeid.ID) string {
 	return strings.Join(s, ", ")
 }
 
-// ServerConfig returns a TLS server configuration that, on every
-// handshake, presents the Source's current SVID, requires a client
-// certificate, verifies it as an X.509 SVID against the bundle of its trust
-// domain, and lets authorize decide on its SPIFFE ID. It negotiates HTTP/2
-// (ALPN "h2") and TLS 1.2 or later. Handshakes fail while the Source has no
-// key material.
-func ServerConfig(src Source, authorize Authorizer) *tls.Config {
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		NextProtos: []string{"h2"},
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			km, self, err := keyMaterial(hello.Context(), src)
-			if err != nil {
-				return nil, err
-			}
-			return &tls.Config{
-				MinVersion:   tls.VersionTLS12,
-				NextProtos:   []string{"h2"},
-				Certificates: km.Certs[:1],
-				// The chain is verified by VerifyPeerCertificate, against
-				// the bundle of the client's trust domain.
-				ClientAuth:            tls.RequireAnyClientCert,
-				VerifyPeerCertificate: verifyPeer(km, self, authorize),
-				// A resumed session skips VerifyPeerCertificate: every
-				// connection verifies and authorizes the client afresh.
-				SessionTicketsDisabled: true,
-			}, nil
-		},
+// keyMaterialTimeout bounds how long a handshake waits for the Source's
+// key material: go-spiffe's sources take no context.
+const keyMaterialTimeout = 10 * time.Second
+
+// SVIDSource adapts a Source to go-spiffe's x509svid.Source: the SVID is
+// the Source's current Certs[0], read again on every call. It fails when
+// the Source has no key material within 10 s, or holds a certificate that
+// is not an X.509 SVID.
+func SVIDSource(src Source) x509svid.Source { return svidSource{src} }
+
+// BundleSource adapts a Source to go-spiffe's x509bundle.Source: the
+// bundle of a trust domain is the one its SPIFFEBundleMap holds, read again
+// on every call.
+func BundleSource(src Source) x509bundle.Source { return bundleSource{src} }
+
+type svidSource struct{ src Source }
+
+func (s svidSource) GetX509SVID() (*x509svid.SVID, error) {
+	km, self, err := keyMaterial(s.src)
+	if err != nil {
+		return nil, err
 	}
+	cert := km.Certs[0]
+	chain := make([]*x509.Certificate, len(cert.Certificate))
+	for i, der := range cert.Certificate {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("spiffetls: local SVID certificate %d: %w", i, err)
+		}
+		chain[i] = c
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("spiffetls: local SVID: the private key cannot sign")
+	}
+	return &x509svid.SVID{ID: self, Certificates: chain, PrivateKey: signer}, nil
+}
+
+type bundleSource struct{ src Source }
+
+func (s bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	km, _, err := keyMaterial(s.src)
+	if err != nil {
+		return nil, err
+	}
+	b, ok := km.SPIFFEBundleMap[td.Name()]
+	if !ok {
+		return nil, fmt.Errorf("spiffetls: no trust bundle for trust domain %q", td.Name())
+	}
+	return x509bundle.FromX509Authorities(td, b.X509Authorities()), nil
+}
+
+// ServerConfig returns a TLS server configuration, built on go-spiffe's
+// tlsconfig.MTLSServerConfig, that on every handshake presents the
+// Source's current SVID, requires a client certificate, verifies it as an
+// X.509 SVID against the bundle of its trust domain, and lets authorize
+// decide on its SPIFFE ID. Beyond go-spiffe it accepts key material with
+// Roots and no bundle map (see VerifyChain), refuses TLS session
+// resumption (a resumed session would skip the verification and the
+// authorization), and negotiates HTTP/2 (ALPN "h2"). Handshakes fail while
+// the Source has no key material.
+func ServerConfig(src Source, authorize Authorizer) *tls.Config {
+	cfg := tlsconfig.MTLSServerConfig(SVIDSource(src), BundleSource(src), tlsconfig.AuthorizeAny())
+	cfg.VerifyPeerCertificate = verifyPeer(src, authorize)
+	cfg.NextProtos = []string{"h2"}
+	cfg.SessionTicketsDisabled = true
+	return cfg
 }
 
 // ServerCredentials returns gRPC server transport credentials built on
@@ -149,57 +202,29 @@ func ServerCredentials(src Source, authorize Authorizer) credentials.TransportCr
 	return credentials.NewTLS(ServerConfig(src, authorize))
 }
 
-// ClientCredentials returns gRPC client transport credentials that, on
-// every handshake, present the Source's current SVID, verify the server's
-// certificate as an X.509 SVID against the bundle of its trust domain, and
-// let authorize decide on its SPIFFE ID. The server's host name is not
-// checked: the SPIFFE ID is the server's identity.
+// ClientConfig returns a TLS client configuration, built on go-spiffe's
+// tlsconfig.MTLSClientConfig, that on every handshake presents the
+// Source's current SVID, verifies the server's certificate as an X.509
+// SVID against the bundle of its trust domain (or Roots, see VerifyChain),
+// and lets authorize decide on its SPIFFE ID. The server's host name is
+// not checked: the SPIFFE ID is the server's identity.
+func ClientConfig(src Source, authorize Authorizer) *tls.Config {
+	cfg := tlsconfig.MTLSClientConfig(SVIDSource(src), BundleSource(src), tlsconfig.AuthorizeAny())
+	cfg.VerifyPeerCertificate = verifyPeer(src, authorize)
+	return cfg
+}
+
+// ClientCredentials returns gRPC client transport credentials built on
+// ClientConfig.
 func ClientCredentials(src Source, authorize Authorizer) credentials.TransportCredentials {
-	return &clientCreds{src: src, authorize: authorize}
+	return credentials.NewTLS(ClientConfig(src, authorize))
 }
 
-type clientCreds struct {
-	src       Source
-	authorize Authorizer
-}
-
-var _ credentials.TransportCredentials = (*clientCreds)(nil)
-
-func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	km, self, err := keyMaterial(ctx, c.src)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: km.Certs[:1],
-		// Host names are not checked; VerifyPeerCertificate verifies the
-		// chain against the bundle of the server's trust domain and
-		// authorizes its SPIFFE ID.
-		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: verifyPeer(km, self, c.authorize),
-	}
-	return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, raw)
-}
-
-func (c *clientCreds) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return nil, nil, errors.New("spiffetls: client credentials cannot serve a handshake; use ServerCredentials")
-}
-
-func (c *clientCreds) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.2"}
-}
-
-func (c *clientCreds) Clone() credentials.TransportCredentials {
-	return &clientCreds{src: c.src, authorize: c.authorize}
-}
-
-// OverrideServerName is accepted and ignored: the server is identified by
-// its SPIFFE ID, not its name.
-func (c *clientCreds) OverrideServerName(string) error { return nil }
-
-// keyMaterial reads the Source and checks that it holds an SVID.
-func keyMaterial(ctx context.Context, src Source) (*certprovider.KeyMaterial, spiffeid.ID, error) {
+// keyMaterial reads the Source and checks that it holds an SVID and a
+// trust bundle; it returns the SVID's SPIFFE ID.
+func keyMaterial(src Source) (*certprovider.KeyMaterial, spiffeid.ID, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), keyMaterialTimeout)
+	defer cancel()
 	km, err := src.KeyMaterial(ctx)
 	if err != nil {
 		return nil, spiffeid.ID{}, fmt.Errorf("spiffetls: no local SVID: %w", err)
@@ -223,19 +248,41 @@ func keyMaterial(ctx context.Context, src Source) (*certprovider.KeyMaterial, sp
 	return km, self, nil
 }
 
-// verifyPeer verifies the peer's chain as an X.509 SVID and authorizes its
-// SPIFFE ID.
-func verifyPeer(km *certprovider.KeyMaterial, self spiffeid.ID, authorize Authorizer) func([][]byte, [][]*x509.Certificate) error {
-	return func(raw [][]byte, _ [][]*x509.Certificate) error {
-		id, err := VerifyChain(raw, km)
+// verifyPeer verifies the peer's chain as an X.509 SVID, with go-spiffe's
+// tlsconfig.VerifyPeerCertificate against the Source's bundles (or
+// VerifyChain against its Roots when it has no bundle map), and authorizes
+// its SPIFFE ID against the local SVID's.
+func verifyPeer(src Source, authorize Authorizer) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, chains [][]*x509.Certificate) error {
+		km, self, err := keyMaterial(src)
 		if err != nil {
 			return err
 		}
-		if err := authorize(id, self); err != nil {
-			return err
+		if km.SPIFFEBundleMap == nil {
+			id, err := VerifyChain(raw, km)
+			if err != nil {
+				return err
+			}
+			return authorize(id, self)
+		}
+		verify := tlsconfig.VerifyPeerCertificate(staticBundles(km), func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+			return authorize(id, self)
+		})
+		if err := verify(raw, chains); err != nil {
+			return fmt.Errorf("spiffetls: peer SVID: %w", err)
 		}
 		return nil
 	}
+}
+
+// staticBundles is the x509bundle.Source of one read of key material, so
+// that a handshake verifies against the bundles it read once.
+func staticBundles(km *certprovider.KeyMaterial) x509bundle.Source {
+	set := x509bundle.NewSet()
+	for _, b := range km.SPIFFEBundleMap {
+		set.Add(x509bundle.FromX509Authorities(b.TrustDomain(), b.X509Authorities()))
+	}
+	return set
 }
 
 // VerifyChain parses a peer's certificate chain (leaf first), verifies it
@@ -255,11 +302,7 @@ func VerifyChain(raw [][]byte, km *certprovider.KeyMaterial) (spiffeid.ID, error
 		certs[i] = c
 	}
 	if km.SPIFFEBundleMap != nil {
-		set := x509bundle.NewSet()
-		for _, b := range km.SPIFFEBundleMap {
-			set.Add(x509bundle.FromX509Authorities(b.TrustDomain(), b.X509Authorities()))
-		}
-		id, _, err := x509svid.Verify(certs, set)
+		id, _, err := x509svid.Verify(certs, staticBundles(km))
 		if err != nil {
 			return spiffeid.ID{}, fmt.Errorf("spiffetls: peer SVID: %w", err)
 		}
@@ -287,6 +330,11 @@ func PeerID(ctx context.Context) (spiffeid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return spiffeid.ID{}, errors.New("spiffetls: no peer in the context")
+	}
+	// Connections made with go-spiffe's grpccredentials carry the ID in
+	// their own auth info.
+	if id, ok := grpccredentials.PeerIDFromPeer(p); ok {
+		return id, nil
 	}
 	return PeerIDFromAuthInfo(p.AuthInfo)
 }

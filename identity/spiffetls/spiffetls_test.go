@@ -467,3 +467,30 @@ func TestPeerIDFromAuthInfo(t *testing.T) {
 		})
 	}
 }
+
+// TestSourceAdapters: a Source seen through go-spiffe's interfaces.
+func TestSourceAdapters(t *testing.T) {
+	ca := newCA(t, "trellis.test")
+	src := staticSource{km: &grpccertprovider.KeyMaterial{
+		Certs:           []tls.Certificate{ca.issue(t, "spiffe://trellis.test/a", time.Now().Add(time.Hour))},
+		SPIFFEBundleMap: bundleMap(ca),
+	}}
+	svid, err := spiffetls.SVIDSource(src).GetX509SVID()
+	if err != nil || svid.ID.String() != "spiffe://trellis.test/a" || len(svid.Certificates) == 0 || svid.PrivateKey == nil {
+		t.Fatalf("GetX509SVID = %+v, %v", svid, err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("trellis.test")
+	b, err := spiffetls.BundleSource(src).GetX509BundleForTrustDomain(td)
+	if err != nil || !b.HasX509Authority(ca.cert) {
+		t.Fatalf("GetX509BundleForTrustDomain(%s) = %v, %v", td, b, err)
+	}
+	if _, err := spiffetls.BundleSource(src).GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.test")); err == nil || !strings.Contains(err.Error(), `no trust bundle for trust domain "other.test"`) {
+		t.Errorf("bundle of an unknown trust domain: %v", err)
+	}
+	if _, err := spiffetls.SVIDSource(staticSource{err: errors.New("no SVID yet")}).GetX509SVID(); err == nil || !strings.Contains(err.Error(), "no SVID yet") {
+		t.Errorf("SVID of an empty source: %v", err)
+	}
+	if cfg := spiffetls.ServerConfig(src, spiffetls.AuthorizeAny()); !cfg.SessionTicketsDisabled || cfg.ClientAuth != tls.RequireAnyClientCert {
+		t.Errorf("server config: session tickets disabled %t, client auth %v", cfg.SessionTicketsDisabled, cfg.ClientAuth)
+	}
+}

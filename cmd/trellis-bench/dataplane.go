@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -79,15 +78,16 @@ func runDataplane(ctx context.Context, args []string) error {
 	if err := os.WriteFile(*out, append(raw, '\n'), 0o644); err != nil {
 		return fmt.Errorf("-o: %w", err)
 	}
-	var errs []error
+	// Failed calls are results, reported with the rest: an overloaded
+	// machine makes open loops queue past the channel's limits.
 	for _, c := range rep.Summary.Cells {
 		if c.Errors > 0 {
-			errs = append(errs, fmt.Errorf("configuration %s, %s: %d of %d calls failed, first: %s", c.Config, c.Load, c.Errors, c.Errors+c.Calls, c.FirstError))
+			fmt.Fprintf(os.Stderr, "warning: configuration %s, %s: %d of %d calls failed, first: %s\n", c.Config, c.Load, c.Errors, c.Errors+c.Calls, c.FirstError)
 		}
 	}
 	for _, g := range rep.Summary.Goals {
 		fmt.Fprintln(os.Stderr, g)
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s (%s)\n", *out, rep.Duration.Round(time.Second))
-	return errors.Join(errs...)
+	return nil
 }

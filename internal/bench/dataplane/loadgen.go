@@ -181,12 +181,13 @@ func runOpen(ctx context.Context, client echov1.EchoClient, rate int) LoadResult
 	sem := make(chan struct{}, maxOutstanding)
 	start := time.Now()
 	errFull := fmt.Errorf("%d calls outstanding: the client cannot keep up with %d calls/s", maxOutstanding, rate)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for i := 0; ctx.Err() == nil; {
 		now := time.Now()
 		// Start every call that is due, each timed from when it was due.
 		for due := start.Add(time.Duration(i) * interval); !due.After(now); due = start.Add(time.Duration(i) * interval) {
 			i++
-			due := due
 			select {
 			case sem <- struct{}{}:
 			default:
@@ -204,10 +205,10 @@ func runOpen(ctx context.Context, client echov1.EchoClient, rate int) LoadResult
 				rec.merge(&h, 1, 0, nil)
 			})
 		}
-		next := start.Add(time.Duration(i) * interval)
+		timer.Reset(time.Until(start.Add(time.Duration(i) * interval)))
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Until(next)):
+		case <-timer.C:
 		}
 	}
 	wg.Wait()

@@ -109,8 +109,9 @@ func (w watcher) Fetch(ctx context.Context, req *cache.Request) (cache.Response,
 }
 
 // acquireAliases records one more watch naming each host:port name in
-// names and materializes the aliases that can be. It returns the function
-// that releases the references, nil when no name looks like host:port.
+// names and materializes the aliases that can be (see addAliasLocked). It
+// returns the function that releases the references, nil when no name
+// looks like host:port.
 func (c *Cache) acquireAliases(names map[string]struct{}) func() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -120,37 +121,26 @@ func (c *Cache) acquireAliases(names map[string]struct{}) func() {
 	var evicted []string
 	listeners := c.served[resource.ListenerType]
 	for _, name := range slices.Sorted(maps.Keys(names)) {
-		host, ok := splitHostPort(name)
-		if !ok {
+		if _, ok := splitHostPort(name); !ok {
 			continue
 		}
 		held = append(held, name)
 		c.aliasRefs[name]++
 		delete(c.aliasIdle, name)
-		if _, ok := listeners[name]; ok {
-			continue // a Listener of that name, or an alias, already exists
+		if listeners == nil {
+			continue // materialized by Apply if the base appears
 		}
-		base, ok := listeners[host]
-		if !ok || base.aliasOf != "" {
-			continue // materialized by Apply if host appears
+		added, ev := c.addAliasLocked(listeners, name)
+		for _, e := range ev {
+			delete(add, e)
 		}
-		if c.aliasCountLocked() >= c.maxAliases {
-			evicted = append(evicted, c.evictUnreferencedLocked()...)
-			if c.aliasCountLocked() >= c.maxAliases {
-				c.logger.Warn("listener alias limit reached; alias not served", "listener", name, "max", c.maxAliases)
-				continue
+		evicted = append(evicted, ev...)
+		if added {
+			if add == nil {
+				add = make(map[string]types.Resource)
 			}
+			add[name] = listeners[name].res
 		}
-		e, err := aliasEntry(name, base)
-		if err != nil {
-			c.logger.Error("listener alias", "listener", name, "error", err)
-			continue
-		}
-		listeners[name] = e
-		if add == nil {
-			add = make(map[string]types.Resource)
-		}
-		add[name] = e.res
 	}
 	if len(add) > 0 || len(evicted) > 0 {
 		c.logger.Debug("listener aliases changed", "added", slices.Sorted(maps.Keys(add)), "dropped", evicted)
@@ -175,32 +165,4 @@ func (c *Cache) releaseAliases(names []string) {
 		}
 		c.aliasRefs[name]--
 	}
-}
-
-// aliasCountLocked counts the materialized aliases. c.mu must be held.
-func (c *Cache) aliasCountLocked() int {
-	n := 0
-	for _, e := range c.served[resource.ListenerType] {
-		if e.aliasOf != "" {
-			n++
-		}
-	}
-	return n
-}
-
-// evictUnreferencedLocked removes from the served state the aliases no
-// watch names and returns their names; the caller removes them from the
-// LinearCache. c.mu must be held.
-func (c *Cache) evictUnreferencedLocked() []string {
-	var out []string
-	listeners := c.served[resource.ListenerType]
-	for name, e := range listeners {
-		if e.aliasOf != "" && c.aliasRefs[name] == 0 {
-			delete(listeners, name)
-			delete(c.aliasIdle, name)
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return out
 }

@@ -66,6 +66,8 @@ type entry struct {
 	// aliasOf is the Listener this entry was cloned from, "" when the
 	// entry is not an alias.
 	aliasOf string
+	// base is the resource of Listener aliasOf the alias was cloned from.
+	base types.Resource
 }
 
 // Cache holds the current xDS resources. It is safe for concurrent use.
@@ -87,6 +89,9 @@ type Cache struct {
 	// aliasRefs counts, per Listener name of the form host:port, the open
 	// LDS watches that name it. Guarded by mu.
 	aliasRefs map[string]int
+	// aliases are the names of the materialized Listener aliases.
+	// Guarded by mu.
+	aliases map[string]struct{}
 	// aliasIdle marks materialized aliases found unreferenced by the last
 	// Apply; an alias still unreferenced at the next Apply is dropped.
 	// Guarded by mu.
@@ -129,6 +134,7 @@ func New(cfg Config) *Cache {
 		served:     make(map[string]map[string]entry),
 		aliasRefs:  make(map[string]int),
 		aliasIdle:  make(map[string]bool),
+		aliases:    make(map[string]struct{}),
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -223,7 +229,14 @@ func shortType(typeURL string) string {
 
 // Apply replaces the whole state with next. Only resources whose content
 // changed, and deletions, reach the clients; Listener aliases follow their
-// base Listener. next is not modified and must not be modified afterwards.
+// base Listener.
+//
+// Resources handed to Apply are immutable: neither next nor any resource
+// in it may be modified afterwards, by anyone. The cache relies on it: a
+// resource identical (the same pointer) to the one applied under the same
+// name before keeps its version without being encoded or hashed again, so
+// an Apply costs one map lookup per unchanged resource. A Translator hands
+// back the same pointers for what did not change.
 //
 // Content is compared by a canonical encoding: deterministic, with the
 // payload of each embedded Any of a type linked into the binary re-encoded
@@ -233,68 +246,112 @@ func (c *Cache) Apply(next Resources) ApplyResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
+	// c.served is brought up to date in place: copying it would cost as
+	// much as the catalog is large.
 	var errs []error
-	nextServed := make(map[string]map[string]entry, len(next))
+	updated := make(map[string]map[string]types.Resource)
+	deleted := make(map[string][]string)
+	update := func(typeURL, name string, res types.Resource) {
+		if updated[typeURL] == nil {
+			updated[typeURL] = make(map[string]types.Resource)
+		}
+		updated[typeURL][name] = res
+	}
 	for typeURL, byName := range next {
-		m := make(map[string]entry, len(byName))
+		m := c.served[typeURL]
+		if m == nil {
+			m = make(map[string]entry, len(byName))
+			c.served[typeURL] = m
+		}
+		prevReal := len(m) - c.aliasCountLocked(typeURL)
+		found := 0 // names of byName served before, not as aliases
 		for name, res := range byName {
+			p, had := m[name]
+			had = had && p.aliasOf == ""
+			if had {
+				found++
+				if p.res == res {
+					continue // the very resource applied before
+				}
+			}
 			e, err := newEntry(name, res)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("xdscache: %s %q: %w", shortType(typeURL), name, err))
-				if prev, ok := c.served[typeURL][name]; ok && prev.aliasOf == "" {
-					m[name] = prev
+				if !had {
+					delete(m, name) // an alias of that name, if any
 				}
 				continue
 			}
 			m[name] = e
+			if !had || p.version != e.version {
+				update(typeURL, name, e.res)
+			}
 		}
-		nextServed[typeURL] = m
-	}
-	c.aliasesLocked(nextServed)
-
-	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
-	result := ApplyResult{Types: make(map[string]TypeChange), Err: errors.Join(errs...)}
-	typeURLs := make(map[string]bool, len(nextServed)+len(c.served))
-	for t := range nextServed {
-		typeURLs[t] = true
-	}
-	for t := range c.served {
-		typeURLs[t] = true
-	}
-	for typeURL := range typeURLs {
-		prev, cur := c.served[typeURL], nextServed[typeURL]
-		var updated map[string]types.Resource
-		var deleted []string
-		for name, e := range cur {
-			if p, ok := prev[name]; !ok || p.version != e.version {
-				if updated == nil {
-					updated = make(map[string]types.Resource)
+		// Resources no longer applied; aliases are settled below.
+		if found != prevReal {
+			for name, p := range m {
+				if _, ok := byName[name]; !ok && p.aliasOf == "" {
+					delete(m, name)
+					deleted[typeURL] = append(deleted[typeURL], name)
 				}
-				updated[name] = e.res
 			}
 		}
-		for name := range prev {
-			if _, ok := cur[name]; !ok {
-				deleted = append(deleted, name)
-			}
-		}
-		result.Types[typeURL] = TypeChange{Updated: len(updated), Deleted: len(deleted), Total: len(cur)}
-		if len(updated) == 0 && len(deleted) == 0 {
+	}
+	for typeURL, m := range c.served {
+		if _, ok := next[typeURL]; ok {
 			continue
 		}
-		if err := c.linearLocked(typeURL).UpdateResources(updated, deleted); err != nil {
+		for name, p := range m {
+			if p.aliasOf == "" {
+				delete(m, name)
+				deleted[typeURL] = append(deleted[typeURL], name)
+			}
+		}
+	}
+	if listeners := c.served[resource.ListenerType]; listeners != nil || len(c.aliasRefs) > 0 {
+		if listeners == nil {
+			listeners = make(map[string]entry)
+			c.served[resource.ListenerType] = listeners
+		}
+		aliasUpdated, aliasDeleted := c.aliasesLocked(listeners)
+		for name, res := range aliasUpdated {
+			update(resource.ListenerType, name, res)
+		}
+		// A Listener gone whose name an alias now takes is an update.
+		deleted[resource.ListenerType] = slices.DeleteFunc(deleted[resource.ListenerType], func(name string) bool {
+			_, ok := aliasUpdated[name]
+			return ok
+		})
+		deleted[resource.ListenerType] = append(deleted[resource.ListenerType], aliasDeleted...)
+	}
+
+	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	result := ApplyResult{Types: make(map[string]TypeChange, len(c.served)), Err: errors.Join(errs...)}
+	for typeURL, m := range c.served {
+		up, del := updated[typeURL], deleted[typeURL]
+		result.Types[typeURL] = TypeChange{Updated: len(up), Deleted: len(del), Total: len(m)}
+		if len(m) == 0 {
+			delete(c.served, typeURL)
+		}
+		if len(up) == 0 && len(del) == 0 {
+			continue
+		}
+		if err := c.linearLocked(typeURL).UpdateResources(up, del); err != nil {
 			// The LinearCache has taken the resources; only notifying a
 			// watch failed. Clients get them on their next request.
 			c.logger.Error("notify watches", "type", typeURL, "error", err)
 		}
 	}
-	for typeURL, m := range nextServed {
-		if len(m) == 0 {
-			delete(nextServed, typeURL)
-		}
-	}
-	c.served = nextServed
 	return result
+}
+
+// aliasCountLocked counts the materialized aliases of typeURL. c.mu must
+// be held.
+func (c *Cache) aliasCountLocked(typeURL string) int {
+	if typeURL != resource.ListenerType {
+		return 0
+	}
+	return len(c.aliases)
 }
 
 // newEntry validates res and computes its content version.
@@ -379,65 +436,125 @@ func canonicalizeAnys(m protoreflect.Message) error {
 	return nil
 }
 
-// aliasesLocked adds to next the Listener aliases that are requested (or
-// still kept) and whose base Listener is in next, and drops the aliases
-// that stayed unreferenced across two Applies. c.mu must be held.
-func (c *Cache) aliasesLocked(next map[string]map[string]entry) {
-	wanted := make(map[string]bool, len(c.aliasRefs))
-	for name := range c.aliasRefs {
-		wanted[name] = true
+// aliasesLocked brings the Listener aliases in listeners (the next served
+// Listeners, holding the aliases served so far) up to date: an alias
+// follows its base Listener, is dropped when the base is gone or when it
+// stayed unreferenced across two Applies, and a requested alias whose base
+// appeared is materialized (within the limit, see addAliasLocked). It
+// returns the aliases to send and the ones to delete. c.mu must be held.
+func (c *Cache) aliasesLocked(listeners map[string]entry) (map[string]types.Resource, []string) {
+	var (
+		updated map[string]types.Resource
+		deleted []string
+	)
+	drop := func(name string) {
+		delete(listeners, name)
+		delete(c.aliases, name)
+		delete(c.aliasIdle, name)
+		deleted = append(deleted, name)
 	}
-	for name, e := range c.served[resource.ListenerType] {
-		if e.aliasOf == "" || c.aliasRefs[name] > 0 {
+	for _, name := range slices.Sorted(maps.Keys(c.aliases)) {
+		e, ok := listeners[name]
+		if !ok {
+			drop(name) // left out with a resource of that name that was refused
 			continue
 		}
-		if c.aliasIdle[name] {
+		if e.aliasOf == "" {
+			// Replaced by a Listener of that name: no longer an alias.
+			delete(c.aliases, name)
 			delete(c.aliasIdle, name)
 			continue
 		}
-		c.aliasIdle[name] = true
-		wanted[name] = true
-	}
-	for name := range c.aliasIdle {
-		if !wanted[name] {
+		if c.aliasRefs[name] == 0 {
+			if c.aliasIdle[name] {
+				drop(name)
+				continue
+			}
+			c.aliasIdle[name] = true
+		} else {
 			delete(c.aliasIdle, name)
 		}
-	}
-	if len(wanted) == 0 {
-		return
-	}
-	listeners := next[resource.ListenerType]
-	if listeners == nil {
-		listeners = make(map[string]entry)
-		next[resource.ListenerType] = listeners
-	}
-	// Base listeners only: an alias is never cloned from another alias.
-	bases := maps.Clone(listeners)
-	n := 0
-	for _, name := range slices.Sorted(maps.Keys(wanted)) {
-		if _, real := bases[name]; real {
+		base, ok := listeners[e.aliasOf]
+		if !ok || base.aliasOf != "" {
+			drop(name)
 			continue
 		}
-		host, ok := splitHostPort(name)
-		if !ok {
+		if base.res == e.base {
 			continue
 		}
-		base, ok := bases[host]
-		if !ok {
-			continue
-		}
-		if n >= c.maxAliases {
-			c.logger.Warn("listener alias limit reached; alias not served", "listener", name, "max", c.maxAliases)
-			continue
-		}
-		e, err := aliasEntry(name, base)
+		fresh, err := aliasEntry(name, base)
 		if err != nil {
 			c.logger.Error("listener alias", "listener", name, "error", err)
+			drop(name)
 			continue
 		}
-		listeners[name] = e
-		n++
+		listeners[name] = fresh
+		if fresh.version != e.version {
+			if updated == nil {
+				updated = make(map[string]types.Resource)
+			}
+			updated[name] = fresh.res
+		}
 	}
+	for _, name := range slices.Sorted(maps.Keys(c.aliasRefs)) {
+		added, evicted := c.addAliasLocked(listeners, name)
+		for _, ev := range evicted {
+			if updated != nil {
+				delete(updated, ev)
+			}
+			deleted = append(deleted, ev)
+		}
+		if added {
+			if updated == nil {
+				updated = make(map[string]types.Resource)
+			}
+			updated[name] = listeners[name].res
+		}
+	}
+	return updated, deleted
+}
+
+// addAliasLocked materializes in listeners the alias name (host:port) of
+// the Listener host, when name is not itself served and host is a served
+// Listener (not an alias). At most c.maxAliases aliases exist: at the
+// limit, the aliases no watch names are evicted first (removed from
+// listeners and returned); when every alias is in use, none is added and a
+// warning is logged. This is the one place aliases are created, for
+// requests and Applies alike. c.mu must be held.
+func (c *Cache) addAliasLocked(listeners map[string]entry, name string) (added bool, evicted []string) {
+	if _, ok := listeners[name]; ok {
+		return false, nil // a Listener of that name, or an alias, already exists
+	}
+	host, ok := splitHostPort(name)
+	if !ok {
+		return false, nil
+	}
+	base, ok := listeners[host]
+	if !ok || base.aliasOf != "" {
+		return false, nil // materialized by Apply if host appears
+	}
+	if len(c.aliases) >= c.maxAliases {
+		for _, alias := range slices.Sorted(maps.Keys(c.aliases)) {
+			if c.aliasRefs[alias] == 0 {
+				delete(listeners, alias)
+				delete(c.aliases, alias)
+				delete(c.aliasIdle, alias)
+				evicted = append(evicted, alias)
+			}
+		}
+		if len(c.aliases) >= c.maxAliases {
+			c.logger.Warn("listener alias limit reached; alias not served", "listener", name, "max", c.maxAliases)
+			return false, evicted
+		}
+	}
+	e, err := aliasEntry(name, base)
+	if err != nil {
+		c.logger.Error("listener alias", "listener", name, "error", err)
+		return false, evicted
+	}
+	listeners[name] = e
+	c.aliases[name] = struct{}{}
+	return true, evicted
 }
 
 // aliasEntry clones the base Listener under the alias name.
@@ -452,7 +569,7 @@ func aliasEntry(name string, base entry) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	return entry{res: clone, version: v, aliasOf: l.GetName()}, nil
+	return entry{res: clone, version: v, aliasOf: l.GetName(), base: base.res}, nil
 }
 
 // splitHostPort splits a Listener name host:port at its last colon; the

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -641,5 +642,88 @@ func TestContentVersionCanonicalAny(t *testing.T) {
 	}
 	if version(unknown(ab)) == version(unknown(ba)) {
 		t.Errorf("unknown Any payloads with different bytes share a version")
+	}
+}
+
+// TestApplySameValueNotReencoded checks the contract of Apply: a resource
+// value applied again under the same name keeps its version without being
+// encoded or hashed. The test breaks the contract on purpose (it modifies
+// an applied resource) to observe that the cache did not look at it again.
+func TestApplySameValueNotReencoded(t *testing.T) {
+	c := New(Config{})
+	l := listener("svc", "v1")
+	c.Apply(Resources{resource.ListenerType: {"svc": l}})
+	_, v1, _ := c.Resource(resource.ListenerType, "svc")
+
+	l.StatPrefix = "modified in place" // what callers must never do
+	r := c.Apply(Resources{resource.ListenerType: {"svc": l}})
+	if _, v, _ := c.Resource(resource.ListenerType, "svc"); v != v1 || r.Changed() {
+		t.Fatalf("the same value applied again was re-encoded: version %s -> %s, result %v", v1, v, r.Types)
+	}
+
+	// A new value with that content is hashed, and found changed.
+	r = c.Apply(Resources{resource.ListenerType: {"svc": proto.CloneOf(l)}})
+	if _, v, _ := c.Resource(resource.ListenerType, "svc"); v == v1 || r.Types[resource.ListenerType].Updated != 1 {
+		t.Fatalf("a new value with new content kept version %s (result %v)", v, r.Types)
+	}
+}
+
+// TestResponsesShareEncoding checks that a resource is encoded once per
+// version and its bytes shared by every stream's response (go-control-plane
+// v0.14's LinearCache encodes a cached resource once, lazily), also after
+// an Apply that changed other resources of its type.
+func TestResponsesShareEncoding(t *testing.T) {
+	c := New(Config{})
+	c.Apply(Resources{resource.ListenerType: {"a": listener("a", "v1"), "b": listener("b", "v1")}})
+	payload := func(cl *client, name string) []byte {
+		t.Helper()
+		select {
+		case resp := <-cl.ch:
+			out, err := resp.GetDiscoveryResponse()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl.sub.SetReturnedResources(resp.GetReturnedResources())
+			cl.version = out.GetVersionInfo()
+			for _, a := range out.GetResources() {
+				m, err := anypb.UnmarshalNew(a, proto.UnmarshalOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cache.GetResourceName(m) == name {
+					return a.GetValue()
+				}
+			}
+			t.Fatalf("response without %q", name)
+		default:
+			t.Fatal("no response")
+		}
+		return nil
+	}
+	const streams = 5
+	var first []byte
+	clients := make([]*client, streams)
+	for i := range clients {
+		clients[i] = newClient(t, c, resource.ListenerType)
+		clients[i].request("a", "b")
+		got := payload(clients[i], "a")
+		if i == 0 {
+			first = got
+			continue
+		}
+		if unsafe.SliceData(got) != unsafe.SliceData(first) {
+			t.Fatalf("stream %d got its own encoding of an unchanged resource", i)
+		}
+	}
+	for _, cl := range clients {
+		cl.request("a", "b")
+	}
+	// b changes; LDS responses are full state, so a is sent again: with
+	// the bytes encoded at the start.
+	c.Apply(Resources{resource.ListenerType: {"a": listener("a", "v1"), "b": listener("b", "v2")}})
+	for i, cl := range clients {
+		if got := payload(cl, "a"); unsafe.SliceData(got) != unsafe.SliceData(first) {
+			t.Fatalf("stream %d: the unchanged resource was encoded again after another changed", i)
+		}
 	}
 }

@@ -3,9 +3,10 @@
 // requested, was sent, ACKed and NACKed.
 //
 // It owns the gRPC server of the xDS listener (ADS and the gRPC health
-// service, keepalive policy, graceful shutdown) and the ACK/NACK tracker
-// with its metrics. It serves only what the cache holds: it must not import
-// the catalog, the model, the translator or identity.
+// service, keepalive policy, graceful shutdown), the ACK/NACK tracker
+// with its metrics, and the optional per-peer scope of what each stream
+// may receive (Scope). It serves only what the cache holds: it must not
+// import the catalog, the model, the translator or identity.
 package xdsserver
 
 import (

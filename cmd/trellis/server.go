@@ -65,8 +65,16 @@ plane's own SVID from the SPIFFE Workload API (see trellis bootstrap
 --xds-server-tls); --api-tls-listen adds a policy API listener over mTLS.
 
 The xDS listener serves nothing until the first complete Consul sync of the
-catalog and the policies. The admin listener serves /healthz, /readyz,
-/metrics, /debug/xds/* and the policy API.`,
+catalog and the policies. Plaintext xDS listens on loopback only unless
+--xds-insecure; --xds-scope=intentions limits what each mTLS client
+receives. The admin listener serves /healthz, /readyz, /metrics,
+/debug/xds/* (to loopback callers and the policy API's credentials) and
+the policy API.
+
+Each replica registers itself in Consul (--register-service, default
+trellis-xds) with a readiness check on /readyz, so that clients can reach
+every ready replica through one name, e.g. the server URI
+dns://127.0.0.1:8600/trellis-xds.service.consul:18000.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServer(cmd.Context(), opts)
@@ -110,6 +118,20 @@ func newLogger(level, format string) (*slog.Logger, error) {
 // consulClient builds the Consul client every component of the server
 // shares: connections bounded by --consul-max-conns, requests counted.
 func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, string, error) {
+	cfg := consulAPIConfig(opts)
+	if opts.consulMaxConns < 4 {
+		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+	}
+	client, err := consulwatch.NewClient(consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg})
+	if err != nil {
+		return nil, "", fmt.Errorf("consul client: %w", err)
+	}
+	return client, cfg.Address, nil
+}
+
+// consulAPIConfig is Consul's configuration as Consul's own tools read it
+// (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, ...), with the --consul-* flags.
+func consulAPIConfig(opts serverOptions) *consulapi.Config {
 	cfg := consulapi.DefaultConfig()
 	if opts.consulAddr != "" {
 		cfg.Address = opts.consulAddr
@@ -120,14 +142,7 @@ func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Cli
 	if opts.consulDC != "" {
 		cfg.Datacenter = opts.consulDC
 	}
-	if opts.consulMaxConns < 4 {
-		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
-	}
-	client, err := consulwatch.NewClient(consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg})
-	if err != nil {
-		return nil, "", fmt.Errorf("consul client: %w", err)
-	}
-	return client, cfg.Address, nil
+	return cfg
 }
 
 // stdlogWriter hands what other libraries print through the standard log
@@ -166,12 +181,17 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	}
 	defer stls.Close()
 	opts.policy.authenticators = stls.policyAuthenticators()
+	acl, err := newConsulACL(opts, client, logger, registry)
+	if err != nil {
+		return err
+	}
 
 	watcher, err := catalog.New(catalog.Config{
 		Client:        client,
 		Logger:        logger.With("component", "catalog"),
 		Registerer:    registry,
 		ConsulMetrics: consulMetrics,
+		ACL:           acl,
 		ZoneMetaKeys:  opts.zoneMetaKeys,
 	})
 	if err != nil {
@@ -207,11 +227,11 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		_, ok := snap.Services[name]
 		return ok
 	}
-	policies, err := newPolicyServer(opts.policy, client, logger, registry, knownService, consulMetrics)
+	policies, err := newPolicyServer(opts.policy, client, logger, registry, knownService, consulMetrics, acl)
 	if err != nil {
 		return err
 	}
-	security, err := newSecurityServer(opts.security, client, logger, registry, knownService, consulMetrics)
+	security, err := newSecurityServer(opts.security, client, logger, registry, knownService, consulMetrics, acl)
 	if err != nil {
 		return err
 	}
@@ -292,6 +312,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
+	g.Go(func() error { acl.Run(ctx); return nil })
 	g.Go(func() error { return policies.run(ctx) })
 	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })
 	g.Go(func() error { return security.run(ctx) })

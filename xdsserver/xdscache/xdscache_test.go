@@ -727,3 +727,27 @@ func TestResponsesShareEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestListenerAliasLimitOnApply checks that aliases materialized by Apply
+// (their base appearing after they were requested) follow the same limit
+// policy as aliases materialized by a request: at the limit, unreferenced
+// aliases make room.
+func TestListenerAliasLimitOnApply(t *testing.T) {
+	c := New(Config{MaxAliases: 1})
+	a := newClient(t, c, resource.ListenerType)
+	a.request("svc:1")
+	b := newClient(t, c, resource.ListenerType)
+	b.request("svc:2")
+	state := Resources{resource.ListenerType: {"svc": listener("svc", "v1")}}
+
+	c.Apply(state)
+	if diff := cmp.Diff([]string{"svc", "svc:1"}, c.Names(resource.ListenerType)); diff != "" {
+		t.Fatalf("Names at the limit (-want +got):\n%s", diff)
+	}
+
+	a.close()
+	c.Apply(state)
+	if diff := cmp.Diff([]string{"svc", "svc:2"}, c.Names(resource.ListenerType)); diff != "" {
+		t.Fatalf("Names after svc:1 lost its watch (-want +got):\n%s", diff)
+	}
+}

@@ -188,14 +188,17 @@ func render(in reportInputs, plotDir string) (string, map[string]string) {
 	if in.controlplane == nil {
 		p("No control-plane report (`bench/controlplane.json`): run `trellis-bench controlplane -o bench/controlplane.json` (part of `make bench`).\n\n")
 	} else {
-		p("From `%s` (`trellis-bench controlplane`).\n\n", filepath.ToSlash(in.controlplanePath))
-		rows := tableRows(in.controlplane)
-		p("%s\n", markdownTable(rows))
-		for name, svg := range controlPlaneCharts(rows) {
-			files[name] = svg
-			p("![%s](%s/%s)\n", strings.TrimSuffix(name, ".svg"), plotDir, name)
+		p("From `%s` (`trellis-bench controlplane`); every table of the report, as recorded.\n\n", filepath.ToSlash(in.controlplanePath))
+		for _, t := range tables(in.controlplane) {
+			p("### %s\n\n%s\n", t.name, markdownTable(t.rows))
+			charts := controlPlaneCharts(t.rows)
+			for _, name := range sortedKeys(charts) {
+				file := strings.ReplaceAll(t.name, ".", "-") + "-" + name
+				files[file] = charts[name]
+				p("![%s, %s](%s/%s)\n", t.name, strings.TrimSuffix(name, ".svg"), plotDir, file)
+			}
+			p("\n")
 		}
-		p("\n")
 	}
 
 	p("## Context: published figures of other meshes\n\n")
@@ -296,38 +299,91 @@ func latencyChart(s dataplane.Summary, configs []string, load string) string {
 	return c.svg()
 }
 
-// tableRows flattens the control-plane report into rows of scalar fields:
-// the report itself when it is an array of objects, else its first field
-// that is one, else the report as one row.
-func tableRows(v any) []map[string]any {
-	asRows := func(v any) []map[string]any {
+// table is a list of objects found in the control-plane report, each
+// flattened to its scalar fields.
+type table struct {
+	name string
+	rows []map[string]any
+}
+
+// tables finds the lists of objects in the control-plane report: the report
+// itself when it is one, the lists among its fields, and the lists inside
+// their elements, whose rows then also carry their parent's scalar fields
+// (prefixed with the parent list's name). A report with no list is one row.
+func tables(v any) []table {
+	objects := func(v any) []map[string]any {
 		list, ok := v.([]any)
 		if !ok || len(list) == 0 {
 			return nil
 		}
-		var rows []map[string]any
+		var out []map[string]any
 		for _, e := range list {
 			obj, ok := e.(map[string]any)
 			if !ok {
 				return nil
 			}
-			rows = append(rows, flatten("", obj))
+			out = append(out, obj)
 		}
-		return rows
+		return out
 	}
-	if rows := asRows(v); rows != nil {
-		return rows
-	}
-	if obj, ok := v.(map[string]any); ok {
-		keys := sortedKeys(obj)
-		for _, k := range keys {
-			if rows := asRows(obj[k]); rows != nil {
-				return rows
+	var out []table
+	var walk func(name string, objs []map[string]any, parent map[string]any)
+	walk = func(name string, objs []map[string]any, parent map[string]any) {
+		t := table{name: name}
+		nested := map[string]bool{}
+		for _, obj := range objs {
+			row := flatten("", obj)
+			for k, v := range parent {
+				row[k] = v
+			}
+			t.rows = append(t.rows, row)
+			for k, v := range obj {
+				if objects(v) != nil {
+					nested[k] = true
+				}
 			}
 		}
-		return []map[string]any{flatten("", obj)}
+		out = append(out, t)
+		if parent != nil {
+			return // two levels are enough for a Markdown report
+		}
+		for _, k := range sortedKeys(nested) {
+			var rows []map[string]any
+			for _, obj := range objs {
+				inherited := map[string]any{}
+				for pk, pv := range flatten("", obj) {
+					inherited[name+"."+pk] = pv
+				}
+				for _, child := range objects(obj[k]) {
+					row := flatten("", child)
+					for ik, iv := range inherited {
+						row[ik] = iv
+					}
+					rows = append(rows, row)
+				}
+			}
+			if len(rows) > 0 {
+				out = append(out, table{name: name + "." + k, rows: rows})
+			}
+		}
 	}
-	return nil
+	if objs := objects(v); objs != nil {
+		walk("report", objs, nil)
+		return out
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil
+	}
+	for _, k := range sortedKeys(obj) {
+		if objs := objects(obj[k]); objs != nil {
+			walk(k, objs, nil)
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, table{name: "report", rows: []map[string]any{flatten("", obj)}})
+	}
+	return out
 }
 
 // flatten returns the scalar fields of obj, nested names joined by ".".
@@ -392,14 +448,18 @@ func markdownTable(rows []map[string]any) string {
 }
 
 // controlPlaneCharts plots, against a "streams" column when the rows have
-// one, every column about push latency and every column about memory.
+// one, the p50/p99 latency columns and the RSS columns, one line per
+// column and per value of a parent "services" column when there is one.
 func controlPlaneCharts(rows []map[string]any) map[string]string {
 	out := map[string]string{}
-	xKey := ""
+	xKey, groupKey := "", ""
 	for _, r := range rows {
 		for k := range r {
-			if strings.EqualFold(k, "streams") || strings.HasSuffix(strings.ToLower(k), ".streams") {
+			if k == "streams" {
 				xKey = k
+			}
+			if strings.HasSuffix(k, ".services") {
+				groupKey = k
 			}
 		}
 	}
@@ -407,33 +467,47 @@ func controlPlaneCharts(rows []map[string]any) map[string]string {
 		return out
 	}
 	groups := map[string]func(string) bool{
-		"push-latency-vs-streams.svg": func(k string) bool { k = strings.ToLower(k); return strings.Contains(k, "push") },
-		"memory-vs-streams.svg": func(k string) bool {
-			k = strings.ToLower(k)
-			return strings.Contains(k, "rss") || strings.Contains(k, "memory") || strings.Contains(k, "heap")
+		"latency-vs-streams.svg": func(k string) bool {
+			return strings.Contains(k, "latency") && (strings.HasSuffix(k, "p50_ms") || strings.HasSuffix(k, "p99_ms"))
 		},
+		"memory-vs-streams.svg": func(k string) bool { return strings.Contains(k, "rss") },
 	}
 	for name, match := range groups {
-		c := chart{title: strings.TrimSuffix(name, ".svg"), xLabel: xKey, yLabel: "as named", logX: true}
+		yLabel := "ms"
+		if strings.HasPrefix(name, "memory") {
+			yLabel = "bytes"
+		}
+		c := chart{title: strings.TrimSuffix(name, ".svg"), xLabel: xKey, yLabel: yLabel, logX: true}
 		cols := map[string]bool{}
 		for _, r := range rows {
 			for k, v := range r {
-				if _, ok := v.(float64); ok && match(k) && k != xKey {
+				if _, ok := v.(float64); ok && match(k) {
 					cols[k] = true
 				}
 			}
 		}
 		for _, col := range sortedKeys(cols) {
-			ser := series{name: col}
+			byGroup := map[string]*series{}
 			for _, r := range rows {
 				x, xok := r[xKey].(float64)
 				y, yok := r[col].(float64)
-				if xok && yok {
-					ser.points = append(ser.points, [2]float64{x, y})
+				if !xok || !yok {
+					continue
 				}
+				g := col
+				if groupKey != "" {
+					g = fmt.Sprintf("%s, %s=%v", col, strings.TrimPrefix(groupKey[strings.LastIndex(groupKey, ".")+1:], "."), r[groupKey])
+				}
+				if byGroup[g] == nil {
+					byGroup[g] = &series{name: g}
+				}
+				byGroup[g].points = append(byGroup[g].points, [2]float64{x, y})
 			}
-			sort.Slice(ser.points, func(i, j int) bool { return ser.points[i][0] < ser.points[j][0] })
-			c.series = append(c.series, ser)
+			for _, g := range sortedKeys(byGroup) {
+				ser := byGroup[g]
+				sort.Slice(ser.points, func(i, j int) bool { return ser.points[i][0] < ser.points[j][0] })
+				c.series = append(c.series, *ser)
+			}
 		}
 		if len(c.series) > 0 {
 			out[name] = c.svg()

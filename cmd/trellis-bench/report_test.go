@@ -40,8 +40,10 @@ func syntheticReport() *dataplane.Report {
 }
 
 func TestRenderReport(t *testing.T) {
-	cp := `{"results": [{"streams": 100, "rss_per_stream_bytes": 50000, "push_p99_ms": 3},
-		{"streams": 1000, "rss_per_stream_bytes": 40000, "push_p99_ms": 9}]}`
+	cp := `{"runs": [{"services": 10, "phases": [
+		{"streams": 100, "trellis_rss_bytes": 50000, "single": {"latency_last_watcher": {"p99_ms": 3}}},
+		{"streams": 1000, "trellis_rss_bytes": 40000, "single": {"latency_last_watcher": {"p99_ms": 9}}}]}],
+		"targets": [{"name": "push p99", "met": true}]}`
 	var cpv any
 	if err := json.Unmarshal([]byte(cp), &cpv); err != nil {
 		t.Fatal(err)
@@ -54,8 +56,9 @@ func TestRenderReport(t *testing.T) {
 	}{
 		{"without the control plane", nil, []string{"latency-closed-16.svg", "latency-open-1000.svg"},
 			[]string{"No control-plane report"}},
-		{"with the control plane", cpv, []string{"push-latency-vs-streams.svg", "memory-vs-streams.svg"},
-			[]string{"| push_p99_ms | rss_per_stream_bytes | streams |", "| 9 | 40000 | 1000 |"}},
+		{"with the control plane", cpv, []string{"runs-phases-latency-vs-streams.svg", "runs-phases-memory-vs-streams.svg"},
+			[]string{"### runs.phases", "| runs.services | single.latency_last_watcher.p99_ms | streams | trellis_rss_bytes |",
+				"| 10 | 9 | 1000 | 40000 |", "### targets", "| true | push p99 |"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			md, files := render(reportInputs{dataplane: syntheticReport(), controlplane: tt.controlplane, controlplanePath: "cp.json", analysis: "The analysis."}, "plots")
@@ -99,26 +102,33 @@ func TestRenderReport(t *testing.T) {
 	}
 }
 
-func TestTableRowsShapes(t *testing.T) {
+func TestTablesShapes(t *testing.T) {
 	for _, tt := range []struct {
 		json string
-		want int
+		want []string // table names
 	}{
-		{`[{"a": 1}, {"a": 2}, {"a": 3}]`, 3},
-		{`{"name": "x", "rows": [{"a": 1, "nested": {"b": 2}}]}`, 1},
-		{`{"a": 1, "b": {"c": 2}}`, 1},
-		{`"just a string"`, 0},
+		{`[{"a": 1}, {"a": 2}, {"a": 3}]`, []string{"report"}},
+		{`{"name": "x", "rows": [{"a": 1, "nested": {"b": 2}, "inner": [{"c": 3}]}]}`, []string{"rows", "rows.inner"}},
+		{`{"a": 1, "b": {"c": 2}}`, []string{"report"}},
+		{`"just a string"`, nil},
 	} {
 		var v any
 		if err := json.Unmarshal([]byte(tt.json), &v); err != nil {
 			t.Fatal(err)
 		}
-		if got := tableRows(v); len(got) != tt.want {
-			t.Errorf("tableRows(%s) = %d rows, want %d", tt.json, len(got), tt.want)
+		var got []string
+		for _, tb := range tables(v) {
+			got = append(got, tb.name)
+		}
+		if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+			t.Errorf("tables(%s) = %v, want %v", tt.json, got, tt.want)
 		}
 	}
-	rows := tableRows(map[string]any{"rows": []any{map[string]any{"nested": map[string]any{"b": 2.0}}}})
-	if rows[0]["nested.b"] != 2.0 {
-		t.Errorf("nested fields are not flattened: %v", rows[0])
+	tbs := tables(map[string]any{"rows": []any{map[string]any{"nested": map[string]any{"b": 2.0}, "inner": []any{map[string]any{"c": 3.0}}}}})
+	if tbs[0].rows[0]["nested.b"] != 2.0 {
+		t.Errorf("nested fields are not flattened: %v", tbs[0].rows[0])
+	}
+	if tbs[1].rows[0]["rows.nested.b"] != 2.0 || tbs[1].rows[0]["c"] != 3.0 {
+		t.Errorf("inner rows do not carry their parent's fields: %v", tbs[1].rows[0])
 	}
 }

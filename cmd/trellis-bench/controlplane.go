@@ -151,6 +151,9 @@ type changeStats struct {
 	Missed                      int     `json:"missed"`
 	CPUMsPerChange              float64 `json:"cpu_ms_per_change"`
 	CPUMsPerChangeRaw           float64 `json:"cpu_ms_per_change_raw"`
+	// GeneratorCPUMsPerChange is the load generator's own CPU per change
+	// (it shares the machine with trellis and Consul).
+	GeneratorCPUMsPerChange float64 `json:"generator_cpu_ms_per_change"`
 }
 
 type churnResult struct {
@@ -161,6 +164,7 @@ type churnResult struct {
 	AchievedPerS    float64 `json:"achieved_rate_per_s"`
 	DistinctSvcs    int     `json:"distinct_services"`
 	CPUCores        float64 `json:"cpu_cores"`
+	GeneratorCores  float64 `json:"generator_cpu_cores"`
 	ConsulReqPerMin float64 `json:"consul_requests_per_min"`
 	Latency         dist    `json:"latency_last_watcher"`
 	Missed          int     `json:"missed"`
@@ -222,10 +226,10 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	fs.Var(&services, "services", "catalog sizes, in services (default 100,1000,10000; -quick: 100,1000)")
 	fs.Var(&streams, "streams", "stream counts, opened in steps (default 100,1000,10000; -quick: 100,1000)")
 	fs.IntVar(&set.Instances, "instances", 10, "instances per service")
-	fs.IntVar(&set.Changes, "changes", 30, "single changes measured per step, and in the fan-out (-quick: 10)")
+	fs.IntVar(&set.Changes, "changes", 20, "single changes measured per step, and in the fan-out (-quick: 10)")
 	fs.Float64Var(&set.ChurnRate, "churn-rate", 50, "changes per second to distinct services during churn; 0 skips churn")
-	churnDur := fs.Duration("churn-duration", 20*time.Second, "how long churn lasts (-quick: 5s)")
-	idle := fs.Duration("idle", 15*time.Second, "idle window per step for idle CPU and Consul requests (-quick: 5s)")
+	churnDur := fs.Duration("churn-duration", 15*time.Second, "how long churn lasts (-quick: 5s)")
+	idle := fs.Duration("idle", 10*time.Second, "idle window per step for idle CPU and Consul requests (-quick: 5s)")
 	fs.IntVar(&set.StreamsPerConn, "streams-per-conn", 1, "ADS streams per gRPC connection (1: one connection per client, as grpc-go)")
 	fs.BoolVar(&set.Fanout, "fanout", true, "measure the fan-out of one service's changes to every stream at the largest step")
 	fs.BoolVar(&set.Quick, "quick", false, "a short run: 100 and 1,000 services and streams, fewer changes, shorter windows")
@@ -612,6 +616,10 @@ func (b *cpBench) measureChanges(ctx context.Context, gen *loadgen.Generator, m 
 	if err != nil {
 		return st, err
 	}
+	gcpu0, err := procCPU(os.Getpid())
+	if err != nil {
+		return st, err
+	}
 	start := time.Now()
 	total := gen.Len()
 	for _, do := range changes {
@@ -653,6 +661,11 @@ func (b *cpBench) measureChanges(ctx context.Context, gen *loadgen.Generator, m 
 	if err != nil {
 		return st, err
 	}
+	gcpu1, err := procCPU(os.Getpid())
+	if err != nil {
+		return st, err
+	}
+	st.GeneratorCPUMsPerChange = (gcpu1 - gcpu0).Seconds() * 1000 / float64(len(changes))
 	raw := (cpu1 - cpu0).Seconds() * 1000 / float64(len(changes))
 	st.CPUMsPerChangeRaw = raw
 	st.CPUMsPerChange = max(0, ((cpu1-cpu0).Seconds()-idleCPU*elapsed.Seconds())*1000/float64(len(changes)))
@@ -707,23 +720,29 @@ func (b *cpBench) churn(ctx context.Context, gen *loadgen.Generator, m *meter, c
 	if err != nil {
 		return nil, err
 	}
+	gcpu0, err := procCPU(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / b.set.ChurnRate)
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	n := 0
-	for time.Since(start) < b.churnDur {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-ticker.C:
+	// Writes in flight: enough that a slow Consul answer does not hold
+	// back the schedule.
+	g.SetLimit(64)
+	for n := 0; ; n++ {
+		// Change n is due at start + n*interval; a late one goes at once.
+		due := start.Add(time.Duration(n) * interval)
+		if due.Sub(start) >= b.churnDur {
+			break
+		}
+		sleep(ctx, time.Until(due))
+		if err := ctx.Err(); err != nil {
+			return nil, err
 		}
 		svc := (offset + n) % watched
 		visit := visits[svc]
 		visits[svc]++
-		n++
 		g.Go(func() error {
 			t0 := time.Now()
 			if _, err := cat.toggleCheck(gctx, svc, visit); err != nil {
@@ -743,6 +762,11 @@ func (b *cpBench) churn(ctx context.Context, gen *loadgen.Generator, m *meter, c
 	if err != nil {
 		return nil, err
 	}
+	gcpu1, err := procCPU(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	res.GeneratorCores = (gcpu1 - gcpu0).Seconds() / elapsed.Seconds()
 	res.Changes = len(writes)
 	res.DistinctSvcs = len(visits)
 	res.AchievedPerS = float64(len(writes)) / elapsed.Seconds()
@@ -979,13 +1003,13 @@ func printTable(w io.Writer, res *cpResult) {
 			fmt.Fprintf(w, "  RSS per stream %d -> %d: %.1f KiB\n", s.FromStreams, s.ToStreams, s.BytesPerStream/1024)
 		}
 		if c := r.Churn; c != nil {
-			fmt.Fprintf(w, "  churn: %d changes at %.1f/s to %d services, %d streams: trellis %.2f cores, Consul %.0f req/min, push p50 %.0f p99 %.0f max %.0f ms, missed %d\n",
-				c.Changes, c.AchievedPerS, c.DistinctSvcs, c.Streams, c.CPUCores, c.ConsulReqPerMin, c.Latency.P50, c.Latency.P99, c.Latency.Max, c.Missed)
+			fmt.Fprintf(w, "  churn: %d changes at %.1f/s to %d services, %d streams: trellis %.2f cores (generator %.2f), Consul %.0f req/min, push p50 %.0f p99 %.0f max %.0f ms, missed %d\n",
+				c.Changes, c.AchievedPerS, c.DistinctSvcs, c.Streams, c.CPUCores, c.GeneratorCores, c.ConsulReqPerMin, c.Latency.P50, c.Latency.P99, c.Latency.Max, c.Missed)
 		}
 		if f := r.Fanout; f != nil {
 			s := f.Changes
-			fmt.Fprintf(w, "  fan-out: %d streams on %s (ready in %.1f s): last stream p50 %.0f p99 %.0f max %.0f ms; all receipts p50 %.0f p99 %.0f ms; %.0f B/change/client; cpu %.1f ms/change; other %d, missed %d\n",
-				f.Streams, f.Service, f.ReadyS, s.Latency.P50, s.Latency.P99, s.Latency.Max, s.AllReceipts.P50, s.AllReceipts.P99, s.BytesPerChangePerClient, s.CPUMsPerChange, s.ResponsesToNonWatchers, s.Missed)
+			fmt.Fprintf(w, "  fan-out: %d streams on %s (ready in %.1f s): last stream p50 %.0f p99 %.0f max %.0f ms; all receipts p50 %.0f p99 %.0f ms; %.0f B/change/client; trellis cpu %.1f ms/change (generator %.1f); other %d, missed %d\n",
+				f.Streams, f.Service, f.ReadyS, s.Latency.P50, s.Latency.P99, s.Latency.Max, s.AllReceipts.P50, s.AllReceipts.P99, s.BytesPerChangePerClient, s.CPUMsPerChange, s.GeneratorCPUMsPerChange, s.ResponsesToNonWatchers, s.Missed)
 		}
 	}
 	if len(res.Targets) > 0 {

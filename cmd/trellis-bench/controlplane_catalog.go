@@ -10,12 +10,15 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// The generated catalog: services svc-00000... with instances on
-// catalogNodes external nodes (registered through the catalog, so the
-// agent's anti-entropy leaves them alone), each instance with one check
-// whose status the benchmark flips.
+// The generated catalog: services svc-00000... with instances on external
+// nodes (registered through the catalog, so the agent's anti-entropy leaves
+// them alone), instancesPerNode on each, each instance with one check whose
+// status the benchmark flips.
 const (
-	catalogNodes = 100
+	// instancesPerNode is how many instances share a node, as on hosts
+	// running a few workloads each. Consul's cost per write grows with the
+	// services of the node written to.
+	instancesPerNode = 10
 	// txnOps is how many operations one /v1/txn request carries.
 	txnOps = 64
 	// writeWorkers is how many transactions are in flight while the
@@ -24,8 +27,8 @@ const (
 )
 
 func serviceName(i int) string { return fmt.Sprintf("svc-%05d", i) }
-func nodeName(i int) string    { return fmt.Sprintf("node-%03d", i) }
-func nodeAddr(i int) string    { return fmt.Sprintf("10.1.%d.%d", i/250, i%250+1) }
+func nodeName(i int) string    { return fmt.Sprintf("node-%05d", i) }
+func nodeAddr(i int) string    { return fmt.Sprintf("10.%d.%d.%d", 1+i/62500, i/250%250, i%250+1) }
 
 // instance is one generated service instance.
 type instance struct {
@@ -41,6 +44,7 @@ func (in instance) checkID() string { return "check:" + in.id }
 // is a real change (a passing check goes critical, a new instance is new).
 type catalogState struct {
 	client *consulapi.Client
+	nodes  int
 	mu     sync.Mutex
 	svcs   [][]instance
 	// extra counts the instances registered by changes, for unique IDs
@@ -84,7 +88,8 @@ func checkOp(svc string, in instance) *consulapi.TxnOp {
 // generateCatalog registers services x perService instances through
 // /v1/txn, txnOps operations per transaction, writeWorkers at a time.
 func generateCatalog(ctx context.Context, client *consulapi.Client, services, perService int) (*catalogState, error) {
-	c := &catalogState{client: client, svcs: make([][]instance, services)}
+	nodes := max(perService, services*perService/instancesPerNode)
+	c := &catalogState{client: client, svcs: make([][]instance, services), nodes: nodes}
 	var batches []consulapi.TxnOps
 	var cur consulapi.TxnOps
 	flush := func() {
@@ -93,7 +98,7 @@ func generateCatalog(ctx context.Context, client *consulapi.Client, services, pe
 			cur = nil
 		}
 	}
-	for n := range catalogNodes {
+	for n := range nodes {
 		cur = append(cur, &consulapi.TxnOp{Node: &consulapi.NodeTxnOp{Verb: consulapi.NodeSet, Node: consulapi.Node{Node: nodeName(n), Address: nodeAddr(n)}}})
 		if len(cur) == txnOps {
 			flush()
@@ -106,7 +111,7 @@ func generateCatalog(ctx context.Context, client *consulapi.Client, services, pe
 		for j := range perService {
 			// Instances of one service sit on distinct nodes, so their
 			// addresses differ.
-			in := instance{node: (i*perService + j) % catalogNodes, id: fmt.Sprintf("%s-%d", svc, j), port: 8080, passing: true}
+			in := instance{node: (i*perService + j) % nodes, id: fmt.Sprintf("%s-%d", svc, j), port: 8080, passing: true}
 			c.svcs[i] = append(c.svcs[i], in)
 			if len(cur)+2 > txnOps {
 				flush()
@@ -144,7 +149,7 @@ func (c *catalogState) registerInstance(ctx context.Context, i int) (change, err
 	c.extra++
 	n := c.extra
 	svc := serviceName(i)
-	in := instance{node: n % catalogNodes, id: fmt.Sprintf("%s-x%d", svc, n), port: 9000 + n%50000, passing: true}
+	in := instance{node: n % c.nodes, id: fmt.Sprintf("%s-x%d", svc, n), port: 9000 + n%50000, passing: true}
 	c.svcs[i] = append(c.svcs[i], in)
 	c.mu.Unlock()
 	return change{service: i, kind: "register"}, c.txn(ctx, serviceOps(svc, in))

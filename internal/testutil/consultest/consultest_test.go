@@ -3,6 +3,7 @@ package consultest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -203,5 +204,45 @@ func TestLogOutputAndNodeMeta(t *testing.T) {
 	}
 	if !strings.Contains(string(b), "Consul agent running!") {
 		t.Errorf("agent log %s lacks the agent's startup output", a.LogPath())
+	}
+}
+
+// TestDNSAndHCL: Options.DNS serves Consul's DNS interface on DNSAddr,
+// Options.HCL reaches the agent, and both addresses are empty by default.
+func TestDNSAndHCL(t *testing.T) {
+	a := Start(t, Options{DNS: true, HCL: []string{`dns_config { service_ttl { "*" = "7s" } }`}})
+	if a.HTTPSAddr() != "" {
+		t.Errorf("HTTPSAddr %q without Options.HTTPS", a.HTTPSAddr())
+	}
+	a.RegisterService(t, &api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.9", Port: 8080})
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, a.DNSAddr())
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var addrs []string
+	for ctx.Err() == nil {
+		var err error
+		if addrs, err = resolver.LookupHost(ctx, "web.service.consul"); err == nil && len(addrs) == 1 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(addrs) != 1 || addrs[0] != "127.0.0.9" {
+		t.Fatalf("web.service.consul at %s: %v, want [127.0.0.9]", a.DNSAddr(), addrs)
+	}
+	self, err := a.Client(t).Agent().Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns, _ := self["DebugConfig"]["DNSServiceTTL"].(map[string]any)
+	if fmt.Sprint(dns["*"]) != "7s" {
+		t.Errorf("HCL not applied: DNSServiceTTL %v", self["DebugConfig"]["DNSServiceTTL"])
+	}
+
+	plain := Start(t, Options{NodeName: "node-2"})
+	if plain.DNSAddr() != "" || plain.HTTPSAddr() != "" {
+		t.Errorf("DNSAddr %q, HTTPSAddr %q by default", plain.DNSAddr(), plain.HTTPSAddr())
 	}
 }

@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 40m
 # Packages quick enough to run again under the race detector in make test.
 RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
 
-.PHONY: all build tools test bench bench-quick demo generate check-generated vet clean
+.PHONY: all build tools test bench bench-quick bench-controlplane demo generate check-generated vet clean
 
 all: build
 
@@ -40,6 +40,7 @@ test: tools build check-generated
 ## BENCHMARKS.md with its plots, from bench/*.json and bench/analysis.md.
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(MAKE) bench-controlplane
 	bin/trellis-bench dataplane -o bench/dataplane.json -profile-dir bench/profiles
 	bin/trellis-bench report
 
@@ -48,6 +49,14 @@ bench: tools build
 bench-quick: tools build
 	bin/trellis-bench dataplane -o bench/quick/dataplane.json -rounds 1 -phase 2s -warmup 500ms
 	bin/trellis-bench report -dataplane bench/quick/dataplane.json -o bench/quick/BENCHMARKS.md -plots bench/quick/plots -analysis /dev/null
+
+## bench-controlplane: real ADS streams against the real trellis server and a
+## stock Consul agent (100 / 1,000 / 10,000 services and streams, ~15 minutes),
+## results in bench/controlplane.json. CONTROLPLANE_FLAGS=-quick for a short run.
+bench-controlplane: tools
+	@mkdir -p bench
+	$(GO) build -o bin/trellis ./cmd/trellis
+	$(GO) run ./cmd/trellis-bench controlplane -trellis bin/trellis -o bench/controlplane.json $(CONTROLPLANE_FLAGS)
 
 ## demo: run the mesh locally: Consul, the xDS server, three echo servers and a client.
 demo: tools build

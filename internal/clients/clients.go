@@ -33,6 +33,11 @@ type Capabilities struct {
 	// WeightedRoundRobin: client_side_weighted_round_robin under
 	// wrr_locality. Without it, the cluster is balanced round robin.
 	WeightedRoundRobin bool
+	// RingHash: Cluster lb_policy RING_HASH. Without it, the cluster is
+	// balanced round robin (calls lose their affinity, nothing fails):
+	// Debian's C-core 1.51 (python3-grpcio) crashes with a segmentation
+	// fault on ring hash clusters.
+	RingHash bool
 	// ServerRBAC: the RBAC HTTP filter on xDS-enabled servers. Without it,
 	// a server Listener that carries RBAC is withheld: the server serves
 	// nothing rather than serve without authorization.
@@ -66,22 +71,23 @@ var (
 	Widest = Profile{Name: WidestName, Implementation: "unknown gRPC implementation"}
 	// Go is grpc-go (user agent "gRPC Go"): every feature Trellis emits.
 	Go = Profile{Name: GoName, Implementation: "grpc-go", Caps: Capabilities{
-		LeastRequest: true, PickFirstConfig: true, WeightedRoundRobin: true, ServerRBAC: true,
+		LeastRequest: true, PickFirstConfig: true, WeightedRoundRobin: true, RingHash: true, ServerRBAC: true,
 	}}
 	// Node is grpc-js-xds (user agent "gRPC Node Pure JS"): no least
 	// request; WRR, pick_first configuration and the RBAC filter only
 	// behind environment flags the control plane cannot see, so not
 	// assumed.
-	Node = Profile{Name: NodeName, Implementation: "grpc-js-xds (gRPC Node Pure JS)"}
+	Node = Profile{Name: NodeName, Implementation: "grpc-js-xds (gRPC Node Pure JS)", Caps: Capabilities{RingHash: true}}
 	// NodeRBAC is grpc-js-xds on a workload that declares, with the node
 	// metadata RBACMetadataKey, that it runs with
 	// GRPC_XDS_EXPERIMENTAL_RBAC=true: Node plus the RBAC filter.
 	NodeRBAC = Profile{Name: NodeRBACName, Implementation: "grpc-js-xds (gRPC Node Pure JS) with GRPC_XDS_EXPERIMENTAL_RBAC", Caps: Capabilities{
-		ServerRBAC: true,
+		RingHash: true, ServerRBAC: true,
 	}}
 	// Core is gRPC C-core (Python, C++, Ruby, PHP; user agents "gRPC C-core
 	// ...", "gRPC Python ..."): no least request, no pick_first
-	// configuration, no WRR (1.51); RBAC on servers.
+	// configuration, no WRR, no ring hash (1.51 crashes on it); RBAC on
+	// servers.
 	Core = Profile{Name: CoreName, Implementation: "gRPC C-core (Python, C++, Ruby, PHP)", Caps: Capabilities{
 		ServerRBAC: true,
 	}}

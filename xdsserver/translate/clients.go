@@ -17,9 +17,9 @@ import (
 // reported as a Skip carrying the profile's name.
 //
 // Substitutes (documented in README's compatibility matrix):
-//   - least request, pick_first configuration, weighted round robin ->
-//     round robin: every instance still receives calls, balancing is less
-//     tuned.
+//   - least request, pick_first configuration, weighted round robin, ring
+//     hash -> round robin: every instance still receives calls, balancing
+//     is less tuned (ring hash: calls lose their affinity).
 //
 // Withheld:
 //   - a server Listener carrying the RBAC filter, for clients without
@@ -40,7 +40,7 @@ func adaptForClient(out *serviceResources, service string, p *clients.Profile) [
 			continue
 		}
 		reported[feature] = true
-		skips = append(skips, Skip{Service: service, Route: "load balancing", Profile: p.Name, Reason: fmt.Sprintf(
+		skips = append(skips, Skip{Kind: SkipWarning, Service: service, Route: "load balancing", Profile: p.Name, Reason: fmt.Sprintf(
 			"%s clients get round robin instead of %s, which they do not honour", p.Implementation, feature)})
 	}
 	if p.Caps.ServerRBAC {
@@ -68,6 +68,8 @@ func substituteLoadBalancing(c *clusterv3.Cluster, caps clients.Capabilities) st
 	switch {
 	case c.GetLbPolicy() == clusterv3.Cluster_LEAST_REQUEST && !caps.LeastRequest:
 		feature = "least request"
+	case c.GetLbPolicy() == clusterv3.Cluster_RING_HASH && !caps.RingHash:
+		feature = "ring hash"
 	case c.GetLoadBalancingPolicy() != nil:
 		name := c.GetLoadBalancingPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetName()
 		switch {

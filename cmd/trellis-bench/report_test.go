@@ -66,8 +66,10 @@ func TestRenderReport(t *testing.T) {
 				"## Goals", "## Throughput and CPU", "## Latency at fixed rates", "## Memory", "## Context",
 				"The analysis.",
 				// (b) at 0.9x of (a) misses its goal; (d) at 1.0x of (c) meets its.
-				"| (b) calls/s vs (a) | `closed-16` | 0.900x | >= 0.97x | **missed** |",
-				"| (d) calls/s vs (c) | `closed-16` | 1.000x | >= 0.95x | met |",
+				// Per CPU second (client and server at 1 s each per load, so
+				// the calls decide): (b) at 0.9x of (a) again.
+				"| (b) calls/s vs (a) | `closed-16` | 0.900x | >= 0.97x | **missed** | 0.900x | **missed** |",
+				"| (d) calls/s vs (c) | `closed-16` | 1.000x | >= 0.95x | met | 1.000x | met |",
 				"| (b) | `closed-16` |",
 				"![latency distribution, open-1000](plots/latency-open-1000.svg)",
 				"https://istio.io/",

@@ -255,6 +255,10 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	ready := func() (bool, string) {
 		st := watcher.Status()
 		var detail strings.Builder
+		aclHides := aclReadyDetail(acl, &detail)
+		if len(st.Hidden) > 0 {
+			fmt.Fprintf(&detail, "services whose instances the ACL token hides (last complete read kept, or not served): %s\n", strings.Join(st.Hidden, ", "))
+		}
 		fmt.Fprintf(&detail, "catalog synced: %t\nconsul reachable: %t\nservices: %d\n", st.Synced, st.Reachable, st.Services)
 		if !st.LastContact.IsZero() {
 			fmt.Fprintf(&detail, "consul last contact: %s\n", st.LastContact.UTC().Format(time.RFC3339))
@@ -264,6 +268,9 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		}
 		if st.LastErrorKind != "" {
 			fmt.Fprintf(&detail, "consul last error kind: %s\n", st.LastErrorKind)
+		}
+		if st.LastErrorKind == consulwatch.KindACLNotFound {
+			fmt.Fprintf(&detail, "consul answers, but: %s\n", consulwatch.ACLNotFoundMessage)
 		}
 		if !st.Reachable && pipe.Ready() {
 			detail.WriteString("serving the last good configuration until Consul is reachable again\n")
@@ -277,7 +284,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 				fmt.Fprintf(&detail, "xds cache refused: %s\n", e)
 			}
 		}
-		return pipe.Ready(), detail.String()
+		return pipe.Ready() && !aclHides, detail.String()
 	}
 	adminServer := admin.New(admin.Config{
 		Logger:    logger.With("component", "admin"),

@@ -43,7 +43,7 @@ type policyServer struct {
 
 // newPolicyServer builds the policy watcher and API. knownService tells
 // whether a service is in the catalog (for validation warnings).
-func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics) (*policyServer, error) {
+func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics, acl *consulwatch.ACL) (*policyServer, error) {
 	st, err := store.New(store.Config{Client: client, Prefix: opts.prefix})
 	if err != nil {
 		return nil, err
@@ -55,6 +55,7 @@ func newPolicyServer(opts policyOptions, client *consulapi.Client, logger *slog.
 		Registerer:    reg,
 		KnownService:  knownService,
 		ConsulMetrics: consulMetrics,
+		ACL:           acl,
 	})
 	if err != nil {
 		return nil, err

@@ -62,7 +62,7 @@ type securityServer struct {
 
 // newSecurityServer validates the flags and builds the intentions watcher.
 // knownService tells whether a service is in the catalog (for debug logs).
-func newSecurityServer(opts securityOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics) (*securityServer, error) {
+func newSecurityServer(opts securityOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, knownService func(string) bool, consulMetrics *consulwatch.Metrics, acl *consulwatch.ACL) (*securityServer, error) {
 	base, err := opts.security()
 	if err != nil {
 		return nil, err
@@ -73,6 +73,7 @@ func newSecurityServer(opts securityOptions, client *consulapi.Client, logger *s
 		Registerer:    reg,
 		KnownService:  knownService,
 		ConsulMetrics: consulMetrics,
+		ACL:           acl,
 	})
 	if err != nil {
 		return nil, err

@@ -75,6 +75,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,6 +126,11 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
 	ConsulMetrics *consulwatch.Metrics
+	// ACL receives what the token hides from the catalog: a service list
+	// or checks filtered by ACLs, an empty service list, service reads
+	// filtered by ACLs, 403s. Default: nil, not reported (filtered reads
+	// are still never taken for the whole).
+	ACL *consulwatch.ACL
 	// ZoneMetaKeys are the metadata keys holding an instance's zone, tried
 	// in order on the service's metadata, then in order on its node's
 	// metadata; the first non-empty value wins. (Consul accepts only
@@ -174,6 +180,10 @@ type Status struct {
 	LastContact time.Time
 	// Services is the number of services in the last published snapshot.
 	Services int
+	// Hidden lists, sorted, the services whose instances the ACL token
+	// hides (health reads filtered by ACLs): each keeps its last complete
+	// read, or is left out of the snapshots until it is read whole.
+	Hidden []string
 	// Reads counts service reads, Sweeps index sweeps, since the start.
 	Reads, Sweeps uint64
 }
@@ -343,6 +353,7 @@ func (w *Watcher) Latest() *model.Snapshot {
 func (w *Watcher) Status() Status {
 	w.mu.Lock()
 	st := w.status
+	st.Hidden = slices.Clone(w.status.Hidden)
 	w.mu.Unlock()
 	reach := w.tracker.Status()
 	st.Reachable, st.LastError, st.LastErrorKind, st.LastContact = reach.Reachable, reach.LastError, reach.LastErrorKind, reach.LastContact

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"reflect"
 	"slices"
@@ -20,6 +21,9 @@ type listEvent struct {
 	// tags is every service's sorted tags, by name.
 	tags  map[string][]string
 	index uint64
+	// filtered: the ACL token hides some services, so a service missing
+	// from tags may still be registered.
+	filtered bool
 }
 
 // healthEvent is one answer of the non-passing checks detector.
@@ -50,14 +54,27 @@ type result struct {
 	svc   *model.Service // full reads only
 	index uint64
 	err   *consulwatch.Error
+	// filtered: the ACL token hid some of the service's instances (full
+	// reads only); svc is not the whole service.
+	filtered bool
 }
 
 // notPassingFilter narrows the health detector to the checks that are not
 // passing, so that its answer stays small in a healthy catalog.
 const notPassingFilter = `Status != "passing"`
 
+// ACL sources and what they hide, as reported to Config.ACL.
+const (
+	aclSourceList   = "service list"
+	aclSourceChecks = "non-passing checks"
+	aclSourceReads  = "service reads"
+)
+
 // watchList runs the service-list detector.
 func (w *Watcher) watchList(ctx context.Context, out chan<- listEvent) {
+	// empty and filtered describe the last answer; Fetch and Succeeded run
+	// one after the other on this goroutine.
+	var empty, filtered bool
 	consulwatch.Run(ctx, w.tracker, consulwatch.Query[map[string][]string]{
 		Name: "service list",
 		Fetch: func(opts *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
@@ -69,16 +86,28 @@ func (w *Watcher) watchList(ctx context.Context, out chan<- listEvent) {
 			for name, t := range services {
 				tags[name] = sortedTags(t)
 			}
+			empty, filtered = len(services) == 0, meta != nil && meta.ResultsFilteredByACLs
 			return tags, meta, nil
 		},
 		Changed: func(tags map[string][]string, meta *api.QueryMeta) bool {
 			select {
-			case out <- listEvent{tags: tags, index: meta.LastIndex}:
+			case out <- listEvent{tags: tags, index: meta.LastIndex, filtered: meta.ResultsFilteredByACLs}:
 				return true
 			case <-ctx.Done():
 				return false
 			}
 		},
+		Succeeded: func(*api.QueryMeta) {
+			hides := "some services: the service list is filtered by ACLs (services that leave it stay served until it is read whole)"
+			if empty {
+				// Consul always lists its own "consul" service: an empty
+				// list is a hidden one (anonymous requests get it
+				// without the filtered header).
+				hides = `the whole catalog: the service list is empty, and Consul always lists its own "consul" service`
+			}
+			w.cfg.ACL.Answered("catalog", aclSourceList, empty || filtered, consulwatch.PermServiceRead, hides)
+		},
+		Failed:      func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("catalog", aclSourceList, err) },
 		WaitTime:    w.cfg.WaitTime,
 		MinInterval: w.cfg.MinInterval,
 		MaxBackoff:  w.cfg.MaxBackoff,
@@ -112,6 +141,11 @@ func (w *Watcher) watchHealth(ctx context.Context, out chan<- healthEvent) {
 				return false
 			}
 		},
+		Succeeded: func(meta *api.QueryMeta) {
+			w.cfg.ACL.Answered("catalog", aclSourceChecks, meta.ResultsFilteredByACLs, consulwatch.PermNodeRead,
+				"the status of checks on nodes it may not read: the non-passing checks are filtered by ACLs")
+		},
+		Failed:      func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("catalog", aclSourceChecks, err) },
 		WaitTime:    w.cfg.WaitTime,
 		MinInterval: w.cfg.MinInterval,
 		MaxBackoff:  w.cfg.MaxBackoff,
@@ -159,11 +193,13 @@ func (w *Watcher) do(ctx context.Context, j job) result {
 		err = errNotReady
 	}
 	if err != nil {
+		w.cfg.ACL.Failed("catalog", aclSourceReads, err)
 		return result{job: j, err: w.tracker.Failure(what, err)}
 	}
 	r := result{job: j, index: meta.LastIndex}
 	if !j.probe {
 		r.svc = buildService(j.name, entries, w.cfg.ZoneMetaKeys)
+		r.filtered = meta.ResultsFilteredByACLs
 	}
 	return r
 }
@@ -179,10 +215,13 @@ const (
 
 // entry is the coordinator's state of one listed service.
 type entry struct {
-	svc   *model.Service // nil until first read
-	index uint64         // the service's index at its last read
-	tags  []string
-	nodes []string // nodes of its instances at the last read
+	svc *model.Service // nil until first read whole
+	// hidden: the last read was filtered by ACLs; svc is the last whole
+	// read, nil when there was none (the service is not published).
+	hidden bool
+	index  uint64 // the service's index at its last read
+	tags   []string
+	nodes  []string // nodes of its instances at the last read
 	// queued: a read is waiting; reading: a read is in flight; again: a
 	// trigger arrived while it was in flight, read once more.
 	queued, reading, again bool
@@ -349,14 +388,21 @@ func (c *coordinator) onList(ev listEvent) {
 			c.queueRead(name, reasonList)
 		}
 	}
+	hiddenGone := false
 	for name, e := range c.services {
-		if _, ok := ev.tags[name]; ok {
+		if _, ok := ev.tags[name]; ok || ev.filtered {
+			// A list filtered by ACLs cannot tell a deregistered
+			// service from a hidden one: keep it.
 			continue
 		}
 		c.dropNodes(name, e.nodes)
+		hiddenGone = hiddenGone || e.hidden
 		delete(c.services, name)
 		delete(c.retryAt, name)
 		c.changed()
+	}
+	if hiddenGone {
+		c.reportHidden()
 	}
 	switch {
 	case first || ev.index <= c.listIndex:
@@ -487,6 +533,29 @@ func (c *coordinator) onResult(r result) {
 		c.retryAt[r.name] = time.Now().Add(min(time.Duration(e.retries)*250*time.Millisecond, c.w.cfg.MaxBackoff))
 		return
 	}
+	if r.filtered {
+		// The token hides some instances: this is not the service. Keep
+		// its last whole read (or leave it out) and read it again, more
+		// and more slowly, for a token that gains the permission.
+		if !e.hidden {
+			e.hidden = true
+			c.reportHidden()
+			if e.svc == nil {
+				c.changed() // the first snapshot need not wait for it
+			}
+		}
+		e.retries++
+		c.retryAt[r.name] = time.Now().Add(min(time.Duration(e.retries)*250*time.Millisecond, max(c.w.cfg.MaxBackoff, hiddenRetryMax)))
+		if e.again {
+			e.again = false
+			c.queueRead(r.name, reasonRetry)
+		}
+		return
+	}
+	if e.hidden {
+		e.hidden = false
+		defer c.reportHidden()
+	}
 	e.retries = 0
 	if c.unexplained != 0 && (r.index == c.unexplained || r.index > c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc)) {
 		c.explained(r.name, r.index)
@@ -570,11 +639,39 @@ func (c *coordinator) complete() bool {
 		return false
 	}
 	for _, e := range c.services {
-		if e.svc == nil {
+		if e.svc == nil && !e.hidden {
 			return false
 		}
 	}
 	return true
+}
+
+// hiddenRetryMax caps the wait between reads of a service the token hides.
+const hiddenRetryMax = 30 * time.Second
+
+// reportHidden records the services the ACL token hides in the status and
+// reports them to Config.ACL.
+func (c *coordinator) reportHidden() {
+	var hidden []string
+	for name, e := range c.services {
+		if e.hidden {
+			hidden = append(hidden, name)
+		}
+	}
+	sort.Strings(hidden)
+	c.w.mu.Lock()
+	c.w.status.Hidden = hidden
+	c.w.mu.Unlock()
+	hides := ""
+	if len(hidden) > 0 {
+		shown := hidden
+		if len(shown) > 5 {
+			shown = shown[:5]
+		}
+		hides = fmt.Sprintf("the instances of %d service(s) (%s%s): their health reads are filtered by ACLs; each keeps its last complete read, or is not served before one",
+			len(hidden), strings.Join(shown, ", "), map[bool]string{true: ", ...", false: ""}[len(hidden) > len(shown)])
+	}
+	c.w.cfg.ACL.Answered("catalog", aclSourceReads, len(hidden) > 0, consulwatch.PermNodeRead, hides)
 }
 
 func (c *coordinator) publish() {

@@ -35,6 +35,11 @@ type WatcherConfig struct {
 	Registerer prometheus.Registerer
 	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
 	ConsulMetrics *consulwatch.Metrics
+	// ACL receives what the token hides: a key list filtered by ACLs, or
+	// 403s. A filtered read is never taken for the whole: the last
+	// complete read stays in effect (none before one). Default: nil, not
+	// reported.
+	ACL *consulwatch.ACL
 	// KnownService tells whether a service is in the catalog; it only
 	// affects validation warnings, which the watcher logs at debug level.
 	// Default: every service is known.
@@ -248,12 +253,39 @@ func (w *Watcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { w.tracker.Run(ctx) })
+	// A read filtered by ACLs is skipped; once the token sees the whole
+	// prefix again, the read at the same index is processed (a moved index
+	// goes through Changed). Fetch, Succeeded and Changed run one after the
+	// other on this goroutine.
+	var (
+		last         consulapi.KVPairs
+		skipped      bool
+		skippedIndex uint64
+	)
+	permission := consulwatch.KeyPermission("read", w.prefix)
 	consulwatch.Run(ctx, w.tracker, consulwatch.Query[consulapi.KVPairs]{
 		Name: "policies under " + w.prefix,
 		Fetch: func(opts *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
-			return w.kv.List(w.prefix, opts)
+			pairs, meta, err := w.kv.List(w.prefix, opts)
+			last = pairs
+			return pairs, meta, err
 		},
+		Succeeded: func(meta *consulapi.QueryMeta) {
+			w.cfg.ACL.Answered("policy", "policies", meta.ResultsFilteredByACLs, permission,
+				"policies under "+w.prefix+": the key list is filtered by ACLs; the last complete read stays in effect (none before one)")
+			if !meta.ResultsFilteredByACLs && skipped {
+				skipped = false
+				if meta.LastIndex == skippedIndex {
+					w.process(last, meta.LastIndex)
+				}
+			}
+		},
+		Failed: func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("policy", "policies", err) },
 		Changed: func(pairs consulapi.KVPairs, meta *consulapi.QueryMeta) bool {
+			if meta.ResultsFilteredByACLs {
+				skipped, skippedIndex = true, meta.LastIndex
+				return true
+			}
 			w.process(pairs, meta.LastIndex)
 			return true
 		},

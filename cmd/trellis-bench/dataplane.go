@@ -68,7 +68,7 @@ func runDataplane(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	raw, err := json.MarshalIndent(rep, "", "  ")
+	raw, err := json.Marshal(rep)
 	if err != nil {
 		return fmt.Errorf("encode the report: %w", err)
 	}

@@ -109,25 +109,19 @@ func (h *Histogram) sortedBuckets() []int {
 	return idx
 }
 
-// HistogramBucket is one non-empty bucket of an encoded histogram.
-type HistogramBucket struct {
-	// LowNanos is the bucket's smallest value, in nanoseconds.
-	LowNanos int64 `json:"low_ns"`
-	// Count is the number of observations in it.
-	Count uint64 `json:"count"`
-}
-
-// EncodedHistogram is the JSON form of a Histogram.
+// EncodedHistogram is the JSON form of a Histogram: its maximum and its
+// non-empty buckets as [smallest value in ns, count] pairs, in increasing
+// order (pairs keep a run's report small).
 type EncodedHistogram struct {
-	MaxNanos int64             `json:"max_ns"`
-	Buckets  []HistogramBucket `json:"buckets"`
+	MaxNanos int64       `json:"max_ns"`
+	Buckets  [][2]uint64 `json:"buckets"`
 }
 
 // Encode returns the histogram's JSON form, buckets in increasing order.
 func (h *Histogram) Encode() EncodedHistogram {
-	e := EncodedHistogram{MaxNanos: int64(h.max), Buckets: []HistogramBucket{}}
+	e := EncodedHistogram{MaxNanos: int64(h.max), Buckets: [][2]uint64{}}
 	for _, i := range h.sortedBuckets() {
-		e.Buckets = append(e.Buckets, HistogramBucket{LowNanos: int64(bucketLow(i)), Count: h.counts[i]})
+		e.Buckets = append(e.Buckets, [2]uint64{uint64(bucketLow(i)), h.counts[i]})
 	}
 	return e
 }
@@ -136,12 +130,13 @@ func (h *Histogram) Encode() EncodedHistogram {
 func (e EncodedHistogram) Decode() (*Histogram, error) {
 	h := &Histogram{counts: map[int]uint64{}, max: time.Duration(e.MaxNanos)}
 	for _, b := range e.Buckets {
-		i := bucket(time.Duration(b.LowNanos))
-		if bucketLow(i) != time.Duration(b.LowNanos) {
-			return nil, fmt.Errorf("histogram: %d ns is not the start of a bucket", b.LowNanos)
+		low, count := time.Duration(b[0]), b[1]
+		i := bucket(low)
+		if bucketLow(i) != low {
+			return nil, fmt.Errorf("histogram: %d ns is not the start of a bucket", b[0])
 		}
-		h.counts[i] += b.Count
-		h.total += b.Count
+		h.counts[i] += count
+		h.total += count
 	}
 	return h, nil
 }

@@ -77,7 +77,7 @@ func TestEncodeDecodeMerge(t *testing.T) {
 	if p := got.Quantile(0.25); p > time.Millisecond {
 		t.Errorf("merged p25 = %s, want in the microsecond half", p)
 	}
-	if _, err := (EncodedHistogram{Buckets: []HistogramBucket{{LowNanos: 1001, Count: 1}}}).Decode(); err == nil {
+	if _, err := (EncodedHistogram{Buckets: [][2]uint64{{1001, 1}}}).Decode(); err == nil {
 		t.Error("decoding a bucket that does not start at a bucket boundary succeeded")
 	}
 	var empty Histogram

@@ -164,7 +164,11 @@ func TestReplicaFailoverThroughConsulDNS(t *testing.T) {
 	loop.mu.Lock()
 	drainedIn := loop.lastSeen["echo-2"].Sub(deregistered)
 	loop.mu.Unlock()
-	t.Logf("echo-2 deregistered while %s was down: its last call came %s after the deregistration", used, max(drainedIn, 0).Round(time.Millisecond))
+	if drainedIn > 0 {
+		t.Logf("echo-2 deregistered while %s was down: its last call came %s after the deregistration", used, drainedIn.Round(time.Millisecond))
+	} else {
+		t.Logf("echo-2 deregistered while %s was down: no call reached it after the deregistration", used)
+	}
 
 	replicas[used].Start()
 	waitFor(t, 20*time.Second, "the restarted replica back in Consul's DNS answers", func() error {
@@ -185,11 +189,18 @@ func TestReplicaFailoverThroughConsulDNS(t *testing.T) {
 		t.Errorf("%d calls failed, want 0; first: %v", len(failures), failures[0])
 	}
 	// A second client started now works through whichever replica it
-	// reaches.
+	// reaches, and one dialing the restarted replica directly is served
+	// the current configuration by it.
 	conn2 := dialXDS(t, bootstrapWithNode(t, uri, "ha-client-2"), "xds:///echo")
 	waitForInstances(t, conn2, 30*time.Second, "echo-1", "echo-3", "echo-4")
+	direct := dialXDS(t, bootstrapWithNode(t, replicas[used].xdsAddr, "direct-client"), "xds:///echo")
+	waitForInstances(t, direct, 30*time.Second, "echo-1", "echo-3", "echo-4")
+	if r := callEcho(t, direct, 20); r.byInstance["echo-2"] != 0 || len(r.failures) != 0 {
+		t.Errorf("the restarted replica's client: %v, failures %v; want no call to the deregistered echo-2", r.byInstance, r.failures)
+	}
 	loop.Stop()
 	replicas[other].requireAllACKed(t)
+	replicas[used].requireAllACKed(t)
 	for _, s := range replicas {
 		s.requireNoNACKsInMetrics(t)
 	}

@@ -71,8 +71,9 @@ func AuthorizeAny() Authorizer {
 // AuthorizeIDs accepts the peers whose SPIFFE ID is one of ids.
 func AuthorizeIDs(ids ...spiffeid.ID) Authorizer {
 	ids = slices.Clone(ids)
+	match := spiffeid.MatchOneOf(ids...)
 	return func(p, _ spiffeid.ID) error {
-		if slices.Contains(ids, p) {
+		if match(p) == nil {
 			return nil
 		}
 		return fmt.Errorf("spiffetls: peer %s is not one of the accepted SPIFFE IDs [%s]", p, joinIDs(ids))
@@ -88,8 +89,10 @@ func AuthorizeTrustDomains(tds ...spiffeid.TrustDomain) Authorizer {
 		if len(accepted) == 0 {
 			accepted = []spiffeid.TrustDomain{self.TrustDomain()}
 		}
-		if slices.Contains(accepted, p.TrustDomain()) {
-			return nil
+		for _, td := range accepted {
+			if spiffeid.MatchMemberOf(td)(p) == nil {
+				return nil
+			}
 		}
 		names := make([]string, len(accepted))
 		for i, td := range accepted {

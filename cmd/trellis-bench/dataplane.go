@@ -46,6 +46,7 @@ func runDataplane(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured closed loop before the loads of each run")
 	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "write CPU profiles of each configuration's client and server (first round) here")
 	fs.StringVar(&cfg.ProfileLoad, "profile-load", "closed-64", "the load to profile")
+	fs.UintVar(&cfg.ServerStreamWorkers, "server-stream-workers", 0, "serve streams on this many reused goroutines (grpc.NumStreamWorkers); 0: gRPC's default, a goroutine per call")
 	fs.StringVar(&cfg.Dir, "dir", "", "keep logs, bootstraps and certificates here (default: a temporary directory, removed)")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -88,6 +88,10 @@ type Config struct {
 	// ProfileLoad names the profiled load (Load.Name). Default: the first
 	// closed loop.
 	ProfileLoad string
+	// ServerStreamWorkers, when set, makes every server serve its streams
+	// on that many reused goroutines (grpc.NumStreamWorkers) instead of a
+	// new goroutine per call. Default: 0, gRPC's default.
+	ServerStreamWorkers uint
 	// Dir receives the logs, bootstraps and certificates. Default: a
 	// temporary directory, removed at the end.
 	Dir string
@@ -173,6 +177,8 @@ type Report struct {
 	Configs  []string      `json:"configs"`
 	Loads    []Load        `json:"loads"`
 	Warmup   time.Duration `json:"warmup_ns"`
+	// ServerStreamWorkers is Config.ServerStreamWorkers.
+	ServerStreamWorkers uint `json:"server_stream_workers,omitempty"`
 	// Runs holds one entry per configuration and round, in the order run.
 	Runs    []RunResult `json:"runs"`
 	Summary Summary     `json:"summary"`
@@ -252,7 +258,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("dataplane: profile directory: %w", err)
 		}
 	}
-	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Rounds: cfg.Rounds, Configs: cfg.Configs, Loads: cfg.Loads, Warmup: cfg.Warmup}
+	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Rounds: cfg.Rounds, Configs: cfg.Configs, Loads: cfg.Loads, Warmup: cfg.Warmup, ServerStreamWorkers: cfg.ServerStreamWorkers}
 	h := &harness{cfg: cfg, log: cfg.Logger}
 	h.log.Info("starting consul, spire and trellis", "dir", cfg.Dir)
 	m, err := startMesh(ctx, cfg, cfg.Dir)
@@ -369,7 +375,7 @@ func (h *harness) startServer(ctx context.Context, name string, env []string, re
 	if err := os.MkdirAll(profileDir, 0o755); err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
-	args = append([]string{"--profile-dir", profileDir}, args...)
+	args = append([]string{"--profile-dir", profileDir, "--stream-workers", strconv.FormatUint(uint64(h.cfg.ServerStreamWorkers), 10)}, args...)
 	argv := append(append(append([]string{}, h.cfg.Worker[1:]...), "server"), args...)
 	p, err := startProcess(h.cfg.Dir, name, append(append([]string{}, h.cfg.WorkerEnv...), env...), true, h.cfg.Worker[0], argv...)
 	if err != nil {

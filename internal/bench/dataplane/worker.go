@@ -105,27 +105,32 @@ func serverMain(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 	mode := fs.String("mode", ModePlain, "transport: plain, tls or xds")
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	profileDir := fs.String("profile-dir", "", "on SIGUSR1 start a CPU profile, on SIGUSR2 write it to <dir>/profile-<n>.pprof")
+	streamWorkers := fs.Uint("stream-workers", 0, "serve streams on this many reused goroutines (grpc.NumStreamWorkers); 0: a new goroutine per stream")
 	var files tlsFiles
 	files.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	var srv grpcServer
+	var opts []grpc.ServerOption
+	if *streamWorkers > 0 {
+		opts = append(opts, grpc.NumStreamWorkers(uint32(*streamWorkers)))
+	}
 	serving := make(chan struct{})
 	switch *mode {
 	case ModePlain:
-		srv = grpc.NewServer()
+		srv = grpc.NewServer(opts...)
 		close(serving)
 	case ModeTLS:
 		pair, pool, err := files.load()
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
 		}
-		srv = grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		srv = grpc.NewServer(append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{
 			Certificates: []tls.Certificate{pair},
 			ClientCAs:    pool,
 			ClientAuth:   tls.RequireAndVerifyClientCert,
-		})))
+		})))...)
 		close(serving)
 	case ModeXDS:
 		creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
@@ -133,11 +138,11 @@ func serverMain(ctx context.Context, args []string, stdin io.Reader, stdout io.W
 			return fmt.Errorf("server: xds credentials: %w", err)
 		}
 		var once sync.Once
-		xsrv, err := xds.NewGRPCServer(grpc.Creds(creds), xds.ServingModeCallback(func(_ net.Addr, args xds.ServingModeChangeArgs) {
+		xsrv, err := xds.NewGRPCServer(append(opts, grpc.Creds(creds), xds.ServingModeCallback(func(_ net.Addr, args xds.ServingModeChangeArgs) {
 			if args.Mode == connectivity.ServingModeServing {
 				once.Do(func() { close(serving) })
 			}
-		}))
+		}))...)
 		if err != nil {
 			return fmt.Errorf("server: xds server: %w", err)
 		}

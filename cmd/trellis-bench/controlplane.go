@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -243,6 +244,7 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	out := fs.String("o", "", "write the results as JSON to this file")
 	workDir := fs.String("workdir", "", "directory for the processes' logs (default: a new temporary directory, removed when the run succeeds)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -315,6 +317,18 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 			return fmt.Errorf("build trellis (or pass -trellis): %w", err)
 		}
 		set.TrellisBinary = bin
+	}
+
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	b := &cpBench{set: set, idle: *idle, churnDur: *churnDur, pushTimeout: *pushTimeout, dir: dir, logger: logger}

@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 40m
 # Packages quick enough to run again under the race detector in make test.
 RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
 
-.PHONY: all build tools test bench bench-quick bench-controlplane demo generate check-generated vet clean
+.PHONY: all build tools test test-deps bench bench-quick bench-controlplane demo generate check-generated vet clean
 
 all: build
 
@@ -29,11 +29,29 @@ tools:
 ## test: the whole suite, unit and integration, against real Consul and SPIRE.
 ## The end-to-end tests in integration/ measure reaction times, so they run
 ## on their own after the rest.
-test: tools build check-generated
+test: tools build check-generated test-deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /integration)
 	$(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
+
+## test-deps: what the integration tests need besides Go, Consul and SPIRE:
+## the pinned Node peer (npm ci in integration/peers/node, from its committed
+## package-lock.json) and Debian's python3-grpcio and python3-protobuf for the
+## C-core peer (installed with apt-get when missing; needs root).
+test-deps: integration/peers/node/node_modules/.package-lock.json
+	@if ! /usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-grpcio python3-protobuf; \
+		else \
+			echo "test-deps: the C-core peer needs Debian's python3-grpcio and python3-protobuf: run make test-deps as root, or sudo apt-get install python3-grpcio python3-protobuf" >&2; exit 1; \
+		fi; \
+	fi
+
+integration/peers/node/node_modules/.package-lock.json: integration/peers/node/package-lock.json integration/peers/node/package.json
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; } || \
+		{ echo "test-deps: the Node peer needs node and npm: install Debian's nodejs and npm" >&2; exit 1; }
+	cd integration/peers/node && npm ci --no-audit --no-fund
 
 ## bench: benchmarks, reported as ratios against a baseline in the same run.
 ## The data-plane benchmark (3 rounds of 5 configurations, ~8 minutes) and

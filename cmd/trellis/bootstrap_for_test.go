@@ -38,7 +38,7 @@ func TestBootstrapFor(t *testing.T) {
 			var got struct {
 				XDSServers []json.RawMessage `json:"xds_servers"`
 				Node       struct {
-					Locality *json.RawMessage `json:"locality"`
+					Locality *json.RawMessage  `json:"locality"`
 					Metadata map[string]string `json:"metadata"`
 				} `json:"node"`
 				CertificateProviders map[string]struct {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/policy"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
@@ -30,7 +31,11 @@ and warnings (accepted, but noteworthy) as "warning: ...". The exit status is
 Policies in the input are checked against each other: a destination subset
 of another service must be defined in that service's policy. Such references
 to a service whose policy is not in the input are not checked (a warning
-says so), and neither is whether services are registered in Consul.`,
+says so), and neither is whether services are registered in Consul.
+
+A feature some supported gRPC implementation (grpc-js-xds, C-core) cannot
+honour is accepted with a warning naming the implementation and what its
+clients get instead (see README, "gRPC implementations").`,
 		Example: `  trellis policy validate -f examples/policies/header-canary.yaml
   trellis policy validate -f echo.yaml -f greeter.yaml
   cat policies.yaml | trellis policy validate -f -`,
@@ -126,6 +131,9 @@ func runPolicyValidate(stdin io.Reader, out io.Writer, files []string) error {
 		warnings, err := policy.Validate(d.policy, env)
 		for _, w := range warnings {
 			fmt.Fprintf(out, "warning: %s: %s\n", d.location(), w)
+		}
+		for _, g := range clients.PolicyGaps(d.policy) {
+			fmt.Fprintf(out, "warning: %s: %s\n", d.location(), g)
 		}
 		if err != nil {
 			var ve *policy.ValidationError

@@ -1,10 +1,13 @@
 package clients
 
 import (
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
 func TestClassify(t *testing.T) {
@@ -53,5 +56,30 @@ func TestProfiles(t *testing.T) {
 	}
 	if _, ok := ProfileByName("nope"); ok {
 		t.Error("ProfileByName found an unknown profile")
+	}
+}
+
+func TestPolicyGaps(t *testing.T) {
+	tests := []struct {
+		name   string
+		policy *policyv1.ServicePolicy
+		want   []string
+	}{
+		{name: "round robin", policy: &policyv1.ServicePolicy{Service: "s"}},
+		{name: "least request", policy: &policyv1.ServicePolicy{LoadBalancing: &policyv1.LoadBalancing{Policy: &policyv1.LoadBalancing_LeastRequest{LeastRequest: &policyv1.LeastRequest{}}}},
+			want: []string{"load_balancing.least_request: grpc-js-xds 1.14 clients get round robin instead", "load_balancing.least_request: gRPC C-core 1.51 (Python, C++, Ruby, PHP) clients get round robin instead"}},
+		{name: "ring hash", policy: &policyv1.ServicePolicy{LoadBalancing: &policyv1.LoadBalancing{Policy: &policyv1.LoadBalancing_RingHash{RingHash: &policyv1.RingHash{}}}},
+			want: []string{"load_balancing.ring_hash: gRPC C-core 1.51 (Python, C++, Ruby, PHP) clients get round robin instead, without affinity (Debian's C-core 1.51 crashes on ring hash)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, g := range PolicyGaps(tt.policy) {
+				got = append(got, g.String())
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("gaps:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
 	}
 }

@@ -104,7 +104,8 @@ func (p *ProfileCaches) ProfileOf(node *corev3.Node) clients.Profile {
 // Apply replaces each profile's state with its entry of next (by profile
 // name); a profile missing from next keeps its state. Resources equal to
 // the first profile's are replaced by the first profile's values before
-// they are applied. next is not modified.
+// they are applied: in next's maps, which Apply takes over (the caller
+// must not use them afterwards).
 func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -123,33 +124,49 @@ func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xds
 	return out
 }
 
-// share returns res with every resource equal to base's resource of the
-// same type and name replaced by base's. Decisions are memoised per
-// profile: a pair of values seen in the previous Apply is not compared
-// again. p.mu must be held.
+// share replaces, in res, every resource equal to base's resource of the
+// same type and name by base's. Decisions are memoised per profile: a pair
+// of values seen in the previous Apply is not compared again, and the memo
+// is updated in place, so an unchanged catalog costs a map lookup per
+// resource and allocates nothing. p.mu must be held.
 func (p *ProfileCaches) share(profile string, base, res xdscache.Resources) xdscache.Resources {
-	prev := p.shared[profile]
-	memo := make(map[string]map[string]sharedEntry, len(res))
-	out := make(xdscache.Resources, len(res))
+	memo := p.shared[profile]
+	if memo == nil {
+		memo = make(map[string]map[string]sharedEntry, len(res))
+		p.shared[profile] = memo
+	}
 	for typeURL, byName := range res {
-		m := make(map[string]types.Resource, len(byName))
-		mm := make(map[string]sharedEntry, len(byName))
+		mm := memo[typeURL]
+		if mm == nil {
+			mm = make(map[string]sharedEntry, len(byName))
+			memo[typeURL] = mm
+		}
 		for name, r := range byName {
 			b := base[typeURL][name]
-			if e, ok := prev[typeURL][name]; ok && e.in == r && e.base == b {
-				m[name], mm[name] = e.out, e
+			if e, ok := mm[name]; ok && e.in == r && e.base == b {
+				byName[name] = e.out
 				continue
 			}
 			v := r
 			if b != nil && b != r && proto.Equal(b, r) {
 				v = b
 			}
-			m[name], mm[name] = v, sharedEntry{in: r, base: b, out: v}
+			byName[name], mm[name] = v, sharedEntry{in: r, base: b, out: v}
 		}
-		out[typeURL], memo[typeURL] = m, mm
+		if len(mm) > len(byName) {
+			for name := range mm {
+				if _, ok := byName[name]; !ok {
+					delete(mm, name)
+				}
+			}
+		}
 	}
-	p.shared[profile] = memo
-	return out
+	for typeURL := range memo {
+		if _, ok := res[typeURL]; !ok {
+			delete(memo, typeURL)
+		}
+	}
+	return res
 }
 
 // Versions returns, per profile, what xdscache.Cache.Versions returns.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
 	"github.com/trellis-mesh/trellis/internal/testutil/spiretest"
@@ -21,19 +22,23 @@ import (
 // call echo and may not call db, so it gets echo's configuration and calls
 // it, while its channel to db is told db does not exist, and the withheld
 // requests are counted. Allowing web to call db gives it db within
-// seconds; denying it echo removes echo from its configuration.
+// seconds; denying it echo removes echo from its configuration. An
+// xDS-enabled mTLS server gets its own server Listener under the scope, and
+// web, allowed to call it, gets through its RBAC with its SPIFFE ID.
 func TestXDSScopeByIntentions(t *testing.T) {
 	spire := spiretest.Start(t, spiretest.Options{TrustDomain: mtlsTrustDomain})
-	cpAgent, clientAgent := spire.Agent(), spire.AddAgent(t)
-	webID := mtlsID(mtlsTrustDomain, "web")
+	cpAgent, clientAgent, apiAgent := spire.Agent(), spire.AddAgent(t), spire.AddAgent(t)
+	webID, apiID := mtlsID(mtlsTrustDomain, "web"), mtlsID(mtlsTrustDomain, "api")
 	cpAgent.Register(t, spiretest.Entry{SPIFFEID: controlPlaneID})
 	clientAgent.Register(t, spiretest.Entry{SPIFFEID: webID})
+	apiAgent.Register(t, spiretest.Entry{SPIFFEID: apiID})
 
 	consul := consultest.Start(t, consultest.Options{})
 	startBackend(t, consul, "echo", "echo-1", backendOptions{})
 	startBackend(t, consul, "db", "db-1", backendOptions{})
 	setIntentions(t, consul, "echo", map[string]api.IntentionAction{"web": api.IntentionActionAllow})
 	setIntentions(t, consul, "db", map[string]api.IntentionAction{"web": api.IntentionActionDeny})
+	setIntentions(t, consul, "api", map[string]api.IntentionAction{"web": api.IntentionActionAllow})
 	trellis := startTrellis(t, consul.HTTPAddr(), "--xds-tls", "--workload-api-addr", cpAgent.WorkloadAPIAddr(),
 		"--trust-domain", mtlsTrustDomain, "--xds-scope", "intentions")
 
@@ -43,6 +48,19 @@ func TestXDSScopeByIntentions(t *testing.T) {
 	}
 	echo := dialWeb("web-1", "xds:///echo")
 	waitForInstances(t, echo, 30*time.Second, "echo-1")
+
+	// An mTLS server receives its own server Listener (startMTLSEcho waits
+	// for it), and web's calls pass its RBAC.
+	mtlsBootstrapCLI := func(node, id, agentAddr string) []byte {
+		return bootstrapCLI(t, "--xds-server", trellis.xdsAddr, "--node-id", node, "--spiffe", "--spiffe-id", id,
+			"--xds-server-tls", "spiffe", "--workload-api-addr", agentAddr, "--xds-server-spiffe-id", controlPlaneID)
+	}
+	apiServer := startMTLSEcho(t, consul, mtlsBootstrapCLI("api-1", apiID, apiAgent.WorkloadAPIAddr()), "127.0.0.1", "api", "api-1", map[string]string{"trellis-mtls": "true"})
+	webToAPI := dialXDSCreds(t, mtlsBootstrapCLI("web-3", webID, clientAgent.WorkloadAPIAddr()), "xds:///api")
+	expectCode(t, webToAPI, "web calling api over mTLS", codes.OK, 30*time.Second)
+	if got := apiServer.callers(); len(got) == 0 || got[len(got)-1] != webID {
+		t.Errorf("api saw callers %v, want %s", got, webID)
+	}
 
 	db := dialWeb("web-2", "xds:///db")
 	start := time.Now()

@@ -1,13 +1,20 @@
 package xdsserver_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -174,4 +181,125 @@ func TestNewProfileCachesErrors(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
+}
+
+// TestNACKReportedWithImplementation: a client of an unknown
+// implementation that NACKs anyway is reported (stream status and a log
+// line) with its node id, user agent and the NACK text, and a client of
+// another implementation on the same server keeps ACKing.
+func TestNACKReportedWithImplementation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	next := map[string]xdscache.Resources{}
+	for _, p := range pc.Profiles() {
+		next[p.Name] = clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)
+	}
+	pc.Apply(next)
+	var logs syncBuffer
+	srv, err := xdsserver.New(xdsserver.Config{Watcher: pc.ConfigWatcher(), Registerer: prometheus.NewRegistry(),
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, lis) }()
+	defer func() {
+		scancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	open := func(id, agent, version string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		st, err := ads.StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node := &corev3.Node{Id: id, UserAgentName: agent, UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: version}}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resource.ClusterType, ResourceNames: []string{"svc"}}); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	answer := func(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, nack string) {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: resource.ClusterType, ResourceNames: []string{"svc"}, ResponseNonce: resp.GetNonce(), VersionInfo: resp.GetVersionInfo()}
+		if nack != "" {
+			req.VersionInfo = ""
+			req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: nack}
+		}
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	odd, good := open("odd-1", "gRPC Elixir", "0.1.0"), open("go-1", "gRPC Go", "1.85.0")
+	answer(odd, "cluster svc: unsupported field")
+	answer(good, "")
+
+	waitFor(ctx, t, func() string {
+		var oddSeen, goodSeen bool
+		for _, st := range srv.Streams() {
+			for _, ty := range st.Types {
+				switch st.NodeID {
+				case "odd-1":
+					oddSeen = st.UserAgent == "gRPC Elixir 0.1.0" && st.Profile == clients.WidestName &&
+						ty.NACKs == 1 && ty.LastNACKError == "cluster svc: unsupported field"
+				case "go-1":
+					goodSeen = ty.ACKs == 1 && ty.NACKs == 0 && st.Profile == clients.GoName
+				}
+			}
+		}
+		if !oddSeen || !goodSeen {
+			return fmt.Sprintf("streams: %+v", srv.Streams())
+		}
+		return ""
+	})
+	line := ""
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "rejected by client") {
+			line = l
+		}
+	}
+	for _, want := range []string{"node=odd-1", `user_agent="gRPC Elixir 0.1.0"`, "profile=widest", `error="cluster svc: unsupported field"`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("NACK log line %q lacks %s", line, want)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -360,9 +360,13 @@ func tables(v any) []table {
 		for _, k := range sortedKeys(nested) {
 			var rows []map[string]any
 			for _, obj := range objs {
+				// The parent's identifying fields (its size), not all of
+				// them: enough to tell the rows of different parents apart.
 				inherited := map[string]any{}
-				for pk, pv := range flatten("", obj) {
-					inherited[name+"."+pk] = pv
+				for pk, pv := range obj {
+					if _, isNumber := pv.(float64); isNumber && identifying(pk) {
+						inherited[name+"."+pk] = pv
+					}
 				}
 				for _, child := range objects(obj[k]) {
 					row := flatten("", child)
@@ -385,15 +389,27 @@ func tables(v any) []table {
 	if !ok {
 		return nil
 	}
+	// The report's own fields (settings, machine) first, then its lists.
+	if top := flatten("", obj); len(top) > 0 {
+		out = append(out, table{name: "report", rows: []map[string]any{top}})
+	}
 	for _, k := range sortedKeys(obj) {
 		if objs := objects(obj[k]); objs != nil {
 			walk(k, objs, nil)
 		}
 	}
-	if len(out) == 0 {
-		out = append(out, table{name: "report", rows: []map[string]any{flatten("", obj)}})
-	}
 	return out
+}
+
+// identifying reports whether a field names what a row is about (a size)
+// rather than what was measured.
+func identifying(field string) bool {
+	for _, suffix := range []string{"services", "streams", "instances_per_service", "conns"} {
+		if field == suffix || strings.HasSuffix(field, "_"+suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 // flatten returns the scalar fields of obj, nested names joined by ".".
@@ -434,28 +450,45 @@ func markdownTable(rows []map[string]any) string {
 		}
 	}
 	cols := sortedKeys(colSet)
+	cell := func(v any) string {
+		switch v := v.(type) {
+		case nil:
+			return ""
+		case float64:
+			if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+				return fmt.Sprintf("%.0f", v)
+			}
+			return fmt.Sprintf("%.4g", v)
+		default:
+			return fmt.Sprint(v)
+		}
+	}
 	var b strings.Builder
+	if len(cols) > maxColumns && len(rows) <= maxColumns {
+		// Too wide to read: one line per field, one column per row.
+		b.WriteString("| field |" + strings.Repeat(" |", len(rows)) + "\n|---|" + strings.Repeat("---|", len(rows)) + "\n")
+		for _, c := range cols {
+			cells := make([]string, len(rows))
+			for i, r := range rows {
+				cells[i] = cell(r[c])
+			}
+			b.WriteString("| " + c + " | " + strings.Join(cells, " | ") + " |\n")
+		}
+		return b.String()
+	}
 	b.WriteString("| " + strings.Join(cols, " | ") + " |\n|" + strings.Repeat("---|", len(cols)) + "\n")
 	for _, r := range rows {
 		cells := make([]string, len(cols))
 		for i, c := range cols {
-			switch v := r[c].(type) {
-			case nil:
-				cells[i] = ""
-			case float64:
-				if v == math.Trunc(v) && math.Abs(v) < 1e15 {
-					cells[i] = fmt.Sprintf("%.0f", v)
-				} else {
-					cells[i] = fmt.Sprintf("%.4g", v)
-				}
-			default:
-				cells[i] = fmt.Sprint(v)
-			}
+			cells[i] = cell(r[c])
 		}
 		b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
 	return b.String()
 }
+
+// maxColumns is the widest table drawn with one column per field.
+const maxColumns = 10
 
 // controlPlaneCharts plots, against a "streams" column when the rows have
 // one, the p50/p99 latency columns and the RSS columns, one line per

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"encoding/xml"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -110,7 +111,7 @@ func TestTablesShapes(t *testing.T) {
 		want []string // table names
 	}{
 		{`[{"a": 1}, {"a": 2}, {"a": 3}]`, []string{"report"}},
-		{`{"name": "x", "rows": [{"a": 1, "nested": {"b": 2}, "inner": [{"c": 3}]}]}`, []string{"rows", "rows.inner"}},
+		{`{"name": "x", "rows": [{"a": 1, "nested": {"b": 2}, "inner": [{"c": 3}]}]}`, []string{"report", "rows", "rows.inner"}},
 		{`{"a": 1, "b": {"c": 2}}`, []string{"report"}},
 		{`"just a string"`, nil},
 	} {
@@ -126,11 +127,23 @@ func TestTablesShapes(t *testing.T) {
 			t.Errorf("tables(%s) = %v, want %v", tt.json, got, tt.want)
 		}
 	}
-	tbs := tables(map[string]any{"rows": []any{map[string]any{"nested": map[string]any{"b": 2.0}, "inner": []any{map[string]any{"c": 3.0}}}}})
+	tbs := tables(map[string]any{"rows": []any{map[string]any{"services": 10.0, "write_s": 1.5, "nested": map[string]any{"b": 2.0},
+		"inner": []any{map[string]any{"c": 3.0}}}}})
 	if tbs[0].rows[0]["nested.b"] != 2.0 {
 		t.Errorf("nested fields are not flattened: %v", tbs[0].rows[0])
 	}
-	if tbs[1].rows[0]["rows.nested.b"] != 2.0 || tbs[1].rows[0]["c"] != 3.0 {
-		t.Errorf("inner rows do not carry their parent's fields: %v", tbs[1].rows[0])
+	if r := tbs[1].rows[0]; r["rows.services"] != 10.0 || r["c"] != 3.0 || len(r) != 2 {
+		t.Errorf("inner row %v: want its own fields and its parent's size only", r)
+	}
+}
+
+func TestWideTablesAreTransposed(t *testing.T) {
+	row := map[string]any{}
+	for i := range 12 {
+		row[fmt.Sprintf("f%02d", i)] = float64(i)
+	}
+	got := markdownTable([]map[string]any{row, row})
+	if !strings.HasPrefix(got, "| field | | |\n") || !strings.Contains(got, "| f11 | 11 | 11 |") {
+		t.Errorf("a 12-column table is not drawn one field per line:\n%s", got)
 	}
 }

@@ -51,7 +51,7 @@ response ACKed), stream k watching service k mod services, in steps of
 then, at the largest step, churn at -churn-rate changes/s to distinct
 services for -churn-duration (CPU, Consul requests/min, push latency), and
 a fan-out: the streams replaced by as many streams all watching one
-service, and -changes changes to it (latency to the last of all streams).
+service, and -fanout-changes changes to it (latency to the last of all streams).
 
 Results go to stdout as a table and, with -o, to a JSON file.
 
@@ -64,6 +64,7 @@ type cpSettings struct {
 	Streams           []int   `json:"streams"`
 	Instances         int     `json:"instances_per_service"`
 	Changes           int     `json:"changes"`
+	FanoutChanges     int     `json:"fanout_changes"`
 	ChurnRate         float64 `json:"churn_rate_per_s"`
 	ChurnDurationS    float64 `json:"churn_duration_s"`
 	IdleS             float64 `json:"idle_s"`
@@ -237,6 +238,7 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	fs.Var(&streams, "streams", "stream counts, opened in steps (default 100,1000,10000; -quick: 100,1000)")
 	fs.IntVar(&set.Instances, "instances", 10, "instances per service")
 	fs.IntVar(&set.Changes, "changes", 20, "single changes measured per step, and in the fan-out (-quick: 10)")
+	fs.IntVar(&set.FanoutChanges, "fanout-changes", 10, "changes measured in the fan-out (-quick: 6)")
 	fs.Float64Var(&set.ChurnRate, "churn-rate", 50, "changes per second to distinct services during churn; 0 skips churn")
 	churnDur := fs.Duration("churn-duration", 15*time.Second, "how long churn lasts (-quick: 5s)")
 	idle := fs.Duration("idle", 10*time.Second, "idle window per step for idle CPU and Consul requests (-quick: 5s)")
@@ -268,6 +270,9 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 		if !explicit["changes"] {
 			set.Changes = 10
 		}
+		if !explicit["fanout-changes"] {
+			set.FanoutChanges = 6
+		}
 		if !explicit["churn-duration"] {
 			*churnDur = 5 * time.Second
 		}
@@ -280,6 +285,8 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 		return fmt.Errorf("-instances %d: accepted: 1 or more", set.Instances)
 	case set.Changes < 1:
 		return fmt.Errorf("-changes %d: accepted: 1 or more", set.Changes)
+	case set.FanoutChanges < 1:
+		return fmt.Errorf("-fanout-changes %d: accepted: 1 or more", set.FanoutChanges)
 	case set.ChurnRate < 0:
 		return fmt.Errorf("-churn-rate %g: accepted: 0 (no churn) or more", set.ChurnRate)
 	case set.StreamsPerConn < 1:
@@ -618,7 +625,7 @@ func (b *cpBench) fanout(ctx context.Context, trellis *trellisServer, m *meter, 
 	}
 	sleep(ctx, 2*time.Second)
 	var changes []func() (change, error)
-	for c := range b.set.Changes {
+	for c := range b.set.FanoutChanges {
 		if c%2 == 0 {
 			changes = append(changes, func() (change, error) { return cat.registerInstance(ctx, hot) })
 		} else {

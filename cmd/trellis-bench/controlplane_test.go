@@ -24,7 +24,7 @@ func TestControlplaneSmoke(t *testing.T) {
 	var stdout bytes.Buffer
 	err := controlplaneMain(ctx, []string{
 		"-services", "100", "-streams", "20,50", "-changes", "4",
-		"-churn-rate", "20", "-churn-duration", "2s", "-idle", "1s",
+		"-fanout-changes", "4", "-churn-rate", "20", "-churn-duration", "2s", "-idle", "1s",
 		"-o", out, "-workdir", filepath.Join(dir, "work"),
 	}, &stdout)
 	t.Logf("output:\n%s", stdout.String())

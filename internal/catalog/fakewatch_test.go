@@ -160,8 +160,8 @@ func TestUnchangedIndexOrDataPublishesNothing(t *testing.T) {
 
 	// New index, same content: the sweep finds no service's index moved,
 	// so nothing is read and nothing published.
-	f.setServices(11, "a")
 	sweeps := metricValue(t, w, "trellis_catalog_sweeps_total")
+	f.setServices(11, "a")
 	waitFor(t, 5*time.Second, func() bool { return metricValue(t, w, "trellis_catalog_sweeps_total") > sweeps })
 	time.Sleep(3 * 50 * time.Millisecond)
 	if got := metricValue(t, w, "trellis_catalog_snapshots_total"); got != published {

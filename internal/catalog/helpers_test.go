@@ -1,7 +1,6 @@
 package catalog
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/testutil/runtest"
 )
 
 func TestMain(m *testing.M) {
@@ -51,20 +51,7 @@ func startWatcher(t *testing.T, cfg Config) *Watcher {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("Run did not return within 10s of its context being cancelled")
-		}
-	})
+	runtest.Run(t, 10*time.Second, w.Run)
 	return w
 }
 
@@ -140,20 +127,5 @@ func metricValue(t *testing.T, w *Watcher, name string) float64 {
 	if !ok {
 		t.Fatalf("registerer %T cannot gather", w.cfg.Registerer)
 	}
-	families, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range families {
-		if mf.GetName() != name {
-			continue
-		}
-		m := mf.GetMetric()[0]
-		if c := m.GetCounter(); c != nil {
-			return c.GetValue()
-		}
-		return m.GetGauge().GetValue()
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
+	return runtest.Metric(t, g, name, nil)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/intentions"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
+	"github.com/trellis-mesh/trellis/internal/testutil/runtest"
 )
 
 func TestMain(m *testing.M) {
@@ -144,20 +145,7 @@ func (b *syncBuffer) String() string {
 // startWatcher runs w until the test ends and checks that Run returns nil.
 func startWatcher(t *testing.T, w *intentions.Watcher) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(testTimeout):
-			t.Error("Run did not return after its context was canceled")
-		}
-	})
+	runtest.Run(t, testTimeout, w.Run)
 }
 
 // waitSnapshot receives snapshots until one satisfies cond.

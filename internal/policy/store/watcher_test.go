@@ -19,26 +19,14 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/policy/store"
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
+	"github.com/trellis-mesh/trellis/internal/testutil/runtest"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 )
 
 // startWatcher runs w until the test ends and checks that Run returns nil.
 func startWatcher(t *testing.T, w *store.Watcher) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(testTimeout):
-			t.Error("Run did not return after its context was canceled")
-		}
-	})
+	runtest.Run(t, testTimeout, w.Run)
 }
 
 // waitSnapshot receives snapshots until one satisfies cond.
@@ -88,29 +76,7 @@ func invalidKey(st store.WatchStatus, key string) (store.InvalidKey, bool) {
 // metricValue returns the value of a gauge or counter in reg.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range f.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if labels[lp.GetName()] != lp.GetValue() {
-					continue metrics
-				}
-			}
-			if m.GetGauge() != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return 0
+	return runtest.Metric(t, reg, name, labels)
 }
 
 func putRaw(t *testing.T, client *consulapi.Client, key string, value []byte) uint64 {

@@ -9,8 +9,11 @@
 // gets Widest, which honours only what every supported implementation
 // parses.
 //
-// It is a leaf package: it must not import the catalog, the translator,
-// the xDS cache or the server.
+// It also knows which policy features an implementation cannot honour
+// (PolicyGaps), for `trellis policy validate`.
+//
+// It is a leaf package (it reads the policy protos only): it must not
+// import the catalog, the translator, the xDS cache or the server.
 package clients
 
 import (

@@ -53,6 +53,12 @@ services for -churn-duration (CPU, Consul requests/min, push latency), and
 a fan-out: the streams replaced by as many streams all watching one
 service, and -fanout-changes changes to it (latency to the last of all streams).
 
+Bytes are the encoded sizes of the DiscoveryResponse messages (gRPC and
+HTTP/2 framing add 14 bytes per message). Each stream has its own gRPC
+connection unless -streams-per-conn says otherwise, as each grpc-go client
+has. The load generator runs on the same machine as trellis and Consul: its
+own CPU per change is reported next to trellis's.
+
 Results go to stdout as a table and, with -o, to a JSON file.
 
 Flags:

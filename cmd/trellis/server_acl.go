@@ -53,8 +53,10 @@ func newConsulACL(opts serverOptions, client *consulapi.Client, logger *slog.Log
 	})
 }
 
-// aclReadyDetail appends what the token hides to the /readyz detail and
-// reports whether it hides anything.
+// aclReadyDetail appends what the token lacks to the /readyz detail and
+// reports whether it hides anything the server reads. A missing write
+// permission (registration, the policy API's writes) is listed but does
+// not make the server unready: what it serves is whole.
 func aclReadyDetail(acl *consulwatch.ACL, b *strings.Builder) (hides bool) {
 	info := acl.Token()
 	switch {
@@ -75,12 +77,14 @@ func aclReadyDetail(acl *consulwatch.ACL, b *strings.Builder) (hides bool) {
 	if info.Error != "" {
 		fmt.Fprintf(b, "consul acl check: %s\n", info.Error)
 	}
-	problems := acl.Problems()
-	for _, p := range problems {
+	for _, p := range acl.Problems() {
 		fmt.Fprintf(b, "consul acl problem: %s\n", p)
+		if !strings.Contains(p.Permission, ":write") {
+			hides = true
+		}
 	}
-	if len(problems) > 0 {
+	if hides {
 		b.WriteString("not ready: the Consul ACL token hides part of what Trellis must read\n")
 	}
-	return len(problems) > 0
+	return hides
 }

@@ -7,7 +7,13 @@
 // Translation is a pure function: no I/O, no clock, no logging, no globals.
 // Every rule about what gRPC accepts lives here, so that the control plane
 // never emits a resource a client would NACK. What cannot be translated is
-// left out and reported as a Skip, for the caller to log.
+// left out and reported as a Skip, for the caller to log (Skip.LogAttrs);
+// what is translated otherwise than asked is reported as a warning Skip.
+//
+// Translate is the pure function, which the golden tests use; a Translator
+// gives exactly the same results, re-translating only the services whose
+// inputs changed and handing back the same resource values for the others,
+// so that the xDS cache does no work for them either.
 //
 // This package must not import Consul's API, the xDS cache or the server.
 package translate

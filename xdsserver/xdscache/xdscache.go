@@ -4,7 +4,10 @@
 // It owns resource versioning: every resource is versioned by a hash of its
 // deterministic encoding (Any payloads included), and Apply forwards to the per-type
 // go-control-plane LinearCache only the resources whose hash changed plus the
-// deletions, so an unchanged resource is never pushed to a client again. It
+// deletions, so an unchanged resource is never pushed to a client again.
+// Resources are immutable once applied: a resource applied again as the
+// same value is neither encoded nor hashed again, and the LinearCache
+// encodes each version once, lazily, for every stream it is sent on. It
 // also owns Listener aliases for dial targets that carry a port (see
 // ConfigWatcher).
 //

@@ -16,8 +16,13 @@ RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./
 all: build
 
 ## build: compile bin/trellis and the example services.
+# What trellis version reports, from git when available.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+TRELLIS_LDFLAGS = -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o bin/trellis ./cmd/trellis
+	$(GO) build -ldflags "$(TRELLIS_LDFLAGS)" -o bin/trellis ./cmd/trellis
 	$(GO) build -o bin/echo-server ./examples/echo/server
 	$(GO) build -o bin/echo-client ./examples/echo/client
 	$(GO) build -o bin/trellis-bench ./cmd/trellis-bench
@@ -39,12 +44,21 @@ test: tools build check-generated test-deps
 ## the pinned Node peer (npm ci in integration/peers/node, from its committed
 ## package-lock.json) and Debian's python3-grpcio and python3-protobuf for the
 ## C-core peer (installed with apt-get when missing; needs root).
+## Also Debian's systemd, whose systemd-analyze verifies the units in deploy/.
 test-deps: integration/peers/node/node_modules/.package-lock.json
 	@if ! /usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-grpcio python3-protobuf; \
 		else \
 			echo "test-deps: the C-core peer needs Debian's python3-grpcio and python3-protobuf: run make test-deps as root, or sudo apt-get install python3-grpcio python3-protobuf" >&2; exit 1; \
+		fi; \
+	fi
+	@# systemd-analyze, for the checks of the systemd units in deploy/.
+	@if ! command -v systemd-analyze >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; \
+		else \
+			echo "test-deps: the deploy/ tests need systemd-analyze: run make test-deps as root, or sudo apt-get install systemd" >&2; exit 1; \
 		fi; \
 	fi
 

@@ -77,6 +77,7 @@ func BenchmarkApply(b *testing.B) {
 			total += float64(time.Since(start))
 			b.StopTimer()
 		}
+		b.ReportMetric(total/float64(b.N)/1e6, "ms/apply")
 		return total / float64(b.N)
 	}
 	var all, one float64

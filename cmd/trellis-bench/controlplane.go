@@ -192,6 +192,15 @@ type fanoutResult struct {
 	Service string      `json:"service"`
 	ReadyS  float64     `json:"ready_s"`
 	Changes changeStats `json:"changes"`
+	// ServerSent is, per change, the time from the Consul write to the
+	// moment trellis handed the last stream its response (from
+	// /debug/xds/streams, read after each change and left out of the CPU
+	// figures): the difference to Changes.Latency is the time the
+	// responses spent in transit and in the load generator, which shares
+	// the machine.
+	ServerSent dist `json:"server_sent_last_stream"`
+	// ServerSentError says why ServerSent is missing, if it is.
+	ServerSentError string `json:"server_sent_error,omitempty"`
 }
 
 type target struct {
@@ -638,20 +647,57 @@ func (b *cpBench) fanout(ctx context.Context, trellis *trellisServer, m *meter, 
 			changes = append(changes, func() (change, error) { return cat.failCheck(ctx, hot) })
 		}
 	}
-	stats, err := b.measureChanges(ctx, gen, m, watchersByService(gen), changes, idleCPU)
+	var sent []float64
+	var sentErr error
+	after := func(written time.Time) {
+		if sentErr != nil {
+			return
+		}
+		at, err := trellis.edsSentAt(ctx)
+		if err != nil {
+			sentErr = err
+			return
+		}
+		var last time.Time
+		for k := range gen.Len() {
+			t, ok := at[gen.NodeID(k)]
+			if !ok || t.Before(written) {
+				sentErr = fmt.Errorf("stream %s: no EDS response sent after the write", gen.NodeID(k))
+				return
+			}
+			if t.After(last) {
+				last = t
+			}
+		}
+		sent = append(sent, msOf(last.Sub(written)))
+	}
+	stats, err := b.measureChangesThen(ctx, gen, m, watchersByService(gen), changes, idleCPU, after)
 	if err != nil {
 		return nil, err
 	}
 	if err := gen.Err(); err != nil {
 		return nil, err
 	}
-	return &fanoutResult{Streams: n, Service: serviceName(hot), ReadyS: readyIn.Seconds(), Changes: stats}, nil
+	res := &fanoutResult{Streams: n, Service: serviceName(hot), ReadyS: readyIn.Seconds(), Changes: stats}
+	if sentErr != nil {
+		res.ServerSentError = sentErr.Error()
+	} else {
+		res.ServerSent = summarize(sent)
+	}
+	return res, nil
 }
 
 // measureChanges makes the changes one at a time; after each it waits for
 // an EDS response at every stream watching the changed service (or
 // pushTimeout), then counts what every stream received since the write.
 func (b *cpBench) measureChanges(ctx context.Context, gen *loadgen.Generator, m *meter, byService map[string][]int, changes []func() (change, error), idleCPU float64) (changeStats, error) {
+	return b.measureChangesThen(ctx, gen, m, byService, changes, idleCPU, nil)
+}
+
+// measureChangesThen is measureChanges with after called once each
+// change has reached its streams, with the wall-clock time of the write;
+// the CPU trellis spends while after runs is left out of the CPU figures.
+func (b *cpBench) measureChangesThen(ctx context.Context, gen *loadgen.Generator, m *meter, byService map[string][]int, changes []func() (change, error), idleCPU float64, after func(written time.Time)) (changeStats, error) {
 	st := changeStats{Changes: len(changes), Kinds: map[string]int{}}
 	var last, all, writes []float64
 	var bytes, responses, clients float64
@@ -665,6 +711,7 @@ func (b *cpBench) measureChanges(ctx context.Context, gen *loadgen.Generator, m 
 	}
 	start := time.Now()
 	total := gen.Len()
+	var excluded, genExcluded, excludedWall time.Duration
 	for _, do := range changes {
 		gen.ResetEvents()
 		t0 := time.Now()
@@ -703,17 +750,41 @@ func (b *cpBench) measureChanges(ctx context.Context, gen *loadgen.Generator, m 
 				st.ResponsesToNonWatchers += int64(n)
 			}
 		}
+		if after != nil {
+			c0, err := procCPU(m.trellis.pid())
+			if err != nil {
+				return st, err
+			}
+			g0, err := procCPU(os.Getpid())
+			if err != nil {
+				return st, err
+			}
+			a0 := time.Now()
+			after(t0)
+			c1, err := procCPU(m.trellis.pid())
+			if err != nil {
+				return st, err
+			}
+			g1, err := procCPU(os.Getpid())
+			if err != nil {
+				return st, err
+			}
+			excluded += c1 - c0
+			genExcluded += g1 - g0
+			excludedWall += time.Since(a0)
+		}
 	}
-	elapsed := time.Since(start)
+	elapsed := time.Since(start) - excludedWall
 	cpu1, err := procCPU(m.trellis.pid())
 	if err != nil {
 		return st, err
 	}
+	cpu1 -= excluded
 	gcpu1, err := procCPU(os.Getpid())
 	if err != nil {
 		return st, err
 	}
-	st.GeneratorCPUMsPerChange = (gcpu1 - gcpu0).Seconds() * 1000 / float64(len(changes))
+	st.GeneratorCPUMsPerChange = (gcpu1 - gcpu0 - genExcluded).Seconds() * 1000 / float64(len(changes))
 	raw := (cpu1 - cpu0).Seconds() * 1000 / float64(len(changes))
 	st.CPUMsPerChangeRaw = raw
 	st.CPUMsPerChange = max(0, ((cpu1-cpu0).Seconds()-idleCPU*elapsed.Seconds())*1000/float64(len(changes)))
@@ -1068,6 +1139,11 @@ func printTable(w io.Writer, res *cpResult) {
 		}
 		if f := r.Fanout; f != nil {
 			s := f.Changes
+			if f.ServerSent.N > 0 {
+				fmt.Fprintf(w, "  fan-out, trellis side: last response sent p50 %.0f p99 %.0f max %.0f ms after the write\n", f.ServerSent.P50, f.ServerSent.P99, f.ServerSent.Max)
+			} else if f.ServerSentError != "" {
+				fmt.Fprintf(w, "  fan-out, trellis side: not measured: %s\n", f.ServerSentError)
+			}
 			fmt.Fprintf(w, "  fan-out: %d streams on %s (ready in %.1f s): last stream p50 %.0f p99 %.0f max %.0f ms (Consul write p50 %.0f ms); all receipts p50 %.0f p99 %.0f ms; %.0f B/change/client; trellis cpu %.1f ms/change (generator %.1f); other %d, missed %d\n",
 				f.Streams, f.Service, f.ReadyS, s.Latency.P50, s.Latency.P99, s.Latency.Max, s.Write.P50, s.AllReceipts.P50, s.AllReceipts.P99, s.BytesPerChangePerClient, s.CPUMsPerChange, s.GeneratorCPUMsPerChange, s.ResponsesToNonWatchers, s.Missed)
 		}

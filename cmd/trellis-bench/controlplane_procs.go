@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -313,6 +314,34 @@ func (s *trellisServer) consulRequests(ctx context.Context) (float64, bool, erro
 		total += s.value
 	}
 	return total, len(samples) > 0, nil
+}
+
+// edsSentAt returns, per node ID, when trellis last sent a
+// ClusterLoadAssignment response, from its /debug/xds/streams.
+func (s *trellisServer) edsSentAt(ctx context.Context) (map[string]time.Time, error) {
+	body, err := httpGet(ctx, "http://"+s.adminAddr+"/debug/xds/streams")
+	if err != nil {
+		return nil, err
+	}
+	var streams []struct {
+		NodeID string `json:"node_id"`
+		Types  []struct {
+			TypeURL string    `json:"type_url"`
+			SentAt  time.Time `json:"sent_at"`
+		} `json:"types"`
+	}
+	if err := json.Unmarshal([]byte(body), &streams); err != nil {
+		return nil, fmt.Errorf("/debug/xds/streams: %w", err)
+	}
+	out := make(map[string]time.Time, len(streams))
+	for _, st := range streams {
+		for _, t := range st.Types {
+			if t.TypeURL == "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment" {
+				out[st.NodeID] = t.SentAt
+			}
+		}
+	}
+	return out, nil
 }
 
 func httpGet(ctx context.Context, url string) (string, error) {

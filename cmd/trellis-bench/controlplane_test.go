@@ -77,6 +77,9 @@ func TestControlplaneSmoke(t *testing.T) {
 	if f := r.Fanout; f == nil || f.Streams != 50 || f.Changes.Latency.N != 4 || f.Changes.Missed != 0 || f.Changes.AllReceipts.N != 4*50 {
 		t.Errorf("fan-out %+v, want 4 changes reaching all 50 streams", f)
 	}
+	if f := r.Fanout; f != nil && (f.ServerSent.N != 4 || f.ServerSentError != "" || f.ServerSent.Max > f.Changes.Latency.Max) {
+		t.Errorf("fan-out server side %+v (%s), want 4 changes, each sent before it was received", f.ServerSent, f.ServerSentError)
+	}
 	if !strings.Contains(stdout.String(), "targets:") {
 		t.Errorf("no targets in the table")
 	}

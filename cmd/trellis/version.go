@@ -22,12 +22,14 @@ var version, commit string
 
 // reportedModules are the dependencies whose versions `trellis version`
 // reports: the ones that decide what the control plane speaks.
-var reportedModules = []string{
-	"google.golang.org/grpc",
-	"github.com/envoyproxy/go-control-plane",
-	"github.com/envoyproxy/go-control-plane/envoy",
-	"github.com/hashicorp/consul/api",
-	"github.com/spiffe/go-spiffe/v2",
+func reportedModules() []string {
+	return []string{
+		"google.golang.org/grpc",
+		"github.com/envoyproxy/go-control-plane",
+		"github.com/envoyproxy/go-control-plane/envoy",
+		"github.com/hashicorp/consul/api",
+		"github.com/spiffe/go-spiffe/v2",
+	}
 }
 
 // versionInfo is what `trellis version` prints.
@@ -48,7 +50,7 @@ type versionInfo struct {
 // ldCommit, when set, override the module version and the VCS revision.
 func buildVersion(info *debug.BuildInfo, ok bool, ldVersion, ldCommit string) versionInfo {
 	v := versionInfo{Version: ldVersion, Commit: ldCommit, Modules: map[string]string{}}
-	for _, m := range reportedModules {
+	for _, m := range reportedModules() {
 		v.Modules[m] = ""
 	}
 	if !ok || info == nil {
@@ -138,7 +140,7 @@ func printVersion(w io.Writer, v versionInfo, output string) error {
 		fmt.Fprintf(tw, "trellis\t%s\n", v.Version)
 		fmt.Fprintf(tw, "commit\t%s\n", commit)
 		fmt.Fprintf(tw, "go\t%s\n", v.GoVersion)
-		for _, m := range reportedModules {
+		for _, m := range reportedModules() {
 			ver := v.Modules[m]
 			if ver == "" {
 				ver = "not built in"

@@ -96,7 +96,7 @@ func TestVersionCommand(t *testing.T) {
 		t.Fatalf("version -o json is not JSON: %v\n%s", err, out)
 	}
 	info, _ := debug.ReadBuildInfo()
-	for _, m := range reportedModules {
+	for _, m := range reportedModules() {
 		var want string
 		for _, d := range info.Deps {
 			if d.Path == m {

@@ -517,7 +517,8 @@ func (h *harness) measure(ctx context.Context, config string, round int) (RunRes
 	if err != nil {
 		return run, err
 	}
-	defer p.stop()
+	// On the early returns; the normal path stops it below and reports.
+	defer func() { _ = p.stop() }()
 	readyCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	line, err := p.readLine(readyCtx)
 	cancel()

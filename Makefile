@@ -68,7 +68,7 @@ integration/peers/node/node_modules/.package-lock.json: integration/peers/node/p
 	cd integration/peers/node && npm ci --no-audit --no-fund
 
 ## bench: benchmarks, reported as ratios against a baseline in the same run.
-## The data-plane benchmark (3 rounds of 5 configurations, ~8 minutes) and
+## The data-plane benchmark (3 rounds of 5 configurations, ~7 minutes) and
 ## BENCHMARKS.md with its plots, from bench/*.json and bench/analysis.md.
 bench: tools build
 	$(GO) test -run '^$$' -bench . -benchmem ./...

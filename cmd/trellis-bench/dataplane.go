@@ -42,7 +42,7 @@ func runDataplane(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.SPIREAgentBin, "spire-agent", envOr("TRELLIS_SPIRE_AGENT_BIN", filepath.Join(tools, "spire-agent-v1.13.3")), "spire-agent binary (default $TRELLIS_SPIRE_AGENT_BIN)")
 	configs := fs.String("configs", strings.Join(dataplane.AllConfigs, ","), "configurations to measure, comma-separated: a (direct), b (xDS), c (direct TLS), d (xDS mTLS), e (d + RBAC + retries)")
 	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds; each runs every configuration, in reverse order every other round")
-	phase := fs.Duration("phase", 5*time.Second, "duration of each measured load")
+	phase := fs.Duration("phase", 4*time.Second, "duration of each measured load")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "unmeasured closed loop before the loads of each run")
 	fs.StringVar(&cfg.ProfileDir, "profile-dir", "", "write CPU profiles of each configuration's client and server (first round) here")
 	fs.StringVar(&cfg.ProfileLoad, "profile-load", "closed-64", "the load to profile")

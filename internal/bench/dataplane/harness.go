@@ -76,7 +76,7 @@ type Config struct {
 	// Rounds is the number of rounds. Default: 3.
 	Rounds int
 	// Loads are the measured phases of every configuration in every round.
-	// Default: DefaultLoads(5s).
+	// Default: DefaultLoads(4s).
 	Loads []Load
 	// Warmup is a closed loop of 16 calls in flight run before the loads,
 	// and not measured. Default: 1s.
@@ -144,7 +144,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("dataplane: Config.Rounds %d: want at least 1", c.Rounds)
 	}
 	if len(c.Loads) == 0 {
-		c.Loads = DefaultLoads(5 * time.Second)
+		c.Loads = DefaultLoads(4 * time.Second)
 	}
 	for _, l := range c.Loads {
 		if err := l.validate(); err != nil {

@@ -243,7 +243,7 @@ func TestKubernetesControlPlane(t *testing.T) {
 	s := effectiveSettings(t, cm.Data[key], env)
 	requireSetting(t, "ConfigMap", s, "admin-listen", "0.0.0.0:18001")
 	requireSetting(t, "ConfigMap", s, "xds-listen", "0.0.0.0:18000")
-	requireSetting(t, "Deployment env", s, "consul-token", "from-secret")
+	requireSetting(t, "Deployment env", s, "consul-token", "<redacted>") // set from the secret
 	for _, p := range c.Ports {
 		if !strings.HasSuffix(s[p.Name+"-listen"].(string), ":"+strconv.Itoa(int(p.ContainerPort))) {
 			t.Errorf("container port %s %d, but the server listens on %v", p.Name, p.ContainerPort, s[p.Name+"-listen"])

@@ -50,7 +50,7 @@ the flag's default.
   - file: --config FILE (or TRELLIS_CONFIG=FILE), a YAML mapping whose keys
     are the flag names (xds-listen: 127.0.0.1:18000); lists are YAML
     sequences or comma-separated strings. Unknown keys are errors.
---print-config prints the effective settings, as such a file, and exits.`
+--print-config prints the effective settings, as such a file (tokens\nredacted), and exits.`
 
 // lookupEnvFunc is os.LookupEnv, injectable for tests.
 type lookupEnvFunc func(key string) (string, bool)
@@ -313,8 +313,16 @@ func describeType(fl *pflag.Flag) string {
 	}
 }
 
+// redacted stands for the value of a secret setting in --print-config.
+const redacted = "<redacted>"
+
+// secret tells whether a setting holds a credential (--consul-token), whose
+// value --print-config does not print.
+func secret(name string) bool { return strings.HasSuffix(name, "-token") }
+
 // printSettings writes the effective value of every setting of fs as a
-// YAML config file, in flag-name order.
+// YAML config file, in flag-name order; secrets that are set print as
+// "<redacted>".
 func printSettings(w io.Writer, fs *pflag.FlagSet) error {
 	doc := &yaml.Node{Kind: yaml.MappingNode}
 	for _, name := range settingNames(fs) {
@@ -325,6 +333,8 @@ func printSettings(w io.Writer, fs *pflag.FlagSet) error {
 			for _, item := range sv.GetSlice() {
 				v.Content = append(v.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: item})
 			}
+		} else if secret(name) && fl.Value.String() != "" {
+			v = &yaml.Node{Kind: yaml.ScalarNode, Value: redacted, Style: yaml.DoubleQuotedStyle}
 		} else {
 			v = &yaml.Node{Kind: yaml.ScalarNode, Value: fl.Value.String()}
 			if t := fl.Value.Type(); t != "bool" && !strings.Contains(t, "int") && !strings.HasPrefix(t, "float") {

@@ -247,7 +247,7 @@ func TestServerPrintConfig(t *testing.T) {
 	if err := os.WriteFile(path, []byte("admin-listen: 127.0.0.1:9001\nxds-listen: 127.0.0.1:9000\nlog-level: warn\nzone-meta-key: [zone]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"TRELLIS_ADMIN_LISTEN": "127.0.0.1:9002", "TRELLIS_LOG_FORMAT": "json"}
+	env := map[string]string{"TRELLIS_ADMIN_LISTEN": "127.0.0.1:9002", "TRELLIS_LOG_FORMAT": "json", "TRELLIS_CONSUL_TOKEN": "s3cr3t"}
 	printed := func(args ...string) map[string]any {
 		t.Helper()
 		cmd := withSettings(newServerCommand(), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
@@ -256,6 +256,9 @@ func TestServerPrintConfig(t *testing.T) {
 		cmd.SetArgs(append([]string{"--print-config"}, args...))
 		if err := cmd.Execute(); err != nil {
 			t.Fatalf("server --print-config: %v", err)
+		}
+		if strings.Contains(out.String(), "s3cr3t") {
+			t.Errorf("--print-config prints the Consul token:\n%s", out.String())
 		}
 		var got map[string]any
 		if err := yaml.Unmarshal(out.Bytes(), &got); err != nil {
@@ -279,6 +282,8 @@ func TestServerPrintConfig(t *testing.T) {
 		"xds-listen":    "127.0.0.1:9000", // file
 		"log-level":     "warn",           // file
 		"zone-meta-key": []any{"zone"},    // file
+		"consul-token":  "<redacted>",     // environment, not printed
+		"consul-addr":   "",               // default
 	}
 	for k, w := range want {
 		if diff := cmp.Diff(w, got[k]); diff != "" {

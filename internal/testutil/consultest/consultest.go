@@ -86,6 +86,12 @@ type Options struct {
 	// HCL fragments are passed to the agent as -hcl flags after the
 	// package's own, e.g. TLS settings. Default: none.
 	HCL []string
+	// Token is the ACL token of the package's readiness checks and of
+	// Client, for agents started with ACLs enabled through HCL, e.g.
+	// acl { enabled = true, default_policy = "deny", tokens {
+	// initial_management = "root" } } with Token "root". Default: none
+	// (the anonymous token).
+	Token string
 }
 
 // Agent is a running Consul agent owned by one test.
@@ -230,7 +236,7 @@ func (a *Agent) newClient() (*api.Client, error) {
 	cfg.Address = a.HTTPAddr()
 	cfg.Scheme = "http"
 	cfg.Datacenter = ""
-	cfg.Token = ""
+	cfg.Token = a.opts.Token
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("api client for %s: %w", cfg.Address, err)

@@ -24,28 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Consul ACLs never fail a read: they filter it. A token without node:read
-// gets health results with no instances, one without key:read sees an empty
-// KV prefix, the anonymous token under default deny sees an empty catalog;
-// Consul only says so with the X-Consul-Results-Filtered-By-ACLs header, and
-// not even that for anonymous requests. ACL follows what the token hides, so
-// that Trellis never takes a filtered answer for the whole and says which
-// permission is missing for what: in the log (once per transition), in
-// Problems (for /readyz) and in trellis_consul_acl_problems.
-//
-// It learns from three sources:
-//   - at start and every ACLConfig.RecheckInterval, the token itself:
-//     GET /v1/acl/token/self (allowed for any token Consul knows) names it
-//     and its policies, whose rules are read when the token has acl:read;
-//     then Consul's authorization check (/v1/internal/acl/authorize, which
-//     evaluates the token's effective rules and reveals nothing more than
-//     trying each operation would) answers each ACLNeed;
-//   - every answer of a watch or read (Answered): the filtered header, and
-//     the empty service list (Consul always lists its own "consul" service,
-//     so an empty list is a hidden one);
-//   - every 403 (Failed): "ACL not found" for a token Consul does not know,
-//     "lacks permission 'X' on \"Y\"" for a missing permission.
-
 // Permissions, as ACL reports them (the permission label of
 // trellis_consul_acl_problems). Key permissions name their prefix:
 // KeyPermission.
@@ -153,6 +131,28 @@ type TokenInfo struct {
 
 // ACL follows the permissions the token lacks. A nil *ACL is valid and
 // follows nothing.
+//
+// Consul ACLs never fail a read: they filter it. A token without node:read
+// gets health results with no instances, one without key:read sees an empty
+// KV prefix, the anonymous token under default deny sees an empty catalog;
+// Consul only says so with the X-Consul-Results-Filtered-By-ACLs header, and
+// not even that for anonymous requests. ACL follows what the token hides, so
+// that Trellis never takes a filtered answer for the whole and says which
+// permission is missing for what: in the log (once per transition), in
+// Problems (for /readyz) and in trellis_consul_acl_problems.
+//
+// It learns from three sources:
+//   - at start and every ACLConfig.RecheckInterval, the token itself:
+//     GET /v1/acl/token/self (allowed for any token Consul knows) names it
+//     and its policies, whose rules are read when the token has acl:read;
+//     then Consul's authorization check (/v1/internal/acl/authorize, which
+//     evaluates the token's effective rules and reveals nothing more than
+//     trying each operation would) answers each ACLNeed;
+//   - every answer of a watch or read (Answered): the filtered header, and
+//     the empty service list (Consul always lists its own "consul" service,
+//     so an empty list is a hidden one);
+//   - every 403 (Failed): "ACL not found" for a token Consul does not know,
+//     "lacks permission 'X' on \"Y\"" for a missing permission.
 type ACL struct {
 	cfg    ACLConfig
 	logger *slog.Logger

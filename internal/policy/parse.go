@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	yamlv2 "go.yaml.in/yaml/v2"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -88,6 +89,9 @@ func ParseDocuments(r io.Reader) ([]*policyv1.ServicePolicy, error) {
 		return nil, fmt.Errorf("policy: input larger than %d bytes", MaxInputBytes)
 	}
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if !utf8.Valid(data) {
+		return nil, fmt.Errorf("policy: line %d: the input is not valid UTF-8; policies are UTF-8 text", invalidUTF8Line(data))
+	}
 
 	var (
 		out  []*policyv1.ServicePolicy
@@ -116,6 +120,23 @@ func ParseDocuments(r io.Reader) ([]*policyv1.ServicePolicy, error) {
 		return nil, &ParseError{Documents: errs}
 	}
 	return out, nil
+}
+
+// invalidUTF8Line returns the line (from 1) of the first byte of data that
+// is not part of valid UTF-8.
+func invalidUTF8Line(data []byte) int {
+	line := 1
+	for len(data) > 0 {
+		r, size := utf8.DecodeRune(data)
+		if r == utf8.RuneError && size <= 1 {
+			return line
+		}
+		if r == '\n' {
+			line++
+		}
+		data = data[size:]
+	}
+	return line
 }
 
 type rawDocument struct {

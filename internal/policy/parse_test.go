@@ -341,3 +341,10 @@ func TestMarshalUnknownFormat(t *testing.T) {
 		t.Fatalf("Marshal(xml) = %v, want an error naming the formats", err)
 	}
 }
+
+func TestParseDocumentsInvalidUTF8(t *testing.T) {
+	_, err := policy.ParseDocuments(strings.NewReader("service: echo\nroutes:\n- name: \"caf\xe9\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("ParseDocuments of invalid UTF-8: err = %v, want the line and UTF-8", err)
+	}
+}

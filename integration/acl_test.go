@@ -347,3 +347,55 @@ func TestConsulACLs(t *testing.T) {
 		full.requireAllACKed(t)
 	})
 }
+
+// TestConsulACLsOverHTTPS checks the token over Consul's HTTPS API with
+// client certificates (Consul's authorization check is sent on its own
+// connection, with the same TLS settings): README's policy is found
+// complete, and a token without node:read is reported by the token check.
+func TestConsulACLsOverHTTPS(t *testing.T) {
+	ca := newPEMCA(t)
+	serverCert, serverKey := ca.issue(t, "server.dc1.consul", 2)
+	clientCert, clientKey := ca.issue(t, "trellis", 3)
+	caPath := filepath.Join(ca.dir, "ca.pem")
+	consul := consultest.Start(t, consultest.Options{HTTPS: true, Token: "root", HCL: []string{aclAgentHCL, fmt.Sprintf(
+		`tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = true } }`,
+		caPath, serverCert, serverKey)}})
+	root := consul.Client(t)
+	startBackend(t, consul, "echo", "echo-1", backendOptions{})
+	policy := readmeACLPolicy(t)
+	noNode := strings.Replace(policy, "node_prefix \"\" {\n  policy = \"read\"\n}\n", "", 1)
+	if noNode == policy {
+		t.Fatalf("README's ACL policy has no node_prefix rule:\n%s", policy)
+	}
+
+	t.Setenv("CONSUL_HTTP_SSL", "true")
+	t.Setenv("CONSUL_CACERT", caPath)
+	t.Setenv("CONSUL_CLIENT_CERT", clientCert)
+	t.Setenv("CONSUL_CLIENT_KEY", clientKey)
+	full := startTrellisWithToken(t, consul.HTTPSAddr(), aclToken(t, root, "https-full", policy))
+	partial := startTrellisWithToken(t, consul.HTTPSAddr(), aclToken(t, root, "https-no-node", noNode))
+
+	waitFor(t, 60*time.Second, "README's policy ready over HTTPS", func() error {
+		code, body, err := full.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || !strings.Contains(body, "consul acl token: ") || strings.Contains(body, "consul acl check:") {
+			return fmt.Errorf("readyz %d:\n%s", code, body)
+		}
+		return nil
+	})
+	conn := dialXDS(t, full.bootstrapFor(t, "acl-https-client"), "xds:///echo")
+	waitForInstances(t, conn, 30*time.Second, "echo-1")
+	full.requireAllACKed(t)
+	waitFor(t, 30*time.Second, "node:read reported by the token check over HTTPS", func() error {
+		code, body, err := partial.get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "(seen by token check (node:read))") {
+			return fmt.Errorf("readyz %d:\n%s", code, body)
+		}
+		return nil
+	})
+}

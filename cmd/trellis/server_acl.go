@@ -77,6 +77,12 @@ func aclReadyDetail(acl *consulwatch.ACL, b *strings.Builder) (hides bool) {
 	if info.Error != "" {
 		fmt.Fprintf(b, "consul acl check: %s\n", info.Error)
 	}
+	if !info.Checked && info.Error == "" {
+		// Until the first check, a permission only it can reveal (key:read
+		// on an empty prefix) could be missing unseen.
+		b.WriteString("consul acl: the token is not checked yet\n")
+		hides = true
+	}
 	for _, p := range acl.Problems() {
 		fmt.Fprintf(b, "consul acl problem: %s\n", p)
 		if !strings.Contains(p.Permission, ":write") {

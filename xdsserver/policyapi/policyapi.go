@@ -11,6 +11,21 @@
 // canonical form (policy.Normalize). A write naming a stale revision fails
 // with Aborted and a google.rpc.ErrorInfo carrying the current revision.
 //
+// A write or delete that removes a subset another stored policy routes to
+// fails with FailedPrecondition, a google.rpc.PreconditionFailure naming
+// each dependent service and route, unless the request sets force; a forced
+// change is logged at WARN and its response lists what it broke. The check
+// and the change are one check-and-set in the store, so a concurrent write
+// of a dependent policy cannot slip between them.
+//
+// Other errors: a stored value that is not a policy is DataLoss naming its
+// key (ListPolicies returns the readable policies and one KeyError per
+// unreadable key instead); a policy larger than store.MaxValueBytes is
+// InvalidArgument with the limit; a request holding a string that is not
+// UTF-8 is InvalidArgument naming the field; Consul's ACLs refusing the
+// server's token is PermissionDenied; Consul not answering is Unavailable;
+// anything else from Consul is Internal.
+//
 // Every call is authenticated by the Authenticators of the Config (bearer
 // tokens today, others such as SPIFFE mTLS identities can be added): without
 // any, the API refuses every call with PermissionDenied.
@@ -50,12 +65,17 @@ const ErrorDomain = "policy.trellis.dev"
 // "service", "expected_revision" and "current_revision" (0: no policy).
 const ReasonRevisionConflict = "REVISION_CONFLICT"
 
+// PreconditionDependents is the google.rpc.PreconditionFailure violation
+// type of a write or delete refused because it removes the destination of
+// another stored policy's route. Its subject is the dependent service and
+// route ("src routes[0] (canary)").
+const PreconditionDependents = "DEPENDENT_ROUTE"
+
 // Store is the policy storage the API needs.
 type Store interface {
-	Put(ctx context.Context, p *policyv1.ServicePolicy, expected *uint64) (uint64, error)
+	Apply(ctx context.Context, c store.Change) (uint64, error)
 	Get(ctx context.Context, service string) (*store.Stored, error)
-	List(ctx context.Context) ([]*store.Stored, error)
-	Delete(ctx context.Context, service string, expected *uint64) error
+	List(ctx context.Context) (*store.Listing, error)
 }
 
 var _ Store = (*store.Store)(nil)
@@ -128,24 +148,47 @@ func NewGRPCServer(cfg Config, opts ...grpc.ServerOption) (*grpc.Server, error) 
 // Register registers the PolicyService on gs. gs must authenticate calls
 // with the Server's interceptors.
 func (s *Server) Register(gs grpc.ServiceRegistrar) {
-	policyv1.RegisterPolicyServiceServer(gs, s)
+	gs.RegisterService(&serviceDesc, s)
 }
 
-// PutPolicy validates and stores a policy.
+// PutPolicy validates and stores a policy. It is refused with
+// FailedPrecondition when it removes a subset another stored policy routes
+// to, unless req.Force.
 func (s *Server) PutPolicy(ctx context.Context, req *policyv1.PutPolicyRequest) (*policyv1.PutPolicyResponse, error) {
-	p, warnings, err := s.validate(ctx, req.GetPolicy())
+	p, err := s.normalize(req.GetPolicy())
 	if err != nil {
 		return nil, err
 	}
-	rev, err := s.store.Put(ctx, p, req.ExpectedRevision)
+	// The policy on its own first; against the other policies in the
+	// store's check.
+	if _, err := s.validateWith(p, nil); err != nil {
+		return nil, err
+	}
+	if err := checkSize(p); err != nil {
+		return nil, err
+	}
+	var (
+		warnings []string
+		broken   []policy.BrokenRoute
+	)
+	rev, err := s.store.Apply(ctx, store.Change{Service: p.GetService(), Policy: p, Expected: req.ExpectedRevision, Check: func(v *store.View) error {
+		var err error
+		if warnings, err = s.validateIn(p, v); err != nil {
+			return err
+		}
+		broken = policy.BrokenBy(viewPolicies(v), p.GetService(), p)
+		return s.dependents("write", p.GetService(), broken, req.GetForce())
+	}})
 	if err != nil {
 		return nil, s.storeError(ctx, "put", p.GetService(), err)
 	}
+	s.logForced("policy stored", p.GetService(), rev, broken, ctx)
 	s.logger.Info("policy stored", "service", p.GetService(), "revision", rev, "warnings", len(warnings), "peer", peerAddr(ctx))
-	return &policyv1.PutPolicyResponse{Policy: p, Revision: rev, Warnings: warnings}, nil
+	return &policyv1.PutPolicyResponse{Policy: p, Revision: rev, Warnings: warnings, BrokenDependents: brokenProto(broken)}, nil
 }
 
-// GetPolicy returns a stored policy.
+// GetPolicy returns a stored policy. A stored value that is not a policy
+// is DataLoss naming the key.
 func (s *Server) GetPolicy(ctx context.Context, req *policyv1.GetPolicyRequest) (*policyv1.GetPolicyResponse, error) {
 	if err := requireService(req.GetService()); err != nil {
 		return nil, err
@@ -157,29 +200,123 @@ func (s *Server) GetPolicy(ctx context.Context, req *policyv1.GetPolicyRequest) 
 	return &policyv1.GetPolicyResponse{Policy: st.Policy, Revision: st.Revision}, nil
 }
 
-// ListPolicies returns every stored policy, sorted by service.
+// ListPolicies returns every readable stored policy, sorted by service, and
+// an error for each key whose value is not a policy.
 func (s *Server) ListPolicies(ctx context.Context, _ *policyv1.ListPoliciesRequest) (*policyv1.ListPoliciesResponse, error) {
 	list, err := s.store.List(ctx)
 	if err != nil {
 		return nil, s.storeError(ctx, "list", "", err)
 	}
-	resp := &policyv1.ListPoliciesResponse{Policies: make([]*policyv1.StoredPolicy, 0, len(list))}
-	for _, st := range list {
+	resp := &policyv1.ListPoliciesResponse{Policies: make([]*policyv1.StoredPolicy, 0, len(list.Policies))}
+	for _, st := range list.Policies {
 		resp.Policies = append(resp.Policies, &policyv1.StoredPolicy{Policy: st.Policy, Revision: st.Revision})
+	}
+	for _, ke := range list.Unreadable {
+		resp.Errors = append(resp.Errors, &policyv1.KeyError{Key: ke.Key, Revision: ke.Revision, Reason: ke.Reason})
 	}
 	return resp, nil
 }
 
-// DeletePolicy removes a stored policy.
+// DeletePolicy removes a stored policy. It is refused with
+// FailedPrecondition when another stored policy routes to one of its
+// subsets, unless req.Force.
 func (s *Server) DeletePolicy(ctx context.Context, req *policyv1.DeletePolicyRequest) (*policyv1.DeletePolicyResponse, error) {
-	if err := requireService(req.GetService()); err != nil {
+	service := req.GetService()
+	if err := requireService(service); err != nil {
 		return nil, err
 	}
-	if err := s.store.Delete(ctx, req.GetService(), req.ExpectedRevision); err != nil {
-		return nil, s.storeError(ctx, "delete", req.GetService(), err)
+	var broken []policy.BrokenRoute
+	_, err := s.store.Apply(ctx, store.Change{Service: service, Expected: req.ExpectedRevision, Check: func(v *store.View) error {
+		broken = policy.BrokenBy(viewPolicies(v), service, nil)
+		return s.dependents("delete", service, broken, req.GetForce())
+	}})
+	if err != nil {
+		return nil, s.storeError(ctx, "delete", service, err)
 	}
-	s.logger.Info("policy deleted", "service", req.GetService(), "peer", peerAddr(ctx))
-	return &policyv1.DeletePolicyResponse{}, nil
+	s.logForced("policy deleted", service, 0, broken, ctx)
+	s.logger.Info("policy deleted", "service", service, "peer", peerAddr(ctx))
+	return &policyv1.DeletePolicyResponse{BrokenDependents: brokenProto(broken)}, nil
+}
+
+// dependents refuses a change that breaks routes of other policies, unless
+// forced.
+func (s *Server) dependents(op, service string, broken []policy.BrokenRoute, force bool) error {
+	if len(broken) == 0 || force {
+		return nil
+	}
+	pf := &errdetails.PreconditionFailure{}
+	texts := make([]string, 0, len(broken))
+	for _, b := range broken {
+		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
+			Type:        PreconditionDependents,
+			Subject:     b.Service + " " + b.Route,
+			Description: b.String(),
+		})
+		texts = append(texts, b.String())
+	}
+	st := status.New(codes.FailedPrecondition, fmt.Sprintf(
+		"%s of the policy of service %q refused: other policies route to what it removes: %s; change them first, or force the %s",
+		op, service, strings.Join(texts, "; "), op))
+	if withDetails, err := st.WithDetails(pf); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+// logForced logs a forced change that broke routes of other policies.
+func (s *Server) logForced(what, service string, rev uint64, broken []policy.BrokenRoute, ctx context.Context) {
+	if len(broken) == 0 {
+		return
+	}
+	texts := make([]string, 0, len(broken))
+	for _, b := range broken {
+		texts = append(texts, b.String())
+	}
+	s.logger.Warn(what+" by force, breaking routes of other policies: their calls go elsewhere until they are fixed",
+		"service", service, "revision", rev, "broken", texts, "peer", peerAddr(ctx))
+}
+
+func brokenProto(broken []policy.BrokenRoute) []*policyv1.BrokenDependency {
+	var out []*policyv1.BrokenDependency
+	for _, b := range broken {
+		out = append(out, &policyv1.BrokenDependency{Service: b.Service, Route: b.Route, DestinationService: b.DestinationService, DestinationSubset: b.DestinationSubset})
+	}
+	return out
+}
+
+func viewPolicies(v *store.View) map[string]*policyv1.ServicePolicy {
+	out := make(map[string]*policyv1.ServicePolicy, len(v.Policies))
+	for service, st := range v.Policies {
+		out[service] = st.Policy
+	}
+	return out
+}
+
+// checkSize refuses a policy whose stored form exceeds the store's limit,
+// before Consul is called.
+func checkSize(p *policyv1.ServicePolicy) error {
+	value, err := store.Encode(p)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "policy: %v", err)
+	}
+	if len(value) > store.MaxValueBytes {
+		return tooLarge(p.GetService(), len(value))
+	}
+	return nil
+}
+
+func tooLarge(service string, size int) error {
+	msg := fmt.Sprintf("policy for service %q is %d bytes once stored; the limit is %d bytes (%d KiB)", service, size, store.MaxValueBytes, store.MaxValueBytes>>10)
+	if size <= 0 {
+		msg = fmt.Sprintf("policy for service %q refused by Consul as too large; the limit is %d bytes (%d KiB)", service, store.MaxValueBytes, store.MaxValueBytes>>10)
+	}
+	st := status.New(codes.InvalidArgument, msg)
+	if withDetails, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+		{Field: "policy", Description: msg},
+	}}); err == nil {
+		st = withDetails
+	}
+	return st.Err()
 }
 
 // ValidatePolicy validates a policy as PutPolicy does, without storing it.
@@ -191,38 +328,69 @@ func (s *Server) ValidatePolicy(ctx context.Context, req *policyv1.ValidatePolic
 	return &policyv1.ValidatePolicyResponse{Warnings: warnings}, nil
 }
 
+// normalize returns the canonical form of p, or InvalidArgument when
+// there is none.
+func (s *Server) normalize(p *policyv1.ServicePolicy) (*policyv1.ServicePolicy, error) {
+	if p == nil {
+		return nil, invalidArgument("", []policy.Violation{{Description: "required: a ServicePolicy with at least a service"}})
+	}
+	return policy.Normalize(p), nil
+}
+
 // validate normalises p and validates it against the stored policies of
 // the services it routes to. It returns the canonical policy, or a status
 // error.
 func (s *Server) validate(ctx context.Context, p *policyv1.ServicePolicy) (*policyv1.ServicePolicy, []string, error) {
-	if p == nil {
-		return nil, nil, invalidArgument("", []policy.Violation{{Description: "required: a ServicePolicy with at least a service"}})
+	p, err := s.normalize(p)
+	if err != nil {
+		return nil, nil, err
 	}
-	p = policy.Normalize(p)
 	others := map[string]*policyv1.ServicePolicy{}
 	for _, service := range policy.ReferencedServices(p) {
 		st, err := s.store.Get(ctx, service)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalidValue):
+			// An unreadable policy defines nothing.
 		case err != nil:
 			return nil, nil, s.storeError(ctx, "validate: read the policy of destination", service, err)
 		default:
 			others[service] = st.Policy
 		}
 	}
-	env := policy.Env{
-		KnownService: s.known,
-		PolicyOf:     func(service string) *policyv1.ServicePolicy { return others[service] },
+	warnings, err := s.validateWith(p, others)
+	return p, warnings, err
+}
+
+// validateIn validates p against the policies of a store view.
+func (s *Server) validateIn(p *policyv1.ServicePolicy, v *store.View) ([]string, error) {
+	return s.validateWith(p, viewPolicies(v))
+}
+
+// validateWith validates p against others, the policies of other services
+// by service; with others nil, p alone (nothing is checked that needs
+// another policy or the catalog).
+func (s *Server) validateWith(p *policyv1.ServicePolicy, others map[string]*policyv1.ServicePolicy) ([]string, error) {
+	env := policy.Env{}
+	if others != nil {
+		env = policy.Env{
+			KnownService: s.known,
+			PolicyOf: func(service string) *policyv1.ServicePolicy {
+				if service == p.GetService() {
+					return nil
+				}
+				return others[service]
+			},
+		}
 	}
 	warnings, err := policy.Validate(p, env)
 	if err != nil {
 		var ve *policy.ValidationError
 		if errors.As(err, &ve) {
-			return nil, nil, invalidArgument(p.GetService(), ve.Violations)
+			return nil, invalidArgument(p.GetService(), ve.Violations)
 		}
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	return p, warnings, nil
+	return warnings, nil
 }
 
 // requestField turns a policy field path into one relative to the
@@ -273,7 +441,11 @@ func requireService(service string) error {
 
 // storeError maps a store error to a status error.
 func (s *Server) storeError(ctx context.Context, op, service string, err error) error {
-	var conflict *store.ConflictError
+	var (
+		conflict *store.ConflictError
+		corrupt  *store.CorruptError
+		large    *store.TooLargeError
+	)
 	switch {
 	case errors.As(err, &conflict):
 		msg := fmt.Sprintf("policy for service %q is at revision %d, not %d: read it again and retry", conflict.Service, conflict.Current, conflict.Expected)
@@ -300,12 +472,25 @@ func (s *Server) storeError(ctx context.Context, op, service string, err error) 
 		return status.Errorf(codes.NotFound, "service %q has no policy", service)
 	case ctx.Err() != nil:
 		return status.FromContextError(ctx.Err()).Err()
-	case errors.Is(err, store.ErrInvalidValue):
-		s.logger.Error("stored policy cannot be read", "op", op, "service", service, "error", err)
-		return status.Errorf(codes.Internal, "policyapi: %s: %v", op, err)
-	default:
-		s.logger.Warn("policy store failed", "op", op, "service", service, "error", err)
+	case status.Code(err) != codes.Unknown:
+		return err // a refusal of the write's check
+	case errors.As(err, &corrupt):
+		s.logger.Error("stored policy cannot be read", "op", op, "key", corrupt.Key, "revision", corrupt.Revision, "reason", corrupt.Reason)
+		return status.Errorf(codes.DataLoss, "key %q (revision %d) does not hold the policy of service %q: %s; fix it by putting a policy for the service, or delete it",
+			corrupt.Key, corrupt.Revision, service, corrupt.Reason)
+	case errors.As(err, &large):
+		return tooLarge(large.Service, large.Size)
+	case errors.Is(err, store.ErrTooLarge):
+		return tooLarge(service, 0)
+	case errors.Is(err, store.ErrPermissionDenied):
+		s.logger.Error("Consul's ACLs deny the policy store; the server's Consul token needs key:read and key:write on the policy prefix", "op", op, "service", service, "error", err)
+		return status.Errorf(codes.PermissionDenied, "policyapi: %s: the trellis server's Consul token may not do this (it needs key:read and key:write on the policy prefix): %v", op, err)
+	case errors.Is(err, store.ErrUnavailable):
+		s.logger.Warn("policy store unavailable", "op", op, "service", service, "error", err)
 		return status.Errorf(codes.Unavailable, "policyapi: %s: %v", op, err)
+	default:
+		s.logger.Error("policy store failed", "op", op, "service", service, "error", err)
+		return status.Errorf(codes.Internal, "policyapi: %s: %v", op, err)
 	}
 }
 

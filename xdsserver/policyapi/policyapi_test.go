@@ -601,11 +601,12 @@ func TestRoundTrip(t *testing.T) {
 			if info := conflictInfo(t, err); info["current_revision"] != itoa(put2.Revision) {
 				t.Errorf("stale delete: metadata %v, want current %d", info, put2.Revision)
 			}
-			if _, err := f.client.DeletePolicy(ctx, &policyv1.DeletePolicyRequest{Service: "echo", ExpectedRevision: &put2.Revision}); err != nil {
-				t.Fatalf("DeletePolicy: %v", err)
-			}
+			// web routes to echo's subset v2: web goes first.
 			if _, err := f.client.DeletePolicy(ctx, &policyv1.DeletePolicyRequest{Service: "web"}); err != nil {
 				t.Fatalf("DeletePolicy(web): %v", err)
+			}
+			if _, err := f.client.DeletePolicy(ctx, &policyv1.DeletePolicyRequest{Service: "echo", ExpectedRevision: &put2.Revision}); err != nil {
+				t.Fatalf("DeletePolicy: %v", err)
 			}
 			if _, err := f.client.GetPolicy(ctx, &policyv1.GetPolicyRequest{Service: "echo"}); status.Code(err) != codes.NotFound {
 				t.Errorf("GetPolicy after delete: %v, want NotFound", err)

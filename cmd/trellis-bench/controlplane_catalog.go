@@ -23,7 +23,7 @@ const (
 	txnOps = 64
 	// writeWorkers is how many transactions are in flight while the
 	// catalog is generated.
-	writeWorkers = 4
+	writeWorkers = 8
 )
 
 func serviceName(i int) string { return fmt.Sprintf("svc-%05d", i) }

@@ -316,6 +316,20 @@ func (s *trellisServer) consulRequests(ctx context.Context) (float64, bool, erro
 	return total, len(samples) > 0, nil
 }
 
+// gauge returns the value of an unlabelled metric from trellis's /metrics.
+func (s *trellisServer) gauge(ctx context.Context, name string) (float64, error) {
+	body, err := httpGet(ctx, "http://"+s.adminAddr+"/metrics")
+	if err != nil {
+		return 0, fmt.Errorf("trellis metrics: %w", err)
+	}
+	for _, smp := range parseMetrics(body, name) {
+		if len(smp.labels) == 0 {
+			return smp.value, nil
+		}
+	}
+	return 0, fmt.Errorf("trellis metrics: no %s", name)
+}
+
 // edsSentAt returns, per node ID, when trellis last sent a
 // ClusterLoadAssignment response, from its /debug/xds/streams.
 func (s *trellisServer) edsSentAt(ctx context.Context) (map[string]time.Time, error) {

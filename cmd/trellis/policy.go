@@ -190,6 +190,23 @@ func (a *policyAPI) explain(what string, err error) error {
 			return fmt.Errorf("%s: policy API at %s unavailable over mTLS as %s: %s%s", what, a.server, a.spiffe.self, st.Message(), a.spiffe.hint(st.Message()))
 		}
 		return fmt.Errorf("%s: policy API at %s unavailable: %s", what, a.server, st.Message())
+	case codes.FailedPrecondition:
+		var lines []string
+		for _, d := range st.Details() {
+			if pf, ok := d.(*errdetails.PreconditionFailure); ok {
+				for _, v := range pf.GetViolations() {
+					if v.GetType() == policyapi.PreconditionDependents {
+						lines = append(lines, "  "+v.GetDescription())
+					}
+				}
+			}
+		}
+		if len(lines) == 0 {
+			return fmt.Errorf("%s: refused: %s", what, st.Message())
+		}
+		return fmt.Errorf("%s: refused: other policies route to what it removes:\n%s\nchange those policies first, or pass --force to break their routes (their calls then go to the whole service or the next matching route)", what, strings.Join(lines, "\n"))
+	case codes.DataLoss:
+		return fmt.Errorf("%s: the stored value is not a policy: %s", what, st.Message())
 	case codes.InvalidArgument:
 		var lines []string
 		for _, d := range st.Details() {
@@ -226,6 +243,7 @@ func newPolicyApplyCommand() *cobra.Command {
 	var (
 		opts  policyClientOptions
 		files []string
+		force bool
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
@@ -236,7 +254,11 @@ applied when one cannot be parsed. Policies are then applied one by one, a
 policy whose subsets another policy of the input routes to first, and
 "SERVICE: revision N" is printed for each, with its warnings. The first
 refused policy stops the command, its problems printed one per line; the
-policies before it stay applied.`,
+policies before it stay applied.
+
+A policy that removes a subset another stored policy routes to is refused,
+naming those routes; --force stores it anyway and prints the routes it
+broke.`,
 		Example: `  trellis policy apply -f examples/policies/header-canary.yaml
   trellis policy get echo | sed 's/2s/5s/' | trellis policy apply -f -`,
 		Args: cobra.NoArgs,
@@ -254,7 +276,7 @@ policies before it stay applied.`,
 			defer cancel()
 			out := cmd.OutOrStdout()
 			for i, d := range applyOrder(docs) {
-				resp, err := api.client.PutPolicy(ctx, &policyv1.PutPolicyRequest{Policy: d.policy})
+				resp, err := api.client.PutPolicy(ctx, &policyv1.PutPolicyRequest{Policy: d.policy, Force: force})
 				if err != nil {
 					err = api.explain("apply "+d.location(), err)
 					if len(docs) > 1 {
@@ -270,10 +292,12 @@ policies before it stay applied.`,
 				for _, w := range resp.GetWarnings() {
 					fmt.Fprintf(out, "  warning: %s\n", w)
 				}
+				printBroken(cmd.ErrOrStderr(), d.policy.GetService(), resp.GetBrokenDependents())
 			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "store policies even when they remove subsets other stored policies route to, breaking those routes")
 	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "policy file, YAML or JSON; - reads standard input; repeat for several files (required)")
 	_ = cmd.MarkFlagRequired("file") // the flag exists: no error
 	addPolicyClientFlags(cmd, &opts)
@@ -416,7 +440,13 @@ func newPolicyListCommand() *cobra.Command {
 			for _, sp := range resp.GetPolicies() {
 				fmt.Fprintf(tw, "%s\t%d\t%d\n", sp.GetPolicy().GetService(), sp.GetRevision(), len(sp.GetPolicy().GetRoutes()))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, ke := range resp.GetErrors() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "error: key %s (revision %d) is not a policy and is not in effect: %s\n", ke.GetKey(), ke.GetRevision(), ke.GetReason())
+			}
+			return nil
 		},
 	}
 	addPolicyClientFlags(cmd, &opts)
@@ -427,15 +457,19 @@ func newPolicyDeleteCommand() *cobra.Command {
 	var (
 		opts     policyClientOptions
 		revision string
+		force    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "delete SERVICE",
 		Short: "Delete a service's policy",
 		Long: `Delete a service's policy: calls to the service go back to the defaults.
-With --revision, the policy is only deleted while it is at that revision.`,
+With --revision, the policy is only deleted while it is at that revision.
+A policy whose subsets other stored policies route to is not deleted, and
+those routes are named; --force deletes it anyway and prints the routes it
+broke.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &policyv1.DeletePolicyRequest{Service: args[0]}
+			req := &policyv1.DeletePolicyRequest{Service: args[0], Force: force}
 			if revision != "" {
 				n, err := strconv.ParseUint(revision, 10, 64)
 				if err != nil || n == 0 {
@@ -450,14 +484,29 @@ With --revision, the policy is only deleted while it is at that revision.`,
 			defer api.Close()
 			ctx, cancel := api.context(cmd.Context())
 			defer cancel()
-			if _, err := api.client.DeletePolicy(ctx, req); err != nil {
+			resp, err := api.client.DeletePolicy(ctx, req)
+			if err != nil {
 				return api.explain("delete "+args[0], err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: deleted\n", args[0])
+			printBroken(cmd.ErrOrStderr(), args[0], resp.GetBrokenDependents())
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "delete the policy even when other stored policies route to its subsets, breaking those routes")
 	cmd.Flags().StringVar(&revision, "revision", "", "delete only if the policy is at this revision")
 	addPolicyClientFlags(cmd, &opts)
 	return cmd
+}
+
+// printBroken reports the routes of other policies a forced change of
+// service's policy broke.
+func printBroken(w io.Writer, service string, broken []*policyv1.BrokenDependency) {
+	if len(broken) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "WARNING: forced: the change of %s's policy broke %d route(s) of other policies; their calls go to the whole service or the next matching route until fixed:\n", service, len(broken))
+	for _, b := range broken {
+		fmt.Fprintf(w, "  service %q %s: subset %q of service %q no longer exists\n", b.GetService(), b.GetRoute(), b.GetDestinationSubset(), b.GetDestinationService())
+	}
 }

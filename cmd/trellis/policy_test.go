@@ -26,6 +26,13 @@ const cliToken = "cli-test-token"
 // server does, backed by a real Consul, and returns the admin address.
 func startPolicyAPI(t *testing.T) (string, *store.Store) {
 	t.Helper()
+	addr, st, _ := startPolicyAPIAgent(t)
+	return addr, st
+}
+
+// startPolicyAPIAgent is startPolicyAPI, also returning the Consul agent.
+func startPolicyAPIAgent(t *testing.T) (string, *store.Store, *consultest.Agent) {
+	t.Helper()
 	agent := consultest.Start(t, consultest.Options{})
 	st, err := store.New(store.Config{Client: agent.Client(t)})
 	if err != nil {
@@ -58,7 +65,7 @@ func startPolicyAPI(t *testing.T) (string, *store.Store) {
 			t.Error("admin server did not stop")
 		}
 	})
-	return lis.Addr().String(), st
+	return lis.Addr().String(), st, agent
 }
 
 // runCLI runs `trellis ARGS...` and returns its output.

@@ -276,7 +276,7 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	fs.StringVar(&set.TrellisBinary, "trellis", "", "trellis binary (default: built from ./cmd/trellis with go build)")
 	out := fs.String("o", "", "write the results as JSON to this file")
 	workDir := fs.String("workdir", "", "directory for the processes' logs (default: a new temporary directory, removed when the run succeeds)")
-	verbose := fs.Bool("v", false, "log progress to stderr")
+	verbose := fs.Bool("v", true, "log progress to stderr (-v=false: only warnings)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return err

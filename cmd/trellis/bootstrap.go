@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/trellis-mesh/trellis/identity"
+	"github.com/trellis-mesh/trellis/internal/atomicfile"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
 	"github.com/trellis-mesh/trellis/internal/clients"
 )
@@ -114,7 +115,7 @@ The connection to the xDS server itself (--xds-server-tls):
 				_, err = cmd.OutOrStdout().Write(out)
 				return err
 			}
-			return writeFileAtomic(output, out)
+			return atomicfile.Write(output, out, 0o644)
 		},
 	}
 	f := cmd.Flags()
@@ -224,31 +225,6 @@ func (o bootstrapSecurityOptions) apply(cmd *cobra.Command, cfg *bootstrap.Confi
 				fmt.Fprintf(cmd.ErrOrStderr(), "trellis: warning: --workload-api-addr %s: %v; the workload needs the SPIFFE agent's socket there when it runs\n", o.workloadAPIAddr, err)
 			}
 		}
-	}
-	return nil
-}
-
-// writeFileAtomic replaces path with data so that a reader never sees a
-// partial file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -9,7 +9,8 @@
 // file is replaced atomically (a temporary file in the same directory,
 // fsync, rename), so a reader never sees a partial file.
 //
-// The package must not import anything of Trellis outside identity.
+// The package must not import anything of Trellis outside identity, but
+// for the dependency-free internal/atomicfile.
 package filesync
 
 import (
@@ -29,6 +30,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/identity/internal/x509watch"
+	"github.com/trellis-mesh/trellis/internal/atomicfile"
 )
 
 // Config configures a Syncer.
@@ -187,7 +189,7 @@ func (h *handler) OnUpdate(c *workloadapi.X509Context) {
 		if bytes.Equal(h.last[w.path], w.data) {
 			continue
 		}
-		if err := writeAtomic(w.path, w.data, w.mode); err != nil {
+		if err := atomicfile.Write(w.path, w.data, w.mode); err != nil {
 			h.writeErr = fmt.Errorf("filesync: %w", err)
 			h.s.logger.Error("writing SVID files failed", "error", err)
 			h.cancel(h.writeErr)
@@ -215,38 +217,4 @@ func (h *handler) OnError(err error) {
 	}
 	h.s.logger.Warn("Workload API failed; the files keep the last SVID until a new one arrives",
 		"error", err, "not_after", h.notAfter.UTC(), "expired", !time.Now().Before(h.notAfter))
-}
-
-// writeAtomic replaces path with data: it writes a temporary file in the
-// same directory, syncs it and renames it over path.
-func writeAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name()) // best effort: the write already failed
-		}
-	}()
-	if err := tmp.Chmod(mode); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

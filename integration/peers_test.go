@@ -235,8 +235,8 @@ var peerScenarios = []struct {
 	}},
 	{"abort-fault-on-header-route", func(t *testing.T, e *peerEnv) {
 		// The policy is in place before the client first sees the
-		// service: grpc-js-xds 1.14 was seen not to apply a fault filter
-		// added to a Listener its channel already has (README).
+		// service: grpc-js-xds 1.14 compares route updates one way and may
+		// miss a fault added to a route its channel already has (README).
 		svc := e.service("fault")
 		e.api.put(t, `{"service": "`+svc+`", "routes": [{"name": "chaos", "match": {"headers": [{"name": "x-chaos", "exact": "on"}]},
 			"settings": {"fault": {"abort": {"code": "UNAVAILABLE", "percent": 100}}}}]}`)
@@ -311,7 +311,7 @@ var peerScenarios = []struct {
 		// The policy is in place before the client first sees the
 		// cluster: grpc-js-xds 1.14 compares Cluster updates one way
 		// (deepEqual over the old update's keys) and misses outlier
-		// detection added to a cluster it already has (README).
+		// detection added to a cluster its channel already has (README).
 		svc := e.service("outlier")
 		e.api.put(t, `{"service": "`+svc+`", "outlierDetection": {"interval": "1s", "baseEjectionTime": "60s", "maxEjectionPercent": 34,
 			"failurePercentage": {"threshold": 50, "minimumHosts": 3, "requestVolume": 5}}}`)

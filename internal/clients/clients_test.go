@@ -68,6 +68,8 @@ func TestPolicyGaps(t *testing.T) {
 		{name: "round robin", policy: &policyv1.ServicePolicy{Service: "s"}},
 		{name: "least request", policy: &policyv1.ServicePolicy{LoadBalancing: &policyv1.LoadBalancing{Policy: &policyv1.LoadBalancing_LeastRequest{LeastRequest: &policyv1.LeastRequest{}}}},
 			want: []string{"load_balancing.least_request: grpc-js-xds 1.14 clients get round robin instead", "load_balancing.least_request: gRPC C-core 1.51 (Python, C++, Ruby, PHP) clients get round robin instead"}},
+		{name: "fault on a route", policy: &policyv1.ServicePolicy{Routes: []*policyv1.Route{{}, {Settings: &policyv1.RouteSettings{Fault: &policyv1.FaultInjection{}}}}},
+			want: []string{"routes[1].settings.fault: grpc-js-xds 1.14 clients get it only on channels that first see the service after the policy: connected channels may keep their routes without the fault until they reconnect (grpc-js-xds compares route updates one way)"}},
 		{name: "ring hash", policy: &policyv1.ServicePolicy{LoadBalancing: &policyv1.LoadBalancing{Policy: &policyv1.LoadBalancing_RingHash{RingHash: &policyv1.RingHash{}}}},
 			want: []string{"load_balancing.ring_hash: gRPC C-core 1.51 (Python, C++, Ruby, PHP) clients get round robin instead, without affinity (Debian's C-core 1.51 crashes on ring hash)"}},
 	}

@@ -51,9 +51,23 @@ func PolicyGaps(p *policyv1.ServicePolicy) []Gap {
 	case *policyv1.LoadBalancing_RingHash:
 		gaps = append(gaps, Gap{"load_balancing.ring_hash", coreDisplay, rr + ", without affinity (Debian's C-core 1.51 crashes on ring hash)"})
 	}
+	// grpc-js-xds 1.14 compares a resource update with the previous one
+	// over the previous one's fields only, so an update that only adds a
+	// field can be taken as unchanged.
 	if p.GetOutlierDetection() != nil {
 		gaps = append(gaps, Gap{"outlier_detection", nodeDisplay,
-			"it only on channels that first see the service after the policy: connected channels keep their earlier setting until they reconnect (grpc-js-xds compares Cluster updates one way)"})
+			"it only on channels that first see the service after the policy: connected channels may keep their earlier setting until they reconnect (grpc-js-xds compares Cluster updates one way)"})
+	}
+	for i, r := range p.GetRoutes() {
+		if r.GetSettings().GetFault() != nil {
+			gaps = append(gaps, Gap{fmt.Sprintf("routes[%d].settings.fault", i), nodeDisplay,
+				"it only on channels that first see the service after the policy: connected channels may keep their routes without the fault until they reconnect (grpc-js-xds compares route updates one way)"})
+			break
+		}
+	}
+	if p.GetDefaults().GetFault() != nil {
+		gaps = append(gaps, Gap{"defaults.fault", nodeDisplay,
+			"it only on channels that first see the service after the policy: connected channels may keep their routes without the fault until they reconnect (grpc-js-xds compares route updates one way)"})
 	}
 	return gaps
 }

@@ -125,7 +125,7 @@ func render(in reportInputs, plotDir string) (string, map[string]string) {
 
 	p("## Goals\n\n")
 	p("Measured: the median of the ratios paired within each round. Per CPU second: the same ratio in calls per CPU second of client and server together, ")
-	p("which is what the throughput ratio would be with the two cores given to the two processes, and which other load on the machine disturbs much less.\n\n")
+	p("which is what the throughput ratio would be with the two cores given to the two processes, and which other load on the machine disturbs less, though not nothing (CPU per call also moves with contention and batching).\n\n")
 	p("| goal | load | measured | want | | per CPU second | |\n|---|---|---|---|---|---|---|\n")
 	verdict := func(ok bool) string {
 		if ok {

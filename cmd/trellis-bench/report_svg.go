@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"sort"
 	"strings"
 )
 
@@ -85,7 +86,13 @@ func (c chart) svg() string {
 	}
 	// X ticks.
 	if c.xTicks != nil {
-		for v, label := range c.xTicks {
+		vs := make([]float64, 0, len(c.xTicks))
+		for v := range c.xTicks {
+			vs = append(vs, v)
+		}
+		sort.Float64s(vs)
+		for _, v := range vs {
+			label := c.xTicks[v]
 			x := px(v)
 			fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="#ddd"/>`+"\n", x, x, padTop, padTop+plotH)
 			fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%s</text>`+"\n", x, padTop+plotH+16, esc(label))

@@ -105,6 +105,22 @@ func TestRenderReport(t *testing.T) {
 	}
 }
 
+func TestRenderIsDeterministic(t *testing.T) {
+	in := reportInputs{dataplane: syntheticReport()}
+	md1, files1 := render(in, "plots")
+	for range 5 {
+		md2, files2 := render(in, "plots")
+		if md2 != md1 {
+			t.Fatal("two renderings of the same report differ")
+		}
+		for name, svg := range files1 {
+			if files2[name] != svg {
+				t.Fatalf("two renderings of %s differ", name)
+			}
+		}
+	}
+}
+
 func TestTablesShapes(t *testing.T) {
 	for _, tt := range []struct {
 		json string

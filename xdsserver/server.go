@@ -64,6 +64,12 @@ type Config struct {
 	// Scope, when set, limits what each stream's peer may receive (see
 	// Scope). Default: every stream may receive every resource.
 	Scope Scope
+	// Versions, when set, gives the content versions recorded for each
+	// response in the streams' status (TypeStatus.SentContent), so that
+	// status can tell what differs from what is served now, e.g. the
+	// *ProfileCaches behind Watcher. Default: CacheVersions{Cache} when
+	// Watcher is not set; otherwise none recorded.
+	Versions ContentVersioner
 }
 
 // Server is the ADS gRPC server.
@@ -104,6 +110,10 @@ func New(cfg Config) (*Server, error) {
 	tr, err := newTracker(logger, reg)
 	if err != nil {
 		return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
+	}
+	tr.versions = cfg.Versions
+	if tr.versions == nil && cfg.Watcher == nil {
+		tr.versions = CacheVersions{Cache: cfg.Cache}
 	}
 	grace := cfg.ShutdownGrace
 	if grace <= 0 {

@@ -39,6 +39,9 @@ type StreamStatus struct {
 	// stream came over TLS with a client certificate carrying one (the
 	// server's credentials verified it); empty otherwise.
 	PeerSPIFFEID string `json:"peer_spiffe_id,omitempty"`
+	// Locality is the client's node.locality from its bootstrap; nil when
+	// it has none.
+	Locality *Locality `json:"locality,omitempty"`
 	// OpenedAt is when the stream opened.
 	OpenedAt time.Time `json:"opened_at"`
 	// Types holds one entry per type URL requested, sorted by type URL.
@@ -73,6 +76,38 @@ type TypeStatus struct {
 	LastNACKVersion string    `json:"last_nack_version,omitempty"`
 	LastNACKError   string    `json:"last_nack_error,omitempty"`
 	LastNACKAt      time.Time `json:"last_nack_at,omitzero"`
+	// NACKHistory holds the last MaxNACKHistory rejections, oldest first.
+	NACKHistory []NACK `json:"nack_history,omitempty"`
+	// SentContent maps each resource name the last response was sent for
+	// to the content version the cache held for it when it was sent ("" for
+	// a name the cache did not serve). Nil when the server has no
+	// ContentVersioner or the request was a wildcard.
+	SentContent map[string]string `json:"sent_content,omitempty"`
+}
+
+// MaxNACKHistory bounds TypeStatus.NACKHistory.
+const MaxNACKHistory = 8
+
+// NACK is one rejected response.
+type NACK struct {
+	Version string    `json:"version"`
+	Error   string    `json:"error"`
+	At      time.Time `json:"at"`
+}
+
+// Locality is a client's node.locality.
+type Locality struct {
+	Region  string `json:"region,omitempty"`
+	Zone    string `json:"zone,omitempty"`
+	SubZone string `json:"sub_zone,omitempty"`
+}
+
+// ContentVersioner tells the content versions (package xdscache) of the
+// resources a client of a profile is served: for each of names, the version,
+// or no entry when the resource is not served. *ProfileCaches implements it,
+// and so does CacheVersions for a single cache.
+type ContentVersioner interface {
+	ContentVersions(profile, typeURL string, names []string) map[string]string
 }
 
 // Totals are the server's counters since it was created, across all
@@ -88,6 +123,9 @@ type Totals struct {
 // what was requested, what was sent, what was ACKed or NACKed.
 type tracker struct {
 	logger *slog.Logger
+	// versions, when set, gives the content versions recorded for every
+	// response.
+	versions ContentVersioner
 
 	streamsGauge prometheus.Gauge
 	responses    *prometheus.CounterVec
@@ -218,6 +256,9 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		st.status.NodeID = n.GetId()
 		st.status.UserAgent = strings.TrimSpace(n.GetUserAgentName() + " " + n.GetUserAgentVersion())
 		st.status.Profile = clients.Classify(clients.FromNode(n)).Name
+		if l := n.GetLocality(); l != nil && (l.GetRegion() != "" || l.GetZone() != "" || l.GetSubZone() != "") {
+			st.status.Locality = &Locality{Region: l.GetRegion(), Zone: l.GetZone(), SubZone: l.GetSubZone()}
+		}
 		t.logger.Debug("ADS stream identified", "stream", id, "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile)
 	}
 	typeURL := req.GetTypeUrl()
@@ -246,6 +287,10 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		ts.status.LastNACKVersion = ts.status.SentVersion
 		ts.status.LastNACKError = detail.GetMessage()
 		ts.status.LastNACKAt = now
+		if len(ts.status.NACKHistory) == MaxNACKHistory {
+			ts.status.NACKHistory = slices.Delete(ts.status.NACKHistory, 0, 1)
+		}
+		ts.status.NACKHistory = append(ts.status.NACKHistory, NACK{Version: ts.status.SentVersion, Error: detail.GetMessage(), At: now})
 		t.totals.NACKs++
 		t.nacks.WithLabelValues(label).Inc()
 		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile, "peer", st.status.Peer,
@@ -262,7 +307,26 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 }
 
 // OnStreamResponse implements sotw.Callbacks.
-func (t *tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+//
+// With a ContentVersioner, the content versions of the requested names are
+// looked up (outside the tracker's lock) as the response is recorded: a
+// change applied between the response's encoding and this callback is then
+// recorded as sent, and is corrected by the response that change causes.
+func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	var content map[string]string
+	if t.versions != nil && len(req.GetResourceNames()) > 0 {
+		t.mu.Lock()
+		var profile string
+		if st, ok := t.streams[id]; ok {
+			profile = st.status.Profile
+		}
+		t.mu.Unlock()
+		got := t.versions.ContentVersions(profile, resp.GetTypeUrl(), req.GetResourceNames())
+		content = make(map[string]string, len(req.GetResourceNames()))
+		for _, name := range req.GetResourceNames() {
+			content[name] = got[name]
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.totals.Responses++
@@ -281,6 +345,7 @@ func (t *tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.D
 	ts.status.SentResources = len(resp.GetResources())
 	ts.status.SentAt = time.Now()
 	ts.status.Pending = true
+	ts.status.SentContent = content
 }
 
 // snapshot returns the status of every open stream, sorted by ID.
@@ -295,6 +360,8 @@ func (t *tracker) snapshot() []StreamStatus {
 		for _, typeURL := range slices.Sorted(maps.Keys(st.types)) {
 			ts := st.types[typeURL].status
 			ts.ResourceNames = slices.Clone(ts.ResourceNames)
+			ts.NACKHistory = slices.Clone(ts.NACKHistory)
+			// SentContent is replaced, never modified, by the tracker.
 			if ts.ResourceNames == nil {
 				ts.ResourceNames = []string{}
 			}

@@ -38,6 +38,6 @@ func newRootCommand() *cobra.Command {
 	}
 	// Every setting of `trellis server` also comes from TRELLIS_* variables
 	// or a --config file (config.go).
-	root.AddCommand(withSettings(newServerCommand(), os.LookupEnv), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand(), newVersionCommand())
+	root.AddCommand(withSettings(newServerCommand(), os.LookupEnv), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand(), newVersionCommand(), newStatusCommand())
 	return root
 }

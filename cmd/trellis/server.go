@@ -22,6 +22,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/pipeline"
 	"github.com/trellis-mesh/trellis/xdsserver"
 	"github.com/trellis-mesh/trellis/xdsserver/admin"
+	"github.com/trellis-mesh/trellis/xdsserver/statusapi"
 	"github.com/trellis-mesh/trellis/xdsserver/translate"
 )
 
@@ -213,6 +214,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		Registerer:    registry,
 		ServerOptions: stls.xdsServerOptions(),
 		Scope:         xdsScope.scope(),
+		Versions:      cache,
 	})
 	if err != nil {
 		return err
@@ -315,6 +317,16 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		adminLis.Close()
 		return err
 	}
+
+	// The status API shares the policy API's gRPC server, and so its
+	// authentication.
+	statusAPI, err := statusapi.New(statusapi.Config{Streams: xds.Streams, Versions: cache, Replica: xdsLis.Addr().String()})
+	if err != nil {
+		xdsLis.Close()
+		adminLis.Close()
+		return err
+	}
+	statusAPI.Register(policies.grpc)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })

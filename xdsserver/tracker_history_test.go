@@ -1,0 +1,51 @@
+package xdsserver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/status"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+)
+
+// TestNACKHistoryBounded drives the tracker through more NACKs than it
+// keeps: the newest MaxNACKHistory remain, oldest first.
+func TestNACKHistoryBounded(t *testing.T) {
+	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := tr.OnStreamOpen(ctx, 1, resource.AnyType); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"svc"}
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resource.ClusterType, ResourceNames: names}
+	if err := tr.OnStreamRequest(1, req); err != nil {
+		t.Fatal(err)
+	}
+	const n = MaxNACKHistory + 5
+	for i := range n {
+		v := fmt.Sprint(i)
+		tr.OnStreamResponse(ctx, 1, req, &discoveryv3.DiscoveryResponse{TypeUrl: resource.ClusterType, VersionInfo: v, Nonce: v})
+		if err := tr.OnStreamRequest(1, &discoveryv3.DiscoveryRequest{TypeUrl: resource.ClusterType, ResourceNames: names, ResponseNonce: v,
+			ErrorDetail: &status.Status{Message: "bad " + v}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ts := tr.snapshot()[0].Types[0]
+	if ts.NACKs != n || len(ts.NACKHistory) != MaxNACKHistory {
+		t.Fatalf("NACKs %d, history %d, want %d and %d", ts.NACKs, len(ts.NACKHistory), n, MaxNACKHistory)
+	}
+	for i, h := range ts.NACKHistory {
+		if want := fmt.Sprint(n - MaxNACKHistory + i); h.Version != want || h.Error != "bad "+want {
+			t.Fatalf("history[%d] = %+v, want version %s", i, h, want)
+		}
+	}
+}

@@ -288,15 +288,6 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		}
 		return pipe.Ready() && !aclHides, detail.String()
 	}
-	adminServer := admin.New(admin.Config{
-		Logger:    logger.With("component", "admin"),
-		Gatherer:  registry,
-		Ready:     ready,
-		Streams:   func() any { return xds.Streams() },
-		Resources: func() any { return cache.Versions() },
-		GRPC:      policies.grpc,
-		DebugAuth: debugAuth(opts.policy),
-	})
 
 	// Bind both listeners up front so that a busy port fails fast; the xDS
 	// listener is only served after the first complete Consul sync, so a
@@ -327,6 +318,22 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 	statusAPI.Register(policies.grpc)
+	ui, err := newDashboard(watcher, policies.watcher, acl, statusAPI)
+	if err != nil {
+		xdsLis.Close()
+		adminLis.Close()
+		return err
+	}
+	adminServer := admin.New(admin.Config{
+		Logger:    logger.With("component", "admin"),
+		Gatherer:  registry,
+		Ready:     ready,
+		Streams:   func() any { return xds.Streams() },
+		Resources: func() any { return cache.Versions() },
+		GRPC:      policies.grpc,
+		DebugAuth: debugAuth(opts.policy),
+		UI:        ui,
+	})
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })

@@ -46,6 +46,9 @@ type Config struct {
 	// (per type URL, resource name -> version). Default: the endpoint is
 	// not served.
 	Resources func() any
+	// UI serves /ui/ (the dashboard), guarded by DebugAuth like /debug/*.
+	// Default: /ui/ is not served.
+	UI http.Handler
 	// GRPC serves the requests whose content-type is application/grpc
 	// (HTTP/2 only), typically a *grpc.Server. Its owner stops it.
 	// Default: such requests get the HTTP endpoints (and 404).
@@ -124,6 +127,11 @@ func New(cfg Config) *Server {
 	if cfg.Resources != nil {
 		endpoints = append(endpoints, "/debug/xds/resources")
 		s.mux.HandleFunc("GET /debug/xds/resources", s.debug(s.jsonHandler(cfg.Resources)))
+	}
+	if cfg.UI != nil {
+		endpoints = append(endpoints, "/ui/")
+		s.mux.Handle("GET /ui/", s.debug(cfg.UI.ServeHTTP))
+		s.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	}
 	index := strings.Join(endpoints, "\n") + "\n"
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {

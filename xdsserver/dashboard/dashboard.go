@@ -1,0 +1,214 @@
+// Package dashboard serves the web dashboard of a Trellis server under /ui/
+// on the admin listener: the services with their instances, health, subsets
+// and policies, the connected xDS clients with their sync state and NACKs,
+// and Consul's connectivity. The page (embedded, no build step) polls
+// /ui/api/state and redraws itself without reloading.
+//
+// It owns the page and the JSON it reads. What it shows is injected: the
+// services and Consul's state as functions, the clients through the status
+// API (package statusapi), so that the page and `trellis status` agree. It
+// must not import Consul, the catalog or the translation. It does not
+// authenticate: the admin server guards /ui/ as it guards /debug/*.
+package dashboard
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	statusv1 "github.com/trellis-mesh/trellis/proto/trellis/status/v1"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Defaults of the page's limits.
+const (
+	// DefaultClientsPerPage is how many clients one state read returns.
+	DefaultClientsPerPage = 50
+	// DefaultMaxServices is how many services one state read lists; the
+	// rest are counted.
+	DefaultMaxServices = 500
+)
+
+// Service is one service as the page shows it.
+type Service struct {
+	Name      string     `json:"name"`
+	Instances []Instance `json:"instances"`
+	// Subsets are the names of the subsets of the service's policy.
+	Subsets []string `json:"subsets,omitempty"`
+	// Policy is nil when the service has none.
+	Policy *Policy `json:"policy,omitempty"`
+}
+
+// Instance is one instance of a service.
+type Instance struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	// Health is Consul's name for the aggregated check status: passing,
+	// warning, critical or maintenance.
+	Health string `json:"health"`
+	Zone   string `json:"zone,omitempty"`
+}
+
+// Policy summarises the policy of a service.
+type Policy struct {
+	Revision uint64 `json:"revision"`
+	Routes   int    `json:"routes"`
+}
+
+// Consul is the server's connection to Consul.
+type Consul struct {
+	Reachable   bool      `json:"reachable"`
+	Synced      bool      `json:"synced"`
+	LastContact time.Time `json:"last_contact,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	// Problems are ACL and permission problems, in words.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// ListClients is the status API's ListClients, e.g.
+// (*statusapi.Server).ListClients.
+type ListClients func(context.Context, *statusv1.ListClientsRequest) (*statusv1.ListClientsResponse, error)
+
+// Config configures a Handler.
+type Config struct {
+	// Services returns the services, sorted by name. Required.
+	Services func() []Service
+	// Clients lists the clients. Required.
+	Clients ListClients
+	// Consul returns Consul's state. Default: not shown.
+	Consul func() Consul
+	// ClientsPerPage is the page size of the clients. Default:
+	// DefaultClientsPerPage; at most 1000.
+	ClientsPerPage int
+	// MaxServices bounds the services of one read. Default:
+	// DefaultMaxServices.
+	MaxServices int
+	// StaleAfter is the status API's stale threshold. Default: the API's.
+	StaleAfter time.Duration
+	// Logger receives a line for each failed state read. Default: discard.
+	Logger *slog.Logger
+}
+
+// Handler serves /ui/.
+type Handler struct {
+	cfg    Config
+	static http.Handler
+	logger *slog.Logger
+}
+
+// New returns a Handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Services == nil || cfg.Clients == nil {
+		return nil, errors.New("dashboard: Config.Services and Config.Clients are required")
+	}
+	if cfg.ClientsPerPage <= 0 {
+		cfg.ClientsPerPage = DefaultClientsPerPage
+	}
+	if cfg.ClientsPerPage > 1000 {
+		return nil, errors.New("dashboard: Config.ClientsPerPage: at most 1000")
+	}
+	if cfg.MaxServices <= 0 {
+		cfg.MaxServices = DefaultMaxServices
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	sub, err := fs.Sub(assets, "assets")
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{cfg: cfg, static: http.StripPrefix("/ui/", http.FileServerFS(sub)), logger: logger}, nil
+}
+
+// State is what /ui/api/state returns.
+type State struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	Consul      *Consul   `json:"consul,omitempty"`
+	Services    []Service `json:"services"`
+	// MoreServices counts the services left out after MaxServices.
+	MoreServices int `json:"more_services,omitempty"`
+	// Clients is the status API's ListClientsResponse, in protojson.
+	Clients json.RawMessage `json:"clients"`
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	switch {
+	case r.URL.Path == "/ui/api/state":
+		h.state(w, r)
+	case strings.HasPrefix(r.URL.Path, "/ui/"):
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'")
+		h.static.ServeHTTP(w, r)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (h *Handler) state(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	req := &statusv1.ListClientsRequest{
+		Service:   q.Get("service"),
+		PageSize:  int32(h.cfg.ClientsPerPage),
+		PageToken: q.Get("page_token"),
+	}
+	if h.cfg.StaleAfter > 0 {
+		req.StaleAfter = durationpb.New(h.cfg.StaleAfter)
+	}
+	if s := q.Get("state"); s != "" {
+		v, ok := statusv1.SyncState_value["SYNC_STATE_"+strings.ToUpper(s)]
+		if !ok {
+			http.Error(w, "state "+strconv.Quote(s)+": must be synced, stale or nacked", http.StatusBadRequest)
+			return
+		}
+		req.State = statusv1.SyncState(v)
+	}
+	clients, err := h.cfg.Clients(r.Context(), req)
+	if err != nil {
+		h.logger.Info("dashboard state read failed", "error", err)
+		http.Error(w, status.Convert(err).Message(), http.StatusBadRequest)
+		return
+	}
+	raw, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(clients)
+	if err != nil {
+		http.Error(w, "encode clients: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	st := State{GeneratedAt: time.Now().UTC(), Services: h.cfg.Services(), Clients: raw}
+	if st.Services == nil {
+		st.Services = []Service{}
+	}
+	if len(st.Services) > h.cfg.MaxServices {
+		st.MoreServices = len(st.Services) - h.cfg.MaxServices
+		st.Services = st.Services[:h.cfg.MaxServices]
+	}
+	if h.cfg.Consul != nil {
+		c := h.cfg.Consul()
+		st.Consul = &c
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if err := json.NewEncoder(w).Encode(st); err != nil {
+		h.logger.Debug("dashboard state write failed", "error", err)
+	}
+}

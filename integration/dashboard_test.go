@@ -80,7 +80,9 @@ func TestDashboard(t *testing.T) {
 	startRawADS(t, s.xdsAddr,
 		&corev3.Node{Id: "dash-nacker", UserAgentName: "gRPC Go", UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: "1.85.0"}},
 		map[string][]string{resource.ListenerType: {"echo"}},
-		func(*discoveryv3.DiscoveryResponse) (bool, string) { return true, "listener echo: rejected by the dashboard test" })
+		func(*discoveryv3.DiscoveryResponse) (bool, string) {
+			return true, "listener echo: rejected by the dashboard test"
+		})
 
 	ctx := browser(t)
 	url := "http://" + s.adminAddr + "/ui/"

@@ -24,9 +24,11 @@ func newHandler(t *testing.T, services []dashboard.Service, streams []xdsserver.
 		t.Fatal(err)
 	}
 	h, err := dashboard.New(dashboard.Config{
-		Services:       func() []dashboard.Service { return services },
-		Clients:        api.ListClients,
-		Consul:         func() dashboard.Consul { return dashboard.Consul{Reachable: true, Problems: []string{"ACL: missing service:read"}} },
+		Services: func() []dashboard.Service { return services },
+		Clients:  api.ListClients,
+		Consul: func() dashboard.Consul {
+			return dashboard.Consul{Reachable: true, Problems: []string{"ACL: missing service:read"}}
+		},
 		ClientsPerPage: 2,
 		MaxServices:    3,
 	})

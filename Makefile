@@ -45,6 +45,7 @@ test: tools build check-generated test-deps
 ## package-lock.json) and Debian's python3-grpcio and python3-protobuf for the
 ## C-core peer (installed with apt-get when missing; needs root).
 ## Also Debian's systemd, whose systemd-analyze verifies the units in deploy/.
+## And Debian's chromium, the headless browser of the dashboard test.
 test-deps: integration/peers/node/node_modules/.package-lock.json
 	@if ! /usr/bin/python3 -c 'import grpc, google.protobuf' 2>/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
@@ -59,6 +60,14 @@ test-deps: integration/peers/node/node_modules/.package-lock.json
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; \
 		else \
 			echo "test-deps: the deploy/ tests need systemd-analyze: run make test-deps as root, or sudo apt-get install systemd" >&2; exit 1; \
+		fi; \
+	fi
+	@# chromium, for the dashboard's browser test (integration/dashboard_test.go).
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+		else \
+			echo "test-deps: the dashboard test needs a headless browser: run make test-deps as root, or sudo apt-get install chromium" >&2; exit 1; \
 		fi; \
 	fi
 

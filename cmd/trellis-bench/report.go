@@ -199,6 +199,13 @@ func render(in reportInputs, plotDir string) (string, map[string]string) {
 		p("No control-plane report (`bench/controlplane.json`): run `trellis-bench controlplane -o bench/controlplane.json` (part of `make bench`).\n\n")
 	} else {
 		p("From `%s` (`trellis-bench controlplane`); every table of the report, as recorded.\n\n", filepath.ToSlash(in.controlplanePath))
+		for _, l := range scalarLists(in.controlplane) {
+			p("%s:\n\n", l.name)
+			for _, item := range l.items {
+				p("- %s\n", item)
+			}
+			p("\n")
+		}
 		for _, t := range tables(in.controlplane) {
 			p("### %s\n\n%s\n", t.name, markdownTable(t.rows))
 			charts := controlPlaneCharts(t.rows)
@@ -428,6 +435,40 @@ func tables(v any) []table {
 	for _, k := range sortedKeys(obj) {
 		if objs := objects(obj[k]); objs != nil {
 			walk(k, objs, nil)
+		}
+	}
+	return out
+}
+
+// scalarList is a top-level list of strings or numbers of the report,
+// such as the problems it found.
+type scalarList struct {
+	name  string
+	items []string
+}
+
+// scalarLists returns the report's top-level lists of scalars, by name.
+func scalarLists(v any) []scalarList {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil
+	}
+	var out []scalarList
+	for _, k := range sortedKeys(obj) {
+		list, ok := obj[k].([]any)
+		if !ok || len(list) == 0 {
+			continue
+		}
+		l := scalarList{name: k}
+		for _, e := range list {
+			switch e.(type) {
+			case map[string]any, []any: // a table, not a list of scalars
+			default:
+				l.items = append(l.items, fmt.Sprint(e))
+			}
+		}
+		if len(l.items) == len(list) {
+			out = append(out, l)
 		}
 	}
 	return out

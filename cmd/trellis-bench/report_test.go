@@ -44,7 +44,7 @@ func TestRenderReport(t *testing.T) {
 	cp := `{"runs": [{"services": 10, "phases": [
 		{"streams": 100, "trellis_rss_bytes": 50000, "single": {"latency_last_watcher": {"p99_ms": 3}}},
 		{"streams": 1000, "trellis_rss_bytes": 40000, "single": {"latency_last_watcher": {"p99_ms": 9}}}]}],
-		"targets": [{"name": "push p99", "met": true}]}`
+		"targets": [{"name": "push p99", "met": true}], "problems": ["2 pushes did not arrive"]}`
 	var cpv any
 	if err := json.Unmarshal([]byte(cp), &cpv); err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestRenderReport(t *testing.T) {
 			[]string{"No control-plane report"}},
 		{"with the control plane", cpv, []string{"runs-phases-latency-vs-streams.svg", "runs-phases-memory-vs-streams.svg"},
 			[]string{"### runs.phases", "| runs.services | single.latency_last_watcher.p99_ms | streams | trellis_rss_bytes |",
-				"| 10 | 9 | 1000 | 40000 |", "### targets", "| true | push p99 |"}},
+				"| 10 | 9 | 1000 | 40000 |", "### targets", "| true | push p99 |", "problems:\n\n- 2 pushes did not arrive\n"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			md, files := render(reportInputs{dataplane: syntheticReport(), controlplane: tt.controlplane, controlplanePath: "cp.json", analysis: "The analysis."}, "plots")

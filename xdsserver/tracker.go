@@ -1,9 +1,9 @@
 package xdsserver
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -287,10 +287,12 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		ts.status.LastNACKVersion = ts.status.SentVersion
 		ts.status.LastNACKError = detail.GetMessage()
 		ts.status.LastNACKAt = now
-		if len(ts.status.NACKHistory) == MaxNACKHistory {
-			ts.status.NACKHistory = slices.Delete(ts.status.NACKHistory, 0, 1)
+		// A new slice each time: snapshots share the old one.
+		history := ts.status.NACKHistory
+		if len(history) == MaxNACKHistory {
+			history = history[1:]
 		}
-		ts.status.NACKHistory = append(ts.status.NACKHistory, NACK{Version: ts.status.SentVersion, Error: detail.GetMessage(), At: now})
+		ts.status.NACKHistory = append(slices.Clip(slices.Clone(history)), NACK{Version: ts.status.SentVersion, Error: detail.GetMessage(), At: now})
 		t.totals.NACKs++
 		t.nacks.WithLabelValues(label).Inc()
 		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile, "peer", st.status.Peer,
@@ -348,26 +350,31 @@ func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoveryv3
 	ts.status.SentContent = content
 }
 
-// snapshot returns the status of every open stream, sorted by ID.
+// snapshot returns the status of every open stream, sorted by ID, each
+// stream's types sorted by type URL. The lock is held only to copy the
+// structs: the slices and maps they hold are replaced, never modified, by
+// the tracker, so the copies share them; sorting happens after.
 func (t *tracker) snapshot() []StreamStatus {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	out := make([]StreamStatus, 0, len(t.streams))
-	for _, id := range slices.Sorted(maps.Keys(t.streams)) {
-		st := t.streams[id]
+	for _, st := range t.streams {
 		s := st.status
 		s.Types = make([]TypeStatus, 0, len(st.types))
-		for _, typeURL := range slices.Sorted(maps.Keys(st.types)) {
-			ts := st.types[typeURL].status
-			ts.ResourceNames = slices.Clone(ts.ResourceNames)
-			ts.NACKHistory = slices.Clone(ts.NACKHistory)
-			// SentContent is replaced, never modified, by the tracker.
-			if ts.ResourceNames == nil {
-				ts.ResourceNames = []string{}
-			}
-			s.Types = append(s.Types, ts)
+		for _, ts := range st.types {
+			s.Types = append(s.Types, ts.status)
 		}
 		out = append(out, s)
+	}
+	t.mu.Unlock()
+	slices.SortFunc(out, func(a, b StreamStatus) int { return cmp.Compare(a.ID, b.ID) })
+	for i := range out {
+		types := out[i].Types
+		slices.SortFunc(types, func(a, b TypeStatus) int { return strings.Compare(a.TypeURL, b.TypeURL) })
+		for j := range types {
+			if types[j].ResourceNames == nil {
+				types[j].ResourceNames = []string{}
+			}
+		}
 	}
 	return out
 }

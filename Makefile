@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 40m
 # Packages quick enough to run again under the race detector in make test.
 RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
 
-.PHONY: all build tools test test-deps bench bench-quick bench-controlplane demo generate check-generated vet clean
+.PHONY: all build tools test test-deps bench bench-quick bench-controlplane fuzz demo generate check-generated vet clean
 
 all: build
 
@@ -98,6 +98,14 @@ bench-controlplane: tools
 	@mkdir -p bench
 	$(GO) build -o bin/trellis ./cmd/trellis
 	$(GO) run ./cmd/trellis-bench controlplane -trellis bin/trellis -o bench/controlplane.json $(CONTROLPLANE_FLAGS)
+
+## fuzz: run each fuzz target for $(FUZZTIME); their seed corpora
+## (testdata/fuzz) also run in `make test`.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseValidateTranslate$$' -fuzztime $(FUZZTIME) ./internal/policy
+	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./xdsserver/translate
+	$(GO) test -run '^$$' -fuzz '^FuzzGenerate$$' -fuzztime $(FUZZTIME) ./internal/bootstrap
 
 ## demo: run the mesh locally: Consul, the xDS server, three echo servers and a client.
 demo: tools build

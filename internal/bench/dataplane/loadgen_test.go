@@ -61,7 +61,9 @@ func TestRunLoad(t *testing.T) {
 			if h.Count() != res.Calls {
 				t.Errorf("latency histogram holds %d calls, want %d", h.Count(), res.Calls)
 			}
-			if res.Elapsed < tt.load.Duration {
+			// The phase's deadline is set just before its clock starts, so
+			// the measured time may fall short of it by that much.
+			if res.Elapsed < tt.load.Duration*95/100 {
 				t.Errorf("elapsed %s, shorter than the phase's %s", res.Elapsed, tt.load.Duration)
 			}
 			if tt.load.Kind == KindOpen {

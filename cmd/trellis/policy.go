@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/policy"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
 	"github.com/trellis-mesh/trellis/xdsserver/policyapi"
@@ -291,6 +292,10 @@ broke.`,
 				fmt.Fprintf(out, "%s: revision %d\n", d.policy.GetService(), resp.GetRevision())
 				for _, w := range resp.GetWarnings() {
 					fmt.Fprintf(out, "  warning: %s\n", w)
+				}
+				// What some gRPC implementations will get instead.
+				for _, g := range clients.PolicyGaps(d.policy) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "  warning: %s\n", g)
 				}
 				printBroken(cmd.ErrOrStderr(), d.policy.GetService(), resp.GetBrokenDependents())
 			}

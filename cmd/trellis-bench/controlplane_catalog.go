@@ -27,8 +27,17 @@ const (
 )
 
 func serviceName(i int) string { return fmt.Sprintf("svc-%05d", i) }
-func nodeName(i int) string    { return fmt.Sprintf("node-%05d", i) }
-func nodeAddr(i int) string    { return fmt.Sprintf("10.%d.%d.%d", 1+i/62500, i/250%250, i%250+1) }
+
+// serviceIndex is the inverse of serviceName (-1 for other names).
+func serviceIndex(name string) int {
+	var i int
+	if _, err := fmt.Sscanf(name, "svc-%05d", &i); err != nil {
+		return -1
+	}
+	return i
+}
+func nodeName(i int) string { return fmt.Sprintf("node-%05d", i) }
+func nodeAddr(i int) string { return fmt.Sprintf("10.%d.%d.%d", 1+i/62500, i/250%250, i%250+1) }
 
 // instance is one generated service instance.
 type instance struct {

@@ -121,4 +121,11 @@ func (p *policyServer) readyDetail(b *strings.Builder) {
 	if st.LastError != "" {
 		fmt.Fprintf(b, "policy store last error: %s\n", st.LastError)
 	}
+	// What clients are actually given: routes of policies in effect whose
+	// destination no longer exists.
+	if snap := p.watcher.Latest(); snap != nil {
+		for _, line := range snap.DegradedDetail() {
+			fmt.Fprintln(b, line)
+		}
+	}
 }

@@ -28,7 +28,7 @@
 //   - for what no detector can attribute to a service (an address, port,
 //     meta or weights edit, an instance added with a passing check or none,
 //     an instance removed while passing: the list's index moved, and no read
-//     accounts for it), an index sweep, started at once and stopped as soon
+//     accounts for it), an index sweep, started after a short grace and stopped as soon
 //     as a read accounts for the change: every
 //     service's own index (X-Consul-Index of a /v1/health/service/:name read
 //     narrowed by a tag no instance carries, so the answer is an empty list)

@@ -256,6 +256,8 @@ type coordinator struct {
 	sweepQueue  []string // services left to probe in the running sweep
 	sweeping    bool
 	sweepAgain  bool
+	// sweepNotBefore delays a requested cancellable sweep.
+	sweepNotBefore time.Time
 	// againCancellable and sweepCancellable: the requested (running)
 	// sweep only looks for the unexplained index, and stops once a read
 	// accounts for it.
@@ -321,6 +323,7 @@ func (c *coordinator) arm(timer *time.Timer) {
 	}
 	if c.sweepAgain && !c.sweeping {
 		consider(c.lastSweep.Add(minSweepGap))
+		consider(c.sweepNotBefore)
 	}
 	timer.Reset(max(time.Until(next), 0))
 }
@@ -349,7 +352,7 @@ func (c *coordinator) tick(now time.Time) {
 			c.requestSweep(false)
 		}
 	}
-	if c.sweepAgain && !c.sweeping && !c.lastSweep.Add(minSweepGap).After(now) {
+	if c.sweepAgain && !c.sweeping && !c.lastSweep.Add(minSweepGap).After(now) && !c.sweepNotBefore.After(now) {
 		c.startSweep(now)
 	}
 	if c.dirty && !c.publishAt().After(now) {
@@ -607,7 +610,16 @@ func (c *coordinator) dropNodes(name string, nodes []string) {
 // requestSweep asks for a sweep as soon as the previous one is done and the
 // minimum gap has passed.
 // A cancellable sweep only looks for the unexplained list index.
+//
+// A cancellable sweep starts after a short grace (2*MinInterval): the
+// health detector's answer to the same registration, and the read it asks
+// for, usually account for the change first, and the sweep is not needed.
 func (c *coordinator) requestSweep(cancellable bool) {
+	if cancellable {
+		c.sweepNotBefore = time.Now().Add(2 * c.w.cfg.MinInterval)
+	} else {
+		c.sweepNotBefore = time.Time{}
+	}
 	if !c.sweepAgain {
 		c.sweepAgain, c.againCancellable = true, cancellable
 		return

@@ -89,7 +89,11 @@ func TestTrafficSplit(t *testing.T) {
 	m := startVersionedMesh(t)
 	putPolicy(t, m.api, `{"service": "echo", `+subsets+`, "routes": [{"split": {"destinations": [
 		{"destination": {"subset": "v1"}, "weight": 80}, {"destination": {"subset": "v2"}, "weight": 20}]}}]}`)
-	waitForShare(t, m.conn, 10*time.Second, 200, 0.05, 0.40, isV2)
+	// Before the policy, v2 gets a third of the calls (1 of 3 instances):
+	// wait for a share that only the split gives, twice in a row, so that
+	// the measurement starts once the client has switched.
+	waitForShare(t, m.conn, 10*time.Second, 400, 0.08, 0.28, isV2)
+	waitForShare(t, m.conn, 10*time.Second, 400, 0.08, 0.28, isV2)
 	res := callEcho(t, m.conn, 2000)
 	if len(res.failures) > 0 {
 		t.Fatalf("%d calls failed: %v", len(res.failures), res.failures[0])

@@ -330,7 +330,11 @@ func (c *Cache) Apply(next Resources) ApplyResult {
 
 	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	result := ApplyResult{Types: make(map[string]TypeChange, len(c.served)), Err: errors.Join(errs...)}
-	for typeURL, m := range c.served {
+	// Clients are told in make-before-break order: Clusters and their
+	// endpoints before the Listeners and routes that may name them, so a
+	// route never reaches a client before the cluster it sends calls to.
+	for _, typeURL := range pushOrder(c.served) {
+		m := c.served[typeURL]
 		up, del := updated[typeURL], deleted[typeURL]
 		result.Types[typeURL] = TypeChange{Updated: len(up), Deleted: len(del), Total: len(m)}
 		if len(m) == 0 {
@@ -346,6 +350,33 @@ func (c *Cache) Apply(next Resources) ApplyResult {
 		}
 	}
 	return result
+}
+
+// pushOrder returns the type URLs of served: Cluster, ClusterLoadAssignment,
+// Listener, RouteConfiguration, then any other in name order.
+func pushOrder(served map[string]map[string]entry) []string {
+	rank := func(t string) int {
+		switch t {
+		case resource.ClusterType:
+			return 0
+		case resource.EndpointType:
+			return 1
+		case resource.ListenerType:
+			return 2
+		case resource.RouteType:
+			return 3
+		default:
+			return 4
+		}
+	}
+	out := slices.Collect(maps.Keys(served))
+	slices.SortFunc(out, func(a, b string) int {
+		if ra, rb := rank(a), rank(b); ra != rb {
+			return ra - rb
+		}
+		return strings.Compare(a, b)
+	})
+	return out
 }
 
 // aliasCountLocked counts the materialized aliases of typeURL. c.mu must

@@ -118,7 +118,7 @@ type Generator struct {
 	connUse int
 	// readyCh is closed, and replaced, whenever the ready count reaches
 	// the number of streams or a stream fails: WaitReady re-checks then.
-	readyCh chan struct{}
+	readyCh  chan struct{}
 	firstErr error
 
 	ready         atomic.Int64

@@ -119,7 +119,7 @@ type stream struct {
 	// children maps a resource to the names of the next type it refers
 	// to: route configuration -> clusters, cluster -> EDS names. Listener
 	// -> route configuration names live in the same maps.
-	children [numTypes - 1]map[string][]string
+	children  [numTypes - 1]map[string][]string
 	ackedMask uint8
 	ready     bool
 

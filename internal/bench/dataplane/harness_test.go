@@ -66,9 +66,6 @@ func tool(t *testing.T, env, name string) string {
 // trellis server and worker processes, and checks that every configuration
 // made successful calls under every load and that the report is complete.
 func TestSmoke(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts Consul, SPIRE and trellis")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	self, err := os.Executable()

@@ -80,6 +80,12 @@ type Query[T any] struct {
 	// MaxBackoff caps the wait between failed queries. Default:
 	// DefaultMaxBackoff (5s).
 	MaxBackoff time.Duration
+	// SkipFiltered keeps results that Consul filtered by ACLs
+	// (QueryMeta.ResultsFilteredByACLs) from Changed, so that what is in
+	// effect stays the last complete read; once the token sees everything
+	// again, the result is handed on even if the index did not move.
+	// Succeeded still sees every result. Default: false.
+	SkipFiltered bool
 }
 
 // errNotReady reports an answer from a Consul that has not restored its
@@ -108,6 +114,8 @@ func Run[T any](ctx context.Context, t *Tracker, q Query[T]) {
 		received bool
 		backoff  time.Duration
 		failed   bool
+		// skipped: the last result was filtered by ACLs and not handed on.
+		skipped bool
 	)
 	timeout := q.WaitTime + q.WaitTime/16 + queryMargin
 	for ctx.Err() == nil {
@@ -162,14 +170,24 @@ func Run[T any](ctx context.Context, t *Tracker, q Query[T]) {
 		if newIndex == 0 {
 			newIndex = 1
 		}
+		filtered := q.SkipFiltered && meta.ResultsFilteredByACLs
 		switch {
+		case newIndex == index && skipped && !filtered:
+			// The same index, now read whole: hand it on.
+			skipped = false
+			last, received = data, true
+			if !q.Changed(data, meta) {
+				return
+			}
 		case newIndex == index:
 			// The wait time elapsed without a change.
 		case newIndex < index:
 			t.log().Debug("Consul index went backwards; reading again from the start", "watch", q.Name, "from", index, "to", newIndex)
 			index = 0
+		case filtered:
+			index, skipped = newIndex, true
 		default:
-			index = newIndex
+			index, skipped = newIndex, false
 			if !received || q.Equal == nil || !q.Equal(last, data) {
 				last, received = data, true
 				if !q.Changed(data, meta) {

@@ -242,44 +242,27 @@ func (w *Watcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { w.tracker.Run(ctx) })
-	// A read filtered by ACLs is skipped; once the token sees every entry
-	// again, the read at the same index is processed (a moved index goes
-	// through Changed). Fetch, Succeeded and Changed run one after the
-	// other on this goroutine.
-	var (
-		last         []api.ConfigEntry
-		skipped      bool
-		skippedIndex uint64
-	)
+	// A read filtered by ACLs is skipped (SkipFiltered): the last complete
+	// read stays in effect.
 	consulwatch.Run(ctx, w.tracker, consulwatch.Query[[]api.ConfigEntry]{
 		Name: "service-intentions config entries",
 		Fetch: func(opts *api.QueryOptions) ([]api.ConfigEntry, *api.QueryMeta, error) {
 			entries, meta, err := w.entries.List(Kind, opts)
-			last = entries
 			return entries, meta, err
 		},
 		Succeeded: func(meta *api.QueryMeta) {
 			w.cfg.ACL.Answered("intentions", "intentions", meta.ResultsFilteredByACLs, consulwatch.PermIntentionRead,
 				"intentions: the service-intentions config entries are filtered by ACLs; the last complete read stays in effect (none before one), so that no hidden deny is missed")
-			if !meta.ResultsFilteredByACLs && skipped {
-				skipped = false
-				if meta.LastIndex == skippedIndex {
-					w.process(last, meta.LastIndex)
-				}
-			}
 		},
 		Failed: func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("intentions", "intentions", err) },
 		Changed: func(entries []api.ConfigEntry, meta *api.QueryMeta) bool {
-			if meta.ResultsFilteredByACLs {
-				skipped, skippedIndex = true, meta.LastIndex
-				return true
-			}
 			w.process(entries, meta.LastIndex)
 			return true
 		},
-		WaitTime:    w.cfg.WaitTime,
-		MinInterval: w.cfg.MinDelay,
-		MaxBackoff:  w.cfg.MaxBackoff,
+		WaitTime:     w.cfg.WaitTime,
+		MinInterval:  w.cfg.MinDelay,
+		MaxBackoff:   w.cfg.MaxBackoff,
+		SkipFiltered: true,
 	})
 	cancel()
 	return nil

@@ -253,45 +253,28 @@ func (w *Watcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { w.tracker.Run(ctx) })
-	// A read filtered by ACLs is skipped; once the token sees the whole
-	// prefix again, the read at the same index is processed (a moved index
-	// goes through Changed). Fetch, Succeeded and Changed run one after the
-	// other on this goroutine.
-	var (
-		last         consulapi.KVPairs
-		skipped      bool
-		skippedIndex uint64
-	)
+	// A read filtered by ACLs is skipped (SkipFiltered): the last complete
+	// read stays in effect.
 	permission := consulwatch.KeyPermission("read", w.prefix)
 	consulwatch.Run(ctx, w.tracker, consulwatch.Query[consulapi.KVPairs]{
 		Name: "policies under " + w.prefix,
 		Fetch: func(opts *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
 			pairs, meta, err := w.kv.List(w.prefix, opts)
-			last = pairs
 			return pairs, meta, err
 		},
 		Succeeded: func(meta *consulapi.QueryMeta) {
 			w.cfg.ACL.Answered("policy", "policies", meta.ResultsFilteredByACLs, permission,
 				"policies under "+w.prefix+": the key list is filtered by ACLs; the last complete read stays in effect (none before one)")
-			if !meta.ResultsFilteredByACLs && skipped {
-				skipped = false
-				if meta.LastIndex == skippedIndex {
-					w.process(last, meta.LastIndex)
-				}
-			}
 		},
 		Failed: func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("policy", "policies", err) },
 		Changed: func(pairs consulapi.KVPairs, meta *consulapi.QueryMeta) bool {
-			if meta.ResultsFilteredByACLs {
-				skipped, skippedIndex = true, meta.LastIndex
-				return true
-			}
 			w.process(pairs, meta.LastIndex)
 			return true
 		},
-		WaitTime:    w.cfg.WaitTime,
-		MinInterval: w.cfg.MinDelay,
-		MaxBackoff:  w.cfg.MaxBackoff,
+		WaitTime:     w.cfg.WaitTime,
+		MinInterval:  w.cfg.MinDelay,
+		MaxBackoff:   w.cfg.MaxBackoff,
+		SkipFiltered: true,
 	})
 	cancel()
 	return nil

@@ -40,10 +40,24 @@ type ProfileCachesConfig struct {
 // A resource equal (proto.Equal) to the first profile's resource of the
 // same name is stored as that very value, so profiles that do not differ
 // share memory, and only the resources that do differ exist twice.
+//
+// A profile other than the first is active once a client of it has
+// connected (Active, Activated): the caller need translate only for active
+// profiles, so that a mesh whose clients are all of one implementation
+// holds and updates two translations (the fallback's and its own), not
+// one per known implementation. A stream of a profile not yet served
+// waits, as for any resource not there yet, until the profile's first
+// Apply.
 type ProfileCaches struct {
 	profiles []clients.Profile
 	caches   map[string]*xdscache.Cache
 	logger   *slog.Logger
+
+	// activeMu guards active.
+	activeMu sync.Mutex
+	active   map[string]bool
+	// activated is signalled (capacity 1) when a profile becomes active.
+	activated chan struct{}
 
 	// mu serializes Apply and guards shared.
 	mu sync.Mutex
@@ -68,7 +82,9 @@ func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	p := &ProfileCaches{profiles: profiles, caches: make(map[string]*xdscache.Cache, len(profiles)), logger: logger,
-		shared: map[string]map[string]map[string]sharedEntry{}}
+		shared:    map[string]map[string]map[string]sharedEntry{},
+		active:    map[string]bool{profiles[0].Name: true},
+		activated: make(chan struct{}, 1)}
 	for _, pr := range profiles {
 		if pr.Name == "" {
 			return nil, fmt.Errorf("xdsserver: ProfileCachesConfig.Profiles: a profile has no name")
@@ -101,72 +117,101 @@ func (p *ProfileCaches) ProfileOf(node *corev3.Node) clients.Profile {
 	return p.profiles[0]
 }
 
-// Apply replaces each profile's state with its entry of next (by profile
-// name); a profile missing from next keeps its state. Resources equal to
-// the first profile's are replaced by the first profile's values before
-// they are applied: in next's maps, which Apply takes over (the caller
-// must not use them afterwards).
-func (p *ProfileCaches) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
+// Active reports whether the named profile is active: the first always
+// is, another once a client of it has connected.
+func (p *ProfileCaches) Active(profile string) bool {
+	p.activeMu.Lock()
+	defer p.activeMu.Unlock()
+	return p.active[profile]
+}
+
+// Activated receives a value after a profile becomes active (signals may
+// merge: read Active for each profile).
+func (p *ProfileCaches) Activated() <-chan struct{} { return p.activated }
+
+// activate marks the named profile active.
+func (p *ProfileCaches) activate(profile string) {
+	p.activeMu.Lock()
+	defer p.activeMu.Unlock()
+	if p.active[profile] {
+		return
+	}
+	p.active[profile] = true
+	p.logger.Info("first client of a profile: serving its translation", "profile", profile)
+	select {
+	case p.activated <- struct{}{}:
+	default:
+	}
+}
+
+// Apply brings each profile's state up to date with its entry of next (by
+// profile name); a profile missing from next keeps its state. The maps and
+// resources in next are not modified, and must not be afterwards. Resources
+// equal to the first profile's current ones are stored as the first
+// profile's values.
+func (p *ProfileCaches) Apply(next map[string]xdscache.Change) map[string]xdscache.ApplyResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make(map[string]xdscache.ApplyResult, len(next))
-	base := next[p.profiles[0].Name]
+	baseName := p.profiles[0].Name
 	for _, pr := range p.profiles {
-		res, ok := next[pr.Name]
+		ch, ok := next[pr.Name]
 		if !ok {
 			continue
 		}
-		if pr.Name != p.profiles[0].Name {
-			res = p.share(pr.Name, base, res)
+		if pr.Name != baseName {
+			ch = p.share(pr.Name, p.caches[baseName], ch)
 		}
-		out[pr.Name] = p.caches[pr.Name].Apply(res)
+		out[pr.Name] = p.caches[pr.Name].ApplyChange(ch)
 	}
 	return out
 }
 
-// share replaces, in res, every resource equal to base's resource of the
-// same type and name by base's. Decisions are memoised per profile: a pair
-// of values seen in the previous Apply is not compared again, and the memo
-// is updated in place, so an unchanged catalog costs a map lookup per
-// resource and allocates nothing. p.mu must be held.
-func (p *ProfileCaches) share(profile string, base, res xdscache.Resources) xdscache.Resources {
+// share returns ch with every resource equal to base's current resource of
+// the same type and name replaced by base's, in copies of ch's maps.
+// Decisions are memoised per profile: a pair of values seen before is not
+// compared again, so sharing costs what the change holds. p.mu must be held.
+func (p *ProfileCaches) share(profile string, base *xdscache.Cache, ch xdscache.Change) xdscache.Change {
 	memo := p.shared[profile]
-	if memo == nil {
-		memo = make(map[string]map[string]sharedEntry, len(res))
+	if ch.Full != nil || memo == nil {
+		// A whole state: decisions about names it no longer holds go.
+		memo = map[string]map[string]sharedEntry{}
 		p.shared[profile] = memo
 	}
-	for typeURL, byName := range res {
-		mm := memo[typeURL]
-		if mm == nil {
-			mm = make(map[string]sharedEntry, len(byName))
-			memo[typeURL] = mm
-		}
-		for name, r := range byName {
-			b := base[typeURL][name]
-			if e, ok := mm[name]; ok && e.in == r && e.base == b {
-				byName[name] = e.out
-				continue
+	shareAll := func(res xdscache.Resources) xdscache.Resources {
+		out := make(xdscache.Resources, len(res))
+		for typeURL, byName := range res {
+			mm := memo[typeURL]
+			if mm == nil {
+				mm = make(map[string]sharedEntry, len(byName))
+				memo[typeURL] = mm
 			}
-			v := r
-			if b != nil && b != r && proto.Equal(b, r) {
-				v = b
-			}
-			byName[name], mm[name] = v, sharedEntry{in: r, base: b, out: v}
-		}
-		if len(mm) > len(byName) {
-			for name := range mm {
-				if _, ok := byName[name]; !ok {
-					delete(mm, name)
+			shared := make(map[string]types.Resource, len(byName))
+			for name, r := range byName {
+				b, _, _ := base.Resource(typeURL, name)
+				if e, ok := mm[name]; ok && e.in == r && e.base == b {
+					shared[name] = e.out
+					continue
 				}
+				v := r
+				if b != nil && b != r && proto.Equal(b, r) {
+					v = b
+				}
+				shared[name], mm[name] = v, sharedEntry{in: r, base: b, out: v}
 			}
+			out[typeURL] = shared
+		}
+		return out
+	}
+	if ch.Full != nil {
+		return xdscache.Change{Full: shareAll(ch.Full)}
+	}
+	for typeURL, names := range ch.Deleted {
+		for _, name := range names {
+			delete(memo[typeURL], name)
 		}
 	}
-	for typeURL := range memo {
-		if _, ok := res[typeURL]; !ok {
-			delete(memo, typeURL)
-		}
-	}
-	return res
+	return xdscache.Change{Updated: shareAll(ch.Updated), Deleted: ch.Deleted}
 }
 
 // Versions returns, per profile, what xdscache.Cache.Versions returns.
@@ -196,7 +241,9 @@ type dispatcher struct {
 var _ cache.Cache = dispatcher{}
 
 func (d dispatcher) watcher(node *corev3.Node) cache.Cache {
-	return d.watchers[d.p.ProfileOf(node).Name]
+	name := d.p.ProfileOf(node).Name
+	d.p.activate(name)
+	return d.watchers[name]
 }
 
 // CreateWatch implements cache.ConfigWatcher.

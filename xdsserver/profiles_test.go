@@ -100,7 +100,7 @@ func TestProfileCachesRouteByUserAgent(t *testing.T) {
 		}
 		next[p.Name] = clientResources(t, "svc", backend, lb)
 	}
-	for name, r := range pc.Apply(next) {
+	for name, r := range pc.Apply(whole(next)) {
 		if r.Err != nil {
 			t.Fatalf("apply %s: %v", name, r.Err)
 		}
@@ -154,7 +154,7 @@ func TestProfileCachesShareEqualResources(t *testing.T) {
 	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
 	widest := clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)
 	goRes := clientResources(t, "svc", backend, clusterv3.Cluster_LEAST_REQUEST)
-	pc.Apply(map[string]xdscache.Resources{clients.WidestName: widest, clients.GoName: goRes})
+	pc.Apply(whole(map[string]xdscache.Resources{clients.WidestName: widest, clients.GoName: goRes}))
 
 	for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.EndpointType, resource.ClusterType} {
 		base, _, ok := pc.Cache(clients.WidestName).Resource(typeURL, "svc")
@@ -169,6 +169,95 @@ func TestProfileCachesShareEqualResources(t *testing.T) {
 		if want := typeURL != resource.ClusterType; shared != want {
 			t.Errorf("%s shared = %v, want %v", typeURL, shared, want)
 		}
+	}
+}
+
+// whole makes a whole-state change of each profile's resources.
+func whole(next map[string]xdscache.Resources) map[string]xdscache.Change {
+	out := make(map[string]xdscache.Change, len(next))
+	for name, r := range next {
+		out[name] = xdscache.Change{Full: r}
+	}
+	return out
+}
+
+// TestProfileCachesShareOnDelta checks that sharing follows changes: a
+// profile's changed resource equal to the first profile's current one is
+// stored as that value, the caller's maps are left as they were, and a
+// deleted resource goes.
+func TestProfileCachesShareOnDelta(t *testing.T) {
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{
+		Profiles: []clients.Profile{clients.Widest, clients.Go},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	pc.Apply(whole(map[string]xdscache.Resources{
+		clients.WidestName: clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN),
+		clients.GoName:     clientResources(t, "svc", backend, clusterv3.Cluster_LEAST_REQUEST),
+	}))
+	other := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 10}
+	widest := clientResources(t, "svc", other, clusterv3.Cluster_ROUND_ROBIN)
+	goRes := clientResources(t, "svc", other, clusterv3.Cluster_LEAST_REQUEST)
+	goCLA := goRes[resource.EndpointType]["svc"]
+	pc.Apply(map[string]xdscache.Change{
+		clients.WidestName: {Updated: xdscache.Resources{resource.EndpointType: widest[resource.EndpointType]}},
+		clients.GoName: {Updated: xdscache.Resources{resource.EndpointType: goRes[resource.EndpointType]},
+			Deleted: map[string][]string{resource.RouteType: {"svc"}}},
+	})
+	if goRes[resource.EndpointType]["svc"] != goCLA {
+		t.Error("Apply modified the caller's map")
+	}
+	base, _, _ := pc.Cache(clients.WidestName).Resource(resource.EndpointType, "svc")
+	got, _, ok := pc.Cache(clients.GoName).Resource(resource.EndpointType, "svc")
+	if !ok || got != base || base != widest[resource.EndpointType]["svc"] {
+		t.Errorf("changed endpoints not shared: grpc-go %p, widest %p", got, base)
+	}
+	if _, _, ok := pc.Cache(clients.GoName).Resource(resource.RouteType, "svc"); ok {
+		t.Error("deleted route still served to grpc-go")
+	}
+	if _, _, ok := pc.Cache(clients.WidestName).Resource(resource.RouteType, "svc"); !ok {
+		t.Error("route deleted from the widest profile too")
+	}
+}
+
+// TestProfileActivation checks that only the first profile is active until
+// a client of another connects, which activates its profile and signals it.
+func TestProfileActivation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pc.Profiles() {
+		if want := p.Name == pc.Profiles()[0].Name; pc.Active(p.Name) != want {
+			t.Errorf("before any client: Active(%s) = %v, want %v", p.Name, !want, want)
+		}
+	}
+	select {
+	case <-pc.Activated():
+		t.Fatal("activated before any client")
+	default:
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	pc.Apply(whole(map[string]xdscache.Resources{
+		clients.WidestName: clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN),
+		clients.GoName:     clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN),
+	}))
+	_, addr := startProfileServer(t, pc)
+	fetchCluster(ctx, t, addr, &corev3.Node{Id: "n", UserAgentName: "gRPC Go"}, "svc")
+	select {
+	case <-pc.Activated():
+	case <-ctx.Done():
+		t.Fatal("no activation signal after a grpc-go client connected")
+	}
+	if !pc.Active(clients.GoName) {
+		t.Error("grpc-go profile not active after a grpc-go client connected")
+	}
+	if pc.Active(clients.NodeName) {
+		t.Error("grpc-node profile active without a client")
 	}
 }
 
@@ -199,7 +288,7 @@ func TestNACKReportedWithImplementation(t *testing.T) {
 	for _, p := range pc.Profiles() {
 		next[p.Name] = clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)
 	}
-	pc.Apply(next)
+	pc.Apply(whole(next))
 	var logs syncBuffer
 	srv, err := xdsserver.New(xdsserver.Config{Watcher: pc.ConfigWatcher(), Registerer: prometheus.NewRegistry(),
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})

@@ -246,6 +246,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		BaseSecurity: &base,
 		Cache:        cache,
 		Profiles:     cache.Profiles(),
+		Active:       cache.Active,
+		Activated:    cache.Activated(),
 		Options:      translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic},
 		Logger:       logger.With("component", "translate"),
 		Registerer:   registry,

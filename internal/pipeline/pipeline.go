@@ -43,10 +43,13 @@ import (
 	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
 )
 
-// Cache takes each client profile's complete resources, by profile name.
-// xdsserver.ProfileCaches implements it.
+// Cache takes, by profile name, each client profile's new state: whole
+// after a profile's first translation, and as what changed (a
+// translate.Delta) after every later one, so that an apply costs what
+// changed. A profile without a change is left out. xdsserver.ProfileCaches
+// implements it.
 type Cache interface {
-	Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult
+	Apply(next map[string]xdscache.Change) map[string]xdscache.ApplyResult
 }
 
 // Config configures a Pipeline.
@@ -69,6 +72,13 @@ type Config struct {
 	// fallback for unknown clients) first. Default: the widest profile
 	// only.
 	Profiles []clients.Profile
+	// Active, when set, tells the profiles (other than the first, always
+	// translated) that have clients: only those are translated, from the
+	// first apply after they become active. Activated receives a value
+	// when a profile becomes active. Default: nil, every profile is
+	// translated.
+	Active    func(profile string) bool
+	Activated <-chan struct{}
 	// Options tune translation; Options.Client is set per profile.
 	Options translate.Options
 	// Logger receives what the translation leaves out and apply errors.
@@ -234,6 +244,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		case sec := <-p.cfg.Security:
 			in.Security = sec
 			haveSecurity = true
+		case <-p.cfg.Activated:
+			// A profile gained its first client: translate for it.
 		}
 		if in.Catalog == nil || !havePolicies || !haveSecurity {
 			continue
@@ -248,7 +260,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // apply translates in for every profile and applies the result.
 func (p *Pipeline) apply(in translate.Input) {
 	start := time.Now()
-	next := make(map[string]xdscache.Resources, len(p.translators))
+	next := make(map[string]xdscache.Change, len(p.translators))
 	var (
 		skips     []translate.Skip
 		panicking []string
@@ -257,8 +269,16 @@ func (p *Pipeline) apply(in translate.Input) {
 	)
 	for i, tr := range p.translators {
 		name := p.cfg.Profiles[i].Name
+		if i > 0 && p.cfg.Active != nil && !p.cfg.Active(name) {
+			continue
+		}
 		res := tr.Translate(in)
-		next[name] = res.Resources.ByTypeURL()
+		switch {
+		case res.Delta == nil:
+			next[name] = xdscache.Change{Full: res.Resources.ByTypeURL()}
+		case !res.Delta.Empty():
+			next[name] = xdscache.Change{Updated: res.Delta.Updated, Deleted: res.Delta.Deleted}
+		}
 		if i == 0 {
 			panicking = res.Panicking
 		}

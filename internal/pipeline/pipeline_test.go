@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
 
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/policy/store"
 	"github.com/trellis-mesh/trellis/xdsserver/translate"
@@ -23,25 +26,64 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeCache records every apply.
+// fakeCache follows the changes it is given, as the xDS caches do, and
+// records the whole state of every profile after every apply.
 type fakeCache struct {
 	mu      sync.Mutex
+	state   map[string]xdscache.Resources
 	applies []map[string]xdscache.Resources
+	changes []map[string]xdscache.Change
 	err     error
 	notify  chan struct{}
 }
 
-func newFakeCache() *fakeCache { return &fakeCache{notify: make(chan struct{}, 100)} }
+func newFakeCache() *fakeCache {
+	return &fakeCache{notify: make(chan struct{}, 100), state: map[string]xdscache.Resources{}}
+}
 
-func (c *fakeCache) Apply(next map[string]xdscache.Resources) map[string]xdscache.ApplyResult {
+func (c *fakeCache) Apply(next map[string]xdscache.Change) map[string]xdscache.ApplyResult {
 	c.mu.Lock()
-	c.applies = append(c.applies, next)
+	for profile, ch := range next {
+		if ch.Full != nil {
+			c.state[profile] = copyResources(ch.Full)
+			continue
+		}
+		st := c.state[profile]
+		if st == nil {
+			panic("a change for a profile without a whole state first: " + profile)
+		}
+		for typeURL, names := range ch.Deleted {
+			for _, name := range names {
+				delete(st[typeURL], name)
+			}
+		}
+		for typeURL, m := range ch.Updated {
+			if st[typeURL] == nil {
+				st[typeURL] = map[string]types.Resource{}
+			}
+			maps.Copy(st[typeURL], m)
+		}
+	}
+	snapshot := make(map[string]xdscache.Resources, len(c.state))
+	for profile, st := range c.state {
+		snapshot[profile] = copyResources(st)
+	}
+	c.applies = append(c.applies, snapshot)
+	c.changes = append(c.changes, next)
 	err := c.err
 	c.mu.Unlock()
 	c.notify <- struct{}{}
 	out := map[string]xdscache.ApplyResult{}
 	for name := range next {
 		out[name] = xdscache.ApplyResult{Err: err}
+	}
+	return out
+}
+
+func copyResources(r xdscache.Resources) xdscache.Resources {
+	out := make(xdscache.Resources, len(r))
+	for typeURL, m := range r {
+		out[typeURL] = maps.Clone(m)
 	}
 	return out
 }
@@ -214,6 +256,76 @@ func TestUnchangedServiceKeepsItsResources(t *testing.T) {
 	waitApplies(t, cache, 2)
 	if cache.last()["widest"][resource.ClusterType]["echo"] != first {
 		t.Error("an unchanged service's Cluster was rebuilt")
+	}
+}
+
+// TestChangesFollowTheCatalog: after the first whole state, each apply
+// hands over only what changed, and nothing for a profile without change.
+func TestChangesFollowTheCatalog(t *testing.T) {
+	_, cache, in, _ := start(t, Config{})
+	other := &model.Service{Name: "other", Instances: []model.Instance{{ID: "o", Node: "n1", Address: "10.0.0.2", Port: 9090,
+		Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"}}}
+	with := func(snap *model.Snapshot) *model.Snapshot {
+		return model.NewSnapshot([]*model.Service{snap.Services["echo"], other})
+	}
+	in.catalogs <- with(catalog(8080))
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	if cache.changes[0]["widest"].Full == nil {
+		t.Fatal("the first apply is not a whole state")
+	}
+	in.catalogs <- with(catalog(8080, 8081))
+	waitApplies(t, cache, 2)
+	ch := cache.changes[1]["widest"]
+	if ch.Full != nil {
+		t.Fatal("a one-instance change applied as a whole state")
+	}
+	if len(ch.Updated[resource.EndpointType]) != 1 {
+		t.Errorf("change holds %d endpoint resources, want 1", len(ch.Updated[resource.EndpointType]))
+	}
+	for typeURL, m := range ch.Updated {
+		if _, ok := m["other"]; ok {
+			t.Errorf("change holds the %s of a service that did not change", typeURL)
+		}
+	}
+	if got := len(cache.last()["widest"][resource.ClusterType]); got != 2 {
+		t.Errorf("%d clusters after the change, want 2", got)
+	}
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 3)
+	if _, ok := cache.changes[2]["widest"]; ok {
+		t.Error("a change handed over for an input that changed nothing")
+	}
+}
+
+// TestInactiveProfilesNotTranslated: a profile other than the first is
+// translated only once active, and then from a whole state.
+func TestInactiveProfilesNotTranslated(t *testing.T) {
+	var mu sync.Mutex
+	active := map[string]bool{}
+	activated := make(chan struct{}, 1)
+	_, cache, in, _ := start(t, Config{
+		Profiles:  []clients.Profile{clients.Widest, clients.Go},
+		Active:    func(name string) bool { mu.Lock(); defer mu.Unlock(); return active[name] },
+		Activated: activated,
+	})
+	in.catalogs <- catalog(8080)
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	if _, ok := cache.changes[0][clients.GoName]; ok {
+		t.Fatal("an inactive profile was translated")
+	}
+	mu.Lock()
+	active[clients.GoName] = true
+	mu.Unlock()
+	activated <- struct{}{}
+	waitApplies(t, cache, 2)
+	ch, ok := cache.changes[1][clients.GoName]
+	if !ok || ch.Full == nil {
+		t.Fatalf("activated profile: change %+v, want a whole state", ch)
+	}
+	if got := len(ch.Full[resource.ClusterType]); got != 1 {
+		t.Errorf("activated profile: %d clusters, want 1", got)
 	}
 }
 

@@ -171,6 +171,36 @@ type Result struct {
 	// Skipped lists, in a deterministic order, the services and instances
 	// that were left out.
 	Skipped []Skip
+	// Delta is what changed in Resources since the previous call of the
+	// Translator that made the Result; nil from Translate, and from a
+	// Translator's first call (or the first after a nil catalog), whose
+	// Resources are to be taken whole.
+	Delta *Delta
+}
+
+// Delta is what one call of a Translator changed in its resources.
+// Applying it to the previous Resources gives the new ones.
+type Delta struct {
+	// Updated holds the resources added or changed, by type URL and name.
+	Updated map[string]map[string]types.Resource
+	// Deleted lists the names of the resources removed, sorted, by type
+	// URL.
+	Deleted map[string][]string
+}
+
+// Empty reports whether the call changed nothing.
+func (d *Delta) Empty() bool {
+	for _, m := range d.Updated {
+		if len(m) > 0 {
+			return false
+		}
+	}
+	for _, names := range d.Deleted {
+		if len(names) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Translate converts in into xDS resources. It never fails as a whole: a

@@ -40,6 +40,13 @@ import (
 // services, and the skips that concern the input as a whole, are worked
 // out again on every call, at a cost that follows what changed.
 //
+// A Translator keeps its resources up to date in place, so that a call
+// costs what changed, not what the catalog holds: the Resources of a Result
+// it returns are its current state, valid until its next call, which
+// updates them. Result.Delta says what that call changed, for a consumer
+// (the xDS cache) that follows the state change by change; a consumer that
+// needs an earlier state must copy it.
+//
 // Everything a Translator returns, and everything handed to it, is shared
 // and must not be modified. Translate may be called from several
 // goroutines; calls are serialized.
@@ -116,6 +123,10 @@ type memoState struct {
 
 	res    Resources
 	byType map[string]map[string]types.Resource
+
+	// delta collects what the current call changes: by type URL and
+	// name, the new resource, or nil for a removed one.
+	delta map[string]map[string]types.Resource
 }
 
 // Translate translates in as Translate(in, opts) does, reusing the
@@ -267,20 +278,9 @@ func (t *Translator) Translate(in Input) *Result {
 		st.names = slices.Sorted(maps.Keys(st.entries))
 	}
 
-	// Bring the resources up to date, on copies: earlier Results stay as
-	// they were.
+	// Bring the resources up to date in place, noting what changed.
+	st.delta = map[string]map[string]types.Resource{}
 	if len(changed) > 0 {
-		st.res = Resources{
-			Listeners: maps.Clone(st.res.Listeners),
-			Routes:    maps.Clone(st.res.Routes),
-			Clusters:  maps.Clone(st.res.Clusters),
-			Endpoints: maps.Clone(st.res.Endpoints),
-		}
-		byType := make(map[string]map[string]types.Resource, len(st.byType))
-		for typeURL, m := range st.byType {
-			byType[typeURL] = maps.Clone(m)
-		}
-		st.byType = byType
 		affected := map[string]bool{}
 		for _, c := range changed {
 			if c.old != nil {
@@ -297,6 +297,10 @@ func (t *Translator) Translate(in Input) *Result {
 
 	res := &Result{Resources: st.res}
 	res.Resources.byType = st.byType
+	if !first {
+		res.Delta = st.takeDelta()
+	}
+	st.delta = nil
 	for _, name := range st.names {
 		e := st.entries[name]
 		res.Skipped = append(res.Skipped, e.t.pre...)
@@ -338,16 +342,16 @@ func (st *memoState) remove(service string, out *serviceResources, affected map[
 // Listener names whose owner must be settled again.
 func (st *memoState) add(service string, out *serviceResources, affected map[string]bool) {
 	st.res.Listeners[out.listener.GetName()] = out.listener
-	st.byType[resource.ListenerType][out.listener.GetName()] = out.listener
+	st.set(resource.ListenerType, out.listener.GetName(), out.listener)
 	st.res.Routes[out.route.GetName()] = out.route
-	st.byType[resource.RouteType][out.route.GetName()] = out.route
+	st.set(resource.RouteType, out.route.GetName(), out.route)
 	for _, c := range out.clusters {
 		st.res.Clusters[c.GetName()] = c
-		st.byType[resource.ClusterType][c.GetName()] = c
+		st.set(resource.ClusterType, c.GetName(), c)
 	}
 	for _, cla := range out.clas {
 		st.res.Endpoints[cla.GetClusterName()] = cla
-		st.byType[resource.EndpointType][cla.GetClusterName()] = cla
+		st.set(resource.EndpointType, cla.GetClusterName(), cla)
 	}
 	for _, l := range out.servers {
 		name := l.GetName()
@@ -360,7 +364,53 @@ func (st *memoState) add(service string, out *serviceResources, affected map[str
 	}
 }
 
-func (st *memoState) del(typeURL, name string) { delete(st.byType[typeURL], name) }
+func (st *memoState) del(typeURL, name string) {
+	delete(st.byType[typeURL], name)
+	st.note(typeURL, name, nil)
+}
+
+// set serves res under typeURL and name.
+func (st *memoState) set(typeURL, name string, res types.Resource) {
+	st.byType[typeURL][name] = res
+	st.note(typeURL, name, res)
+}
+
+// note records in the delta of the current call that name now holds res,
+// nil when it is gone.
+func (st *memoState) note(typeURL, name string, res types.Resource) {
+	if st.delta == nil {
+		return
+	}
+	m := st.delta[typeURL]
+	if m == nil {
+		m = map[string]types.Resource{}
+		st.delta[typeURL] = m
+	}
+	m[name] = res
+}
+
+// takeDelta returns what the current call changed. A resource taken out
+// and put back as the very same value may be listed as updated: the cache
+// recognises the value and does nothing for it.
+func (st *memoState) takeDelta() *Delta {
+	d := &Delta{Updated: map[string]map[string]types.Resource{}, Deleted: map[string][]string{}}
+	for typeURL, m := range st.delta {
+		for name, r := range m {
+			if r == nil {
+				d.Deleted[typeURL] = append(d.Deleted[typeURL], name)
+				continue
+			}
+			if d.Updated[typeURL] == nil {
+				d.Updated[typeURL] = map[string]types.Resource{}
+			}
+			d.Updated[typeURL][name] = r
+		}
+	}
+	for _, names := range d.Deleted {
+		slices.Sort(names)
+	}
+	return d
+}
 
 // settle serves the server Listener name of its first candidate, or none.
 func (st *memoState) settle(name string) {
@@ -379,7 +429,7 @@ func (st *memoState) settle(name string) {
 	for _, l := range st.entries[cands[0]].t.out.servers {
 		if l.GetName() == name {
 			st.res.Listeners[name] = l
-			st.byType[resource.ListenerType][name] = l
+			st.set(resource.ListenerType, name, l)
 			return
 		}
 	}

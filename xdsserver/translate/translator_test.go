@@ -2,10 +2,13 @@ package translate
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -277,8 +280,14 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 			}
 			w.security = w.newSecurity()
 			tr := NewTranslator(Options{})
-			prev := tr.Translate(w.input())
-			compareResults(t, "initial", Translate(w.input(), Options{}), prev)
+			first := tr.Translate(w.input())
+			compareResults(t, "initial", Translate(w.input(), Options{}), first)
+			if first.Delta != nil {
+				t.Fatal("the first call has a Delta; its Resources are to be taken whole")
+			}
+			// A Translator updates its state in place: keep a copy of each
+			// step's to compare the next with.
+			prev := copyState(first.Resources.ByTypeURL())
 			for i := range 300 {
 				kept, what := w.step()
 				in := w.input()
@@ -287,16 +296,24 @@ func TestTranslatorMatchesTranslate(t *testing.T) {
 				if !compareResults(t, label, Translate(in, Options{}), got) {
 					return
 				}
+				cur := got.Resources.ByTypeURL()
+				if got.Delta == nil {
+					t.Fatalf("%s: no Delta", label)
+				}
+				// The previous state with the Delta applied is the new one,
+				// value for value.
+				if diff := deltaMismatch(prev, got.Delta, cur); diff != "" {
+					t.Fatalf("%s: the previous state with the Delta applied is not the new state: %s", label, diff)
+				}
 				for _, name := range kept {
 					if _, ok := in.Catalog.Services[name]; !ok {
 						continue
 					}
-					samePointer(t, label, name, prev.Resources.Listeners, got.Resources.Listeners)
-					samePointer(t, label, name, prev.Resources.Routes, got.Resources.Routes)
-					samePointer(t, label, name, prev.Resources.Clusters, got.Resources.Clusters)
-					samePointer(t, label, name, prev.Resources.Endpoints, got.Resources.Endpoints)
+					for typeURL := range cur {
+						samePointer(t, label+" "+typeURL, name, prev[typeURL], cur[typeURL])
+					}
 				}
-				prev = got
+				prev = copyState(cur)
 			}
 		})
 	}
@@ -333,6 +350,52 @@ func TestTranslatorReusesEverythingUnchanged(t *testing.T) {
 			}
 		}
 	}
+}
+
+// copyState copies a state's maps (not its resources, which are immutable).
+func copyState(s map[string]map[string]types.Resource) map[string]map[string]types.Resource {
+	out := make(map[string]map[string]types.Resource, len(s))
+	for typeURL, m := range s {
+		out[typeURL] = maps.Clone(m)
+	}
+	return out
+}
+
+// deltaMismatch applies d to a copy of prev and describes how the outcome
+// differs from cur; "" when it is cur exactly (the same values).
+func deltaMismatch(prev map[string]map[string]types.Resource, d *Delta, cur map[string]map[string]types.Resource) string {
+	next := copyState(prev)
+	for typeURL, names := range d.Deleted {
+		for _, name := range names {
+			if _, ok := next[typeURL][name]; !ok {
+				return fmt.Sprintf("%s %q deleted but was not there", typeURL, name)
+			}
+			delete(next[typeURL], name)
+		}
+	}
+	for typeURL, m := range d.Updated {
+		if next[typeURL] == nil {
+			next[typeURL] = map[string]types.Resource{}
+		}
+		for name, r := range m {
+			next[typeURL][name] = r
+		}
+	}
+	var diff []string
+	for typeURL, m := range cur {
+		for name, r := range m {
+			if next[typeURL][name] != r {
+				diff = append(diff, "wrong or missing "+typeURL+" "+name)
+			}
+		}
+		for name := range next[typeURL] {
+			if _, ok := m[name]; !ok {
+				diff = append(diff, "extra "+typeURL+" "+name)
+			}
+		}
+	}
+	slices.Sort(diff)
+	return strings.Join(diff, ", ")
 }
 
 func samePointer[M comparable](t *testing.T, label, name string, before, after map[string]M) {

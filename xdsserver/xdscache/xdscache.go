@@ -269,25 +269,14 @@ func (c *Cache) Apply(next Resources) ApplyResult {
 		prevReal := len(m) - c.aliasCountLocked(typeURL)
 		found := 0 // names of byName served before, not as aliases
 		for name, res := range byName {
-			p, had := m[name]
-			had = had && p.aliasOf == ""
+			had, changed, err := upsert(m, name, res)
 			if had {
 				found++
-				if p.res == res {
-					continue // the very resource applied before
-				}
 			}
-			e, err := newEntry(name, res)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("xdscache: %s %q: %w", shortType(typeURL), name, err))
-				if !had {
-					delete(m, name) // an alias of that name, if any
-				}
-				continue
-			}
-			m[name] = e
-			if !had || p.version != e.version {
-				update(typeURL, name, e.res)
+			} else if changed {
+				update(typeURL, name, res)
 			}
 		}
 		// Resources no longer applied; aliases are settled below.
@@ -328,6 +317,208 @@ func (c *Cache) Apply(next Resources) ApplyResult {
 		deleted[resource.ListenerType] = append(deleted[resource.ListenerType], aliasDeleted...)
 	}
 
+	return c.publishLocked(updated, deleted, errs)
+}
+
+// upsert serves res under name in m (the served resources of one type),
+// unless the very same value is served there already. It reports whether
+// a resource (not an alias) of that name was served before, and whether
+// its content changed. A resource that cannot be taken leaves m as it was,
+// except that it replaces an alias of that name.
+func upsert(m map[string]entry, name string, res types.Resource) (had, changed bool, err error) {
+	p, had := m[name]
+	had = had && p.aliasOf == ""
+	if had && p.res == res {
+		return true, false, nil // the very resource applied before
+	}
+	e, err := newEntry(name, res)
+	if err != nil {
+		if !had {
+			delete(m, name) // an alias of that name, if any
+		}
+		return had, false, err
+	}
+	m[name] = e
+	return had, !had || p.version != e.version, nil
+}
+
+// Change is a new state for a Cache: whole, or as what changed since the
+// previous one.
+type Change struct {
+	// Full, when not nil, is the whole new state (see Apply).
+	Full Resources
+	// Updated and Deleted, when Full is nil, are what changed (see
+	// ApplyDelta).
+	Updated Resources
+	Deleted map[string][]string
+}
+
+// ApplyChange applies ch with Apply or ApplyDelta.
+func (c *Cache) ApplyChange(ch Change) ApplyResult {
+	if ch.Full != nil {
+		return c.Apply(ch.Full)
+	}
+	return c.ApplyDelta(ch.Updated, ch.Deleted)
+}
+
+// ApplyDelta brings the state up to date with what changed since the
+// previous Apply or ApplyDelta: updated holds the resources added or
+// changed, by type URL and name, deleted the names removed (a name both
+// deleted and updated is updated). It costs what changed, not what is
+// served. The same rules as Apply's hold for what reaches clients and for
+// the resources handed over, which must not be modified afterwards.
+//
+// Listener aliases follow the base Listeners the delta changes, and an
+// alias requested by a watch is materialized when its base appears;
+// aliases no watch names are dropped by Apply, or evicted at the limit.
+func (c *Cache) ApplyDelta(updated Resources, deleted map[string][]string) ApplyResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	var errs []error
+	up := make(map[string]map[string]types.Resource)
+	del := make(map[string][]string)
+	var changedListeners []string
+	for typeURL, byName := range updated {
+		m := c.served[typeURL]
+		if m == nil {
+			m = make(map[string]entry, len(byName))
+			c.served[typeURL] = m
+		}
+		for name, res := range byName {
+			_, changed, err := upsert(m, name, res)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("xdscache: %s %q: %w", shortType(typeURL), name, err))
+				continue
+			}
+			if typeURL == resource.ListenerType {
+				changedListeners = append(changedListeners, name)
+			}
+			if changed {
+				if up[typeURL] == nil {
+					up[typeURL] = make(map[string]types.Resource)
+				}
+				up[typeURL][name] = res
+			}
+		}
+	}
+	for typeURL, names := range deleted {
+		m := c.served[typeURL]
+		for _, name := range names {
+			if _, again := updated[typeURL][name]; again {
+				continue
+			}
+			if p, ok := m[name]; ok && p.aliasOf == "" {
+				delete(m, name)
+				del[typeURL] = append(del[typeURL], name)
+				if typeURL == resource.ListenerType {
+					changedListeners = append(changedListeners, name)
+				}
+			}
+		}
+	}
+	if len(changedListeners) > 0 {
+		aliasUpdated, aliasDeleted := c.aliasesOfLocked(changedListeners)
+		for name, res := range aliasUpdated {
+			if up[resource.ListenerType] == nil {
+				up[resource.ListenerType] = make(map[string]types.Resource)
+			}
+			up[resource.ListenerType][name] = res
+		}
+		del[resource.ListenerType] = slices.DeleteFunc(del[resource.ListenerType], func(name string) bool {
+			_, ok := aliasUpdated[name]
+			return ok
+		})
+		del[resource.ListenerType] = append(del[resource.ListenerType], aliasDeleted...)
+	}
+	return c.publishLocked(up, del, errs)
+}
+
+// aliasesOfLocked brings up to date the Listener aliases whose base is one
+// of the named Listeners, changed or deleted by a delta, and materializes
+// the requested aliases of those that appeared. It returns the aliases to
+// send and the ones to delete. c.mu must be held.
+func (c *Cache) aliasesOfLocked(bases []string) (map[string]types.Resource, []string) {
+	listeners := c.served[resource.ListenerType]
+	if listeners == nil || (len(c.aliases) == 0 && len(c.aliasRefs) == 0) {
+		return nil, nil
+	}
+	isBase := make(map[string]bool, len(bases))
+	for _, b := range bases {
+		isBase[b] = true
+	}
+	var (
+		updated map[string]types.Resource
+		deleted []string
+	)
+	drop := func(name string) {
+		delete(listeners, name)
+		delete(c.aliases, name)
+		delete(c.aliasIdle, name)
+		deleted = append(deleted, name)
+	}
+	// Map order: what comes out does not depend on it.
+	for name := range c.aliases {
+		e, ok := listeners[name]
+		switch {
+		case !ok:
+			drop(name) // left out with a resource of that name that was refused
+			continue
+		case e.aliasOf == "":
+			// Replaced by a Listener of that name: no longer an alias.
+			delete(c.aliases, name)
+			delete(c.aliasIdle, name)
+			continue
+		case !isBase[e.aliasOf]:
+			continue
+		}
+		base, ok := listeners[e.aliasOf]
+		if !ok || base.aliasOf != "" {
+			drop(name)
+			continue
+		}
+		if base.res == e.base {
+			continue
+		}
+		fresh, err := aliasEntry(name, base)
+		if err != nil {
+			c.logger.Error("listener alias", "listener", name, "error", err)
+			drop(name)
+			continue
+		}
+		listeners[name] = fresh
+		if fresh.version != e.version {
+			if updated == nil {
+				updated = make(map[string]types.Resource)
+			}
+			updated[name] = fresh.res
+		}
+	}
+	for name := range c.aliasRefs {
+		host, ok := splitHostPort(name)
+		if !ok || !isBase[host] {
+			continue
+		}
+		added, evicted := c.addAliasLocked(listeners, name)
+		for _, ev := range evicted {
+			if updated != nil {
+				delete(updated, ev)
+			}
+			deleted = append(deleted, ev)
+		}
+		if added {
+			if updated == nil {
+				updated = make(map[string]types.Resource)
+			}
+			updated[name] = listeners[name].res
+		}
+	}
+	return updated, deleted
+}
+
+// publishLocked hands what changed to the LinearCaches, in make-before-break
+// order, and reports it. c.mu must be held.
+func (c *Cache) publishLocked(updated map[string]map[string]types.Resource, deleted map[string][]string, errs []error) ApplyResult {
 	slices.SortFunc(errs, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
 	result := ApplyResult{Types: make(map[string]TypeChange, len(c.served)), Err: errors.Join(errs...)}
 	// Clients are told in make-before-break order: Clusters and their

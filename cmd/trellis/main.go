@@ -5,6 +5,8 @@
 //	trellis policy      manages service policies (apply, get, list, delete, validate)
 //	trellis identity    keeps the workload's SPIFFE identity in files (sync)
 //	trellis version     prints the version, commit and key dependency versions
+//	trellis status      shows what the xDS clients hold (--csds: what one process holds)
+//	trellis explain     says why a client gets what it gets for a target
 //
 // This is the only place where Trellis components are wired together.
 package main
@@ -38,6 +40,6 @@ func newRootCommand() *cobra.Command {
 	}
 	// Every setting of `trellis server` also comes from TRELLIS_* variables
 	// or a --config file (config.go).
-	root.AddCommand(withSettings(newServerCommand(), os.LookupEnv), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand(), newVersionCommand(), newStatusCommand())
+	root.AddCommand(withSettings(newServerCommand(), os.LookupEnv), newBootstrapCommand(), newPolicyCommand(), newIdentityCommand(), newVersionCommand(), newStatusCommand(), newExplainCommand())
 	return root
 }

@@ -313,7 +313,9 @@ func runServer(ctx context.Context, opts serverOptions) error {
 
 	// The status API shares the policy API's gRPC server, and so its
 	// authentication.
-	statusAPI, err := statusapi.New(statusapi.Config{Streams: xds.Streams, Versions: cache, Replica: xdsLis.Addr().String()})
+	statusAPI, err := statusapi.New(statusapi.Config{Streams: xds.Streams, Versions: cache, Served: cache,
+		Inputs:  explainInputs{catalog: watcher, policies: policies.watcher, security: security, pipe: pipe},
+		Replica: xdsLis.Addr().String()})
 	if err != nil {
 		xdsLis.Close()
 		adminLis.Close()

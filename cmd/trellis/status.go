@@ -34,6 +34,7 @@ func newStatusCommand() *cobra.Command {
 		service    string
 		state      string
 		staleAfter time.Duration
+		csds       string
 	)
 	cmd := &cobra.Command{
 		Use:   "status [CLIENT]",
@@ -46,12 +47,25 @@ serves now) or NACKED (rejected by the client). With CLIENT (a node id or a
 stream id) it shows that client in full: subscribed resources, every recent
 NACK with its text, and the resources that differ from what is served now.
 
+With --csds ADDR it reads instead what one gRPC process holds, from its own
+CSDS (the admin services of grpc/admin, served at ADDR), and compares every
+resource with what the trellis server serves that client now: SAME, DIFFERS
+(the client holds other content, or a resource no longer served), MISSING
+(the client holds nothing for it) or NACKED (the client rejected the last
+version, with its error).
+
 It calls the status API on the admin listener, authenticated like the policy
 API.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "" && output != "json" && output != "yaml" {
 				return fmt.Errorf("-o %q: must be json or yaml (default: a table)", output)
+			}
+			if csds != "" {
+				if len(args) == 1 || service != "" || state != "" {
+					return fmt.Errorf("--csds %s reads one process's own xDS clients; CLIENT, --service and --state do not apply with it", csds)
+				}
+				return runCSDS(cmd, &opts, csds, output)
 			}
 			if staleAfter <= 0 {
 				return fmt.Errorf("--stale-after %s: must be positive", staleAfter)
@@ -108,6 +122,7 @@ API.`,
 	f.StringVar(&service, "service", "", "only the clients subscribed to this service's resources")
 	f.StringVar(&state, "state", "", "only the clients in this state: synced, stale or nacked")
 	f.DurationVar(&staleAfter, "stale-after", statusapi.DefaultStaleAfter, "how long a response may stay unanswered before it counts as STALE")
+	f.StringVar(&csds, "csds", "", "admin address (host:port) of a gRPC process serving grpc/admin: compare what its xDS clients hold (CSDS) with what the server serves them")
 	return cmd
 }
 

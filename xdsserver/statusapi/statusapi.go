@@ -1,13 +1,26 @@
 // Package statusapi serves trellis.status.v1.StatusService: the sync status
 // of the ADS streams of one server (what each client was sent, whether it
-// ACKed or NACKed it, and what differs from what is served now).
+// ACKed or NACKed it, and what differs from what is served now), the
+// resources served to each client profile (GetResources, which `trellis
+// status --csds` compares with what a client's own CSDS reports), and
+// Explain, which says in words why a client gets what it gets for one
+// target.
 //
 // It owns the SYNCED / STALE / NACKED classification and the paging of
 // clients; the per-stream facts come from xdsserver's tracker through the
 // injected Config.Streams, and the current content versions from the
-// injected Config.Versions. It does not authenticate: register it on a
-// *grpc.Server whose interceptors do (the policy API's, on the admin
-// listener). It must not import the translation, the catalog or Consul.
+// injected Config.Versions. Explain reads what is served (Config.Served,
+// the profile caches) and explains it with what was translated
+// (Config.Inputs: the catalog snapshot, policies, security settings and
+// the translation's skips, handed over in this package's own terms): it
+// follows the target's Listener to its routes, clusters and endpoints as
+// the client would, and matches the endpoints to the Consul instances, so
+// that it describes what the client really gets rather than what a second
+// copy of the translation rules would predict.
+//
+// It does not authenticate: register it on a *grpc.Server whose
+// interceptors do (the policy API's, on the admin listener). It must not
+// import the translation, the catalog or Consul.
 package statusapi
 
 import (
@@ -44,6 +57,13 @@ type Config struct {
 	// from what a client was sent. Default: nil, and only a stream's own
 	// ACK state decides it (no resource is reported out of date).
 	Versions xdsserver.ContentVersioner
+	// Served gives the resources served to each profile, for
+	// GetResources and Explain. Default: nil, and both answer
+	// Unimplemented.
+	Served Served
+	// Inputs are what the server translates, for Explain. Default: nil,
+	// and Explain answers Unimplemented.
+	Inputs Inputs
 	// Replica names this server in every answer, e.g. its xDS address.
 	// Default: empty.
 	Replica string
@@ -56,6 +76,8 @@ type Server struct {
 	statusv1.UnimplementedStatusServiceServer
 	streams  func() []xdsserver.StreamStatus
 	versions xdsserver.ContentVersioner
+	served   Served
+	inputs   Inputs
 	replica  string
 	now      func() time.Time
 }
@@ -71,7 +93,7 @@ func New(cfg Config) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Server{streams: cfg.Streams, versions: cfg.Versions, replica: cfg.Replica, now: now}, nil
+	return &Server{streams: cfg.Streams, versions: cfg.Versions, served: cfg.Served, inputs: cfg.Inputs, replica: cfg.Replica, now: now}, nil
 }
 
 // Register registers the StatusService on gs, whose interceptors must

@@ -14,6 +14,10 @@
 //
 // and at the end the calls answered after the last full second (t=end), the
 // totals and the distribution over the whole run.
+//
+// With --admin-addr it also serves gRPC's admin services (grpc/admin:
+// channelz, and CSDS since grpc/xds is imported), so that `trellis status
+// --csds` can read what its xDS client holds.
 package main
 
 import (
@@ -23,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -32,6 +37,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/admin"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/status"
@@ -68,6 +74,10 @@ type config struct {
 	// control plane, plaintext otherwise) instead of plaintext.
 	// Default: false.
 	XDSCreds bool
+	// AdminAddr, when set, serves gRPC's admin services (channelz and
+	// CSDS, grpc/admin) in plaintext on this address, for `trellis status
+	// --csds`. Default: none.
+	AdminAddr string
 }
 
 func main() {
@@ -82,6 +92,7 @@ func main() {
 	fs.BoolVar(&cfg.Each, "each", false, "print one line per call instead of a summary per second")
 	fs.BoolVar(&cfg.RequireAllOK, "require-all-ok", false, "exit 1 if any call failed or none was made")
 	fs.BoolVar(&cfg.XDSCreds, "xds-creds", false, "use xDS credentials (mTLS when the control plane configures it)")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "serve gRPC's admin services (channelz, CSDS) in plaintext on this address, e.g. 127.0.0.1:50100, for trellis status --csds")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError: Parse exits on a bad flag.
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "echo-client")
@@ -99,6 +110,13 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	if cfg.Count < 0 {
 		return fmt.Errorf("--count must not be negative, got %d", cfg.Count)
+	}
+	if cfg.AdminAddr != "" {
+		stopAdmin, err := serveAdmin(cfg.AdminAddr)
+		if err != nil {
+			return err
+		}
+		defer stopAdmin()
 	}
 	creds := insecure.NewCredentials()
 	if cfg.XDSCreds {
@@ -200,6 +218,31 @@ loop:
 		}
 	}
 	return nil
+}
+
+// serveAdmin serves grpc/admin (channelz, and CSDS since grpc/xds is
+// imported) on addr until the returned function is called.
+func serveAdmin(addr string) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--admin-addr: %w", err)
+	}
+	srv := grpc.NewServer()
+	cleanup, err := admin.Register(srv)
+	if err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("register admin services: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis) // returns when stopped
+	}()
+	return func() {
+		srv.Stop()
+		<-done
+		cleanup()
+	}, nil
 }
 
 // since formats the time since start in whole seconds, as the per-second

@@ -11,6 +11,10 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	channelzpb "google.golang.org/grpc/channelz/grpc_channelz_v1"
+	"google.golang.org/grpc/credentials/insecure"
+
+	csdsv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 
 	echov1 "github.com/trellis-mesh/trellis/proto/trellis/echo/v1"
 )
@@ -174,5 +178,48 @@ func TestRunStopsOnCancel(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "total: calls=") {
 		t.Errorf("no final summary after cancel; output:\n%s", out.String())
+	}
+}
+
+// TestRunServesAdmin checks that --admin-addr serves grpc/admin's CSDS and
+// channelz while the client runs, and stops with it.
+func TestRunServesAdmin(t *testing.T) {
+	live := startEcho(t, "echo-a")
+	admin := deadAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, config{Target: "passthrough:///" + live, Rate: 20, Timeout: 2 * time.Second, AdminAddr: admin}, &out)
+	}()
+	conn, err := grpc.NewClient(admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var lastErr error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		callCtx, callCancel := context.WithTimeout(ctx, time.Second)
+		_, lastErr = csdsv3.NewClientStatusDiscoveryServiceClient(conn).FetchClientStatus(callCtx, &csdsv3.ClientStatusRequest{})
+		if lastErr == nil {
+			_, lastErr = channelzpb.NewChannelzClient(conn).GetTopChannels(callCtx, &channelzpb.GetTopChannelsRequest{})
+		}
+		callCancel()
+		if lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		t.Fatalf("admin services on %s: %v", admin, lastErr)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if l, err := net.Listen("tcp", admin); err != nil {
+		t.Errorf("admin address still taken after run returned: %v", err)
+	} else {
+		l.Close()
 	}
 }

@@ -15,7 +15,9 @@
 // CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), or with --consul-addr. With --xds the
 // server is created by xds.NewGRPCServer and takes its listener configuration
 // (and mTLS, when configured) from the control plane named in the
-// GRPC_XDS_BOOTSTRAP file.
+// GRPC_XDS_BOOTSTRAP file. With --admin-addr it serves gRPC's admin services
+// (grpc/admin: channelz and CSDS) on a separate plaintext listener, for
+// `trellis status --csds`.
 package main
 
 import (
@@ -34,6 +36,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/admin"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	"google.golang.org/grpc/health"
@@ -86,6 +89,10 @@ type config struct {
 	// ShutdownTimeout bounds how long GracefulStop may wait for in-flight
 	// calls before the server is stopped hard. Default: 10s.
 	ShutdownTimeout time.Duration
+	// AdminAddr, when set, serves gRPC's admin services (channelz and
+	// CSDS, grpc/admin) in plaintext on this address, for `trellis status
+	// --csds`. Default: none.
+	AdminAddr string
 }
 
 func main() {
@@ -113,6 +120,7 @@ func main() {
 	fs.StringVar(&cfg.HealthListen, "health-listen", "", "serve the gRPC health service, and Consul's check, on this separate plaintext address (for mTLS servers)")
 	fs.BoolVar(&cfg.XDS, "xds", false, "create the server with xds.NewGRPCServer (needs GRPC_XDS_BOOTSTRAP)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long to drain in-flight calls on shutdown")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", "", "serve gRPC's admin services (channelz, CSDS) in plaintext on this address, e.g. 127.0.0.1:50101, for trellis status --csds")
 	_ = fs.Parse(os.Args[1:]) // ExitOnError: Parse exits on a bad flag.
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "echo-server")
@@ -218,7 +226,43 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
+	var adminSrv *grpc.Server
+	var adminLis net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLis, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			lis.Close()
+			if healthLis != nil {
+				healthLis.Close()
+			}
+			return fmt.Errorf("--admin-addr: %w", err)
+		}
+		adminSrv = grpc.NewServer()
+		cleanup, err := admin.Register(adminSrv)
+		if err != nil {
+			lis.Close()
+			adminLis.Close()
+			if healthLis != nil {
+				healthLis.Close()
+			}
+			return fmt.Errorf("register admin services: %w", err)
+		}
+		defer cleanup()
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
+	if adminSrv != nil {
+		g.Go(func() error {
+			if err := adminSrv.Serve(adminLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("serve admin: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			adminSrv.Stop()
+			return nil
+		})
+	}
 	if healthOnly != nil {
 		g.Go(func() error {
 			if err := healthOnly.Serve(healthLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

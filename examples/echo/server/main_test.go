@@ -20,6 +20,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/peer"
 
+	csdsv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
 	echov1 "github.com/trellis-mesh/trellis/proto/trellis/echo/v1"
 )
@@ -220,4 +222,37 @@ func (plaintextInfo) AuthType() string { return "insecure" }
 
 func slogForTest(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
+}
+
+// TestRunServesAdmin checks that --admin-addr serves grpc/admin's CSDS
+// while the server runs, and stops with it.
+func TestRunServesAdmin(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := lis.Addr().String()
+	lis.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	cfg := config{Listen: "127.0.0.1:0", InstanceID: "echo-admin", Service: "echo", ShutdownTimeout: time.Second, AdminAddr: admin}
+	go func() { done <- run(runCtx, cfg, slogForTest(t)) }()
+	conn, err := grpc.NewClient(admin, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	consultest.WaitFor(t, 10*time.Second, func() error {
+		callCtx, callCancel := context.WithTimeout(ctx, time.Second)
+		defer callCancel()
+		_, err := csdsv3.NewClientStatusDiscoveryServiceClient(conn).FetchClientStatus(callCtx, &csdsv3.ClientStatusRequest{})
+		return err
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
 }

@@ -13,6 +13,7 @@ package statusv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	anypb "google.golang.org/protobuf/types/known/anypb"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -891,11 +892,1158 @@ func (x *ResourceDiff) GetCurrentContentVersion() string {
 	return ""
 }
 
+type GetResourcesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The client profile (e.g. "grpc-go") whose resources to return. Empty:
+	// the profile of node_id's open stream, else the one the user agent
+	// maps to, else the fallback profile.
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// A node id, as in the client's bootstrap.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The client's user_agent_name and user_agent_version, as its CSDS
+	// reports them.
+	UserAgentName    string `protobuf:"bytes,3,opt,name=user_agent_name,json=userAgentName,proto3" json:"user_agent_name,omitempty"`
+	UserAgentVersion string `protobuf:"bytes,4,opt,name=user_agent_version,json=userAgentVersion,proto3" json:"user_agent_version,omitempty"`
+	// The node metadata trellis.rbac_filter is "true".
+	RbacDeclared bool `protobuf:"varint,5,opt,name=rbac_declared,json=rbacDeclared,proto3" json:"rbac_declared,omitempty"`
+	// 1 to 1000 resources.
+	Resources     []*ResourceRef `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResourcesRequest) Reset() {
+	*x = GetResourcesRequest{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResourcesRequest) ProtoMessage() {}
+
+func (x *GetResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResourcesRequest.ProtoReflect.Descriptor instead.
+func (*GetResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetResourcesRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetUserAgentName() string {
+	if x != nil {
+		return x.UserAgentName
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetUserAgentVersion() string {
+	if x != nil {
+		return x.UserAgentVersion
+	}
+	return ""
+}
+
+func (x *GetResourcesRequest) GetRbacDeclared() bool {
+	if x != nil {
+		return x.RbacDeclared
+	}
+	return false
+}
+
+func (x *GetResourcesRequest) GetResources() []*ResourceRef {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+type ResourceRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TypeUrl       string                 `protobuf:"bytes,1,opt,name=type_url,json=typeUrl,proto3" json:"type_url,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceRef) Reset() {
+	*x = ResourceRef{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceRef) ProtoMessage() {}
+
+func (x *ResourceRef) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceRef.ProtoReflect.Descriptor instead.
+func (*ResourceRef) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ResourceRef) GetTypeUrl() string {
+	if x != nil {
+		return x.TypeUrl
+	}
+	return ""
+}
+
+func (x *ResourceRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetResourcesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The profile whose resources these are.
+	Profile string `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	// Why that profile: "stream", "user agent", "requested" or "fallback".
+	ProfileSource string `protobuf:"bytes,2,opt,name=profile_source,json=profileSource,proto3" json:"profile_source,omitempty"`
+	// One per requested resource, in request order.
+	Resources     []*ServedResource `protobuf:"bytes,3,rep,name=resources,proto3" json:"resources,omitempty"`
+	Replica       string            `protobuf:"bytes,4,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResourcesResponse) Reset() {
+	*x = GetResourcesResponse{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResourcesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResourcesResponse) ProtoMessage() {}
+
+func (x *GetResourcesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResourcesResponse.ProtoReflect.Descriptor instead.
+func (*GetResourcesResponse) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetResourcesResponse) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *GetResourcesResponse) GetProfileSource() string {
+	if x != nil {
+		return x.ProfileSource
+	}
+	return ""
+}
+
+func (x *GetResourcesResponse) GetResources() []*ServedResource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *GetResourcesResponse) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+type ServedResource struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TypeUrl string                 `protobuf:"bytes,1,opt,name=type_url,json=typeUrl,proto3" json:"type_url,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// False: the server does not serve this resource to the profile.
+	Served bool `protobuf:"varint,3,opt,name=served,proto3" json:"served,omitempty"`
+	// The resource's content version (a hash of its content).
+	ContentVersion string     `protobuf:"bytes,4,opt,name=content_version,json=contentVersion,proto3" json:"content_version,omitempty"`
+	Resource       *anypb.Any `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ServedResource) Reset() {
+	*x = ServedResource{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServedResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServedResource) ProtoMessage() {}
+
+func (x *ServedResource) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServedResource.ProtoReflect.Descriptor instead.
+func (*ServedResource) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ServedResource) GetTypeUrl() string {
+	if x != nil {
+		return x.TypeUrl
+	}
+	return ""
+}
+
+func (x *ServedResource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServedResource) GetServed() bool {
+	if x != nil {
+		return x.Served
+	}
+	return false
+}
+
+func (x *ServedResource) GetContentVersion() string {
+	if x != nil {
+		return x.ContentVersion
+	}
+	return ""
+}
+
+func (x *ServedResource) GetResource() *anypb.Any {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
+type ExplainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A node id or a stream id, as in GetClient. Empty: explain for profile
+	// without a client.
+	Client string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The channel target: xds:///name, xds:///name:port or name[:port].
+	Target string `protobuf:"bytes,2,opt,name=target,proto3" json:"target,omitempty"`
+	// The client profile to explain for when client has no open stream.
+	// Default: the fallback profile.
+	Profile       string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainRequest) Reset() {
+	*x = ExplainRequest{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainRequest) ProtoMessage() {}
+
+func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
+func (*ExplainRequest) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExplainRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ExplainRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ExplainRequest) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+type ExplainResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Target string                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// The Listener the target asks for.
+	Listener string `protobuf:"bytes,2,opt,name=listener,proto3" json:"listener,omitempty"`
+	// The Consul service the target names.
+	Service string `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
+	NodeId  string `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The profile explained and why it applies ("stream", "requested",
+	// "fallback").
+	Profile       string `protobuf:"bytes,5,opt,name=profile,proto3" json:"profile,omitempty"`
+	ProfileSource string `protobuf:"bytes,6,opt,name=profile_source,json=profileSource,proto3" json:"profile_source,omitempty"`
+	// The user agent of the client's stream, when it has one.
+	UserAgent string `protobuf:"bytes,7,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
+	// What is wrong, in plain words, most important first. Empty: nothing.
+	Problems []string `protobuf:"bytes,8,rep,name=problems,proto3" json:"problems,omitempty"`
+	// The resources the client gets for the target, Listener first.
+	Resources []*ExplainedResource `protobuf:"bytes,9,rep,name=resources,proto3" json:"resources,omitempty"`
+	// The clusters the routes send calls to, with their instances.
+	Clusters []*ExplainedCluster `protobuf:"bytes,10,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	Policy   *ExplainedPolicy    `protobuf:"bytes,11,opt,name=policy,proto3" json:"policy,omitempty"`
+	Security *ExplainedSecurity  `protobuf:"bytes,12,opt,name=security,proto3" json:"security,omitempty"`
+	// What the client's implementation gets instead of what the policy or
+	// intentions ask, for this service.
+	Substitutions []string `protobuf:"bytes,13,rep,name=substitutions,proto3" json:"substitutions,omitempty"`
+	// Other notes of the translation about the service.
+	Notes []string `protobuf:"bytes,14,rep,name=notes,proto3" json:"notes,omitempty"`
+	// Catalog services whose names are close to the target's, when the
+	// service is not in the catalog.
+	NearMatches   []string `protobuf:"bytes,15,rep,name=near_matches,json=nearMatches,proto3" json:"near_matches,omitempty"`
+	Replica       string   `protobuf:"bytes,16,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainResponse) Reset() {
+	*x = ExplainResponse{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainResponse) ProtoMessage() {}
+
+func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
+func (*ExplainResponse) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExplainResponse) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetListener() string {
+	if x != nil {
+		return x.Listener
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetProfileSource() string {
+	if x != nil {
+		return x.ProfileSource
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetUserAgent() string {
+	if x != nil {
+		return x.UserAgent
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetResources() []*ExplainedResource {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetClusters() []*ExplainedCluster {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetPolicy() *ExplainedPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetSecurity() *ExplainedSecurity {
+	if x != nil {
+		return x.Security
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetSubstitutions() []string {
+	if x != nil {
+		return x.Substitutions
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetNearMatches() []string {
+	if x != nil {
+		return x.NearMatches
+	}
+	return nil
+}
+
+func (x *ExplainResponse) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+type ExplainedResource struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TypeUrl string                 `protobuf:"bytes,1,opt,name=type_url,json=typeUrl,proto3" json:"type_url,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// False: the server does not serve it.
+	Served         bool   `protobuf:"varint,3,opt,name=served,proto3" json:"served,omitempty"`
+	ContentVersion string `protobuf:"bytes,4,opt,name=content_version,json=contentVersion,proto3" json:"content_version,omitempty"`
+	// The client's state for this resource's type, when it has a stream
+	// subscribed to it. Unspecified: not subscribed.
+	ClientState SyncState `protobuf:"varint,5,opt,name=client_state,json=clientState,proto3,enum=trellis.status.v1.SyncState" json:"client_state,omitempty"`
+	// Why the client's state is not SYNCED, or the text of its NACK.
+	ClientReason string `protobuf:"bytes,6,opt,name=client_reason,json=clientReason,proto3" json:"client_reason,omitempty"`
+	// The content version the client was last sent for this resource; empty
+	// when not known.
+	SentContentVersion string `protobuf:"bytes,7,opt,name=sent_content_version,json=sentContentVersion,proto3" json:"sent_content_version,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ExplainedResource) Reset() {
+	*x = ExplainedResource{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedResource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedResource) ProtoMessage() {}
+
+func (x *ExplainedResource) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedResource.ProtoReflect.Descriptor instead.
+func (*ExplainedResource) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExplainedResource) GetTypeUrl() string {
+	if x != nil {
+		return x.TypeUrl
+	}
+	return ""
+}
+
+func (x *ExplainedResource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExplainedResource) GetServed() bool {
+	if x != nil {
+		return x.Served
+	}
+	return false
+}
+
+func (x *ExplainedResource) GetContentVersion() string {
+	if x != nil {
+		return x.ContentVersion
+	}
+	return ""
+}
+
+func (x *ExplainedResource) GetClientState() SyncState {
+	if x != nil {
+		return x.ClientState
+	}
+	return SyncState_SYNC_STATE_UNSPECIFIED
+}
+
+func (x *ExplainedResource) GetClientReason() string {
+	if x != nil {
+		return x.ClientReason
+	}
+	return ""
+}
+
+func (x *ExplainedResource) GetSentContentVersion() string {
+	if x != nil {
+		return x.SentContentVersion
+	}
+	return ""
+}
+
+type ExplainedCluster struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Service string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// The subset, for a cluster named service/subset.
+	Subset string `protobuf:"bytes,3,opt,name=subset,proto3" json:"subset,omitempty"`
+	// False: a route names the cluster but the server does not serve it.
+	Served bool `protobuf:"varint,4,opt,name=served,proto3" json:"served,omitempty"`
+	// Load balancing as the cluster sets it for this profile.
+	LoadBalancing string `protobuf:"bytes,5,opt,name=load_balancing,json=loadBalancing,proto3" json:"load_balancing,omitempty"`
+	// The cluster requires mTLS, and the SPIFFE IDs the client accepts from
+	// its servers.
+	Mtls            bool     `protobuf:"varint,6,opt,name=mtls,proto3" json:"mtls,omitempty"`
+	ServerSpiffeIds []string `protobuf:"bytes,7,rep,name=server_spiffe_ids,json=serverSpiffeIds,proto3" json:"server_spiffe_ids,omitempty"`
+	// No instance is healthy: calls are spread over every instance not in
+	// maintenance.
+	PanicRouting  bool                 `protobuf:"varint,8,opt,name=panic_routing,json=panicRouting,proto3" json:"panic_routing,omitempty"`
+	Instances     []*ExplainedInstance `protobuf:"bytes,9,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedCluster) Reset() {
+	*x = ExplainedCluster{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedCluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedCluster) ProtoMessage() {}
+
+func (x *ExplainedCluster) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedCluster.ProtoReflect.Descriptor instead.
+func (*ExplainedCluster) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ExplainedCluster) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExplainedCluster) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ExplainedCluster) GetSubset() string {
+	if x != nil {
+		return x.Subset
+	}
+	return ""
+}
+
+func (x *ExplainedCluster) GetServed() bool {
+	if x != nil {
+		return x.Served
+	}
+	return false
+}
+
+func (x *ExplainedCluster) GetLoadBalancing() string {
+	if x != nil {
+		return x.LoadBalancing
+	}
+	return ""
+}
+
+func (x *ExplainedCluster) GetMtls() bool {
+	if x != nil {
+		return x.Mtls
+	}
+	return false
+}
+
+func (x *ExplainedCluster) GetServerSpiffeIds() []string {
+	if x != nil {
+		return x.ServerSpiffeIds
+	}
+	return nil
+}
+
+func (x *ExplainedCluster) GetPanicRouting() bool {
+	if x != nil {
+		return x.PanicRouting
+	}
+	return false
+}
+
+func (x *ExplainedCluster) GetInstances() []*ExplainedInstance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+type ExplainedInstance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node/service-id in Consul.
+	Key     string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Health  string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
+	// The endpoint's weight; 0 when left out.
+	Weight     uint32 `protobuf:"varint,4,opt,name=weight,proto3" json:"weight,omitempty"`
+	Zone       string `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
+	Datacenter string `protobuf:"bytes,6,opt,name=datacenter,proto3" json:"datacenter,omitempty"`
+	// In the endpoints the client gets.
+	Included bool `protobuf:"varint,7,opt,name=included,proto3" json:"included,omitempty"`
+	// Why it is left out, in plain words.
+	Reason        string `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedInstance) Reset() {
+	*x = ExplainedInstance{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedInstance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedInstance) ProtoMessage() {}
+
+func (x *ExplainedInstance) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedInstance.ProtoReflect.Descriptor instead.
+func (*ExplainedInstance) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ExplainedInstance) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ExplainedInstance) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ExplainedInstance) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *ExplainedInstance) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *ExplainedInstance) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *ExplainedInstance) GetDatacenter() string {
+	if x != nil {
+		return x.Datacenter
+	}
+	return ""
+}
+
+func (x *ExplainedInstance) GetIncluded() bool {
+	if x != nil {
+		return x.Included
+	}
+	return false
+}
+
+func (x *ExplainedInstance) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ExplainedPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A policy is stored for the service.
+	Present bool `protobuf:"varint,1,opt,name=present,proto3" json:"present,omitempty"`
+	// Its revision (the Consul ModifyIndex of its key).
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The routes the client gets, in order: the first that matches a call
+	// decides.
+	Routes []*ExplainedRoute `protobuf:"bytes,3,rep,name=routes,proto3" json:"routes,omitempty"`
+	// What other implementations than the client's get instead.
+	Gaps          []string `protobuf:"bytes,4,rep,name=gaps,proto3" json:"gaps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedPolicy) Reset() {
+	*x = ExplainedPolicy{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedPolicy) ProtoMessage() {}
+
+func (x *ExplainedPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedPolicy.ProtoReflect.Descriptor instead.
+func (*ExplainedPolicy) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ExplainedPolicy) GetPresent() bool {
+	if x != nil {
+		return x.Present
+	}
+	return false
+}
+
+func (x *ExplainedPolicy) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ExplainedPolicy) GetRoutes() []*ExplainedRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *ExplainedPolicy) GetGaps() []string {
+	if x != nil {
+		return x.Gaps
+	}
+	return nil
+}
+
+type ExplainedRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the route matches, e.g. "prefix /" or "path /pkg.Svc/Method".
+	Match string `protobuf:"bytes,1,opt,name=match,proto3" json:"match,omitempty"`
+	// Where it sends calls, e.g. "cluster echo" or "echo/v1 90%, echo/v2 10%".
+	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// Timeout, retries, fault injection, hash policy, when set.
+	Settings      []string `protobuf:"bytes,3,rep,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedRoute) Reset() {
+	*x = ExplainedRoute{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedRoute) ProtoMessage() {}
+
+func (x *ExplainedRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedRoute.ProtoReflect.Descriptor instead.
+func (*ExplainedRoute) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExplainedRoute) GetMatch() string {
+	if x != nil {
+		return x.Match
+	}
+	return ""
+}
+
+func (x *ExplainedRoute) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ExplainedRoute) GetSettings() []string {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+type ExplainedSecurity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The mTLS trust domain; empty: none configured.
+	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The clusters of the service require mTLS.
+	Mtls bool `protobuf:"varint,2,opt,name=mtls,proto3" json:"mtls,omitempty"`
+	// Calls no intention matches are denied.
+	DefaultDeny bool `protobuf:"varint,3,opt,name=default_deny,json=defaultDeny,proto3" json:"default_deny,omitempty"`
+	// The intentions whose destination is the service (or "*"), highest
+	// precedence first.
+	Intentions []*ExplainedIntention `protobuf:"bytes,4,rep,name=intentions,proto3" json:"intentions,omitempty"`
+	// Whether the service's servers enforce the intentions, in words.
+	Enforcement   string `protobuf:"bytes,5,opt,name=enforcement,proto3" json:"enforcement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedSecurity) Reset() {
+	*x = ExplainedSecurity{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedSecurity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedSecurity) ProtoMessage() {}
+
+func (x *ExplainedSecurity) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedSecurity.ProtoReflect.Descriptor instead.
+func (*ExplainedSecurity) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExplainedSecurity) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *ExplainedSecurity) GetMtls() bool {
+	if x != nil {
+		return x.Mtls
+	}
+	return false
+}
+
+func (x *ExplainedSecurity) GetDefaultDeny() bool {
+	if x != nil {
+		return x.DefaultDeny
+	}
+	return false
+}
+
+func (x *ExplainedSecurity) GetIntentions() []*ExplainedIntention {
+	if x != nil {
+		return x.Intentions
+	}
+	return nil
+}
+
+func (x *ExplainedSecurity) GetEnforcement() string {
+	if x != nil {
+		return x.Enforcement
+	}
+	return ""
+}
+
+type ExplainedIntention struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Source      string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	Destination string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"`
+	// allow or deny.
+	Action        string   `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	Precedence    int32    `protobuf:"varint,4,opt,name=precedence,proto3" json:"precedence,omitempty"`
+	Conditions    []string `protobuf:"bytes,5,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainedIntention) Reset() {
+	*x = ExplainedIntention{}
+	mi := &file_trellis_status_v1_status_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainedIntention) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainedIntention) ProtoMessage() {}
+
+func (x *ExplainedIntention) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_status_v1_status_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainedIntention.ProtoReflect.Descriptor instead.
+func (*ExplainedIntention) Descriptor() ([]byte, []int) {
+	return file_trellis_status_v1_status_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExplainedIntention) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ExplainedIntention) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *ExplainedIntention) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ExplainedIntention) GetPrecedence() int32 {
+	if x != nil {
+		return x.Precedence
+	}
+	return 0
+}
+
+func (x *ExplainedIntention) GetConditions() []string {
+	if x != nil {
+		return x.Conditions
+	}
+	return nil
+}
+
 var File_trellis_status_v1_status_proto protoreflect.FileDescriptor
 
 const file_trellis_status_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x1etrellis/status/v1/status.proto\x12\x11trellis.status.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n" +
+	"\x1etrellis/status/v1/status.proto\x12\x11trellis.status.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n" +
 	"\x12ListClientsRequest\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x122\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1c.trellis.status.v1.SyncStateR\x05state\x12\x1b\n" +
@@ -965,15 +2113,117 @@ const file_trellis_status_v1_status_proto_rawDesc = "" +
 	"\fResourceDiff\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x14sent_content_version\x18\x02 \x01(\tR\x12sentContentVersion\x126\n" +
-	"\x17current_content_version\x18\x03 \x01(\tR\x15currentContentVersion*k\n" +
+	"\x17current_content_version\x18\x03 \x01(\tR\x15currentContentVersion\"\x81\x02\n" +
+	"\x13GetResourcesRequest\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12&\n" +
+	"\x0fuser_agent_name\x18\x03 \x01(\tR\ruserAgentName\x12,\n" +
+	"\x12user_agent_version\x18\x04 \x01(\tR\x10userAgentVersion\x12#\n" +
+	"\rrbac_declared\x18\x05 \x01(\bR\frbacDeclared\x12<\n" +
+	"\tresources\x18\x06 \x03(\v2\x1e.trellis.status.v1.ResourceRefR\tresources\"<\n" +
+	"\vResourceRef\x12\x19\n" +
+	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xb2\x01\n" +
+	"\x14GetResourcesResponse\x12\x18\n" +
+	"\aprofile\x18\x01 \x01(\tR\aprofile\x12%\n" +
+	"\x0eprofile_source\x18\x02 \x01(\tR\rprofileSource\x12?\n" +
+	"\tresources\x18\x03 \x03(\v2!.trellis.status.v1.ServedResourceR\tresources\x12\x18\n" +
+	"\areplica\x18\x04 \x01(\tR\areplica\"\xb2\x01\n" +
+	"\x0eServedResource\x12\x19\n" +
+	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06served\x18\x03 \x01(\bR\x06served\x12'\n" +
+	"\x0fcontent_version\x18\x04 \x01(\tR\x0econtentVersion\x120\n" +
+	"\bresource\x18\x05 \x01(\v2\x14.google.protobuf.AnyR\bresource\"Z\n" +
+	"\x0eExplainRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\tR\x06target\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\"\xf0\x04\n" +
+	"\x0fExplainResponse\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x1a\n" +
+	"\blistener\x18\x02 \x01(\tR\blistener\x12\x18\n" +
+	"\aservice\x18\x03 \x01(\tR\aservice\x12\x17\n" +
+	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\aprofile\x18\x05 \x01(\tR\aprofile\x12%\n" +
+	"\x0eprofile_source\x18\x06 \x01(\tR\rprofileSource\x12\x1d\n" +
+	"\n" +
+	"user_agent\x18\a \x01(\tR\tuserAgent\x12\x1a\n" +
+	"\bproblems\x18\b \x03(\tR\bproblems\x12B\n" +
+	"\tresources\x18\t \x03(\v2$.trellis.status.v1.ExplainedResourceR\tresources\x12?\n" +
+	"\bclusters\x18\n" +
+	" \x03(\v2#.trellis.status.v1.ExplainedClusterR\bclusters\x12:\n" +
+	"\x06policy\x18\v \x01(\v2\".trellis.status.v1.ExplainedPolicyR\x06policy\x12@\n" +
+	"\bsecurity\x18\f \x01(\v2$.trellis.status.v1.ExplainedSecurityR\bsecurity\x12$\n" +
+	"\rsubstitutions\x18\r \x03(\tR\rsubstitutions\x12\x14\n" +
+	"\x05notes\x18\x0e \x03(\tR\x05notes\x12!\n" +
+	"\fnear_matches\x18\x0f \x03(\tR\vnearMatches\x12\x18\n" +
+	"\areplica\x18\x10 \x01(\tR\areplica\"\x9b\x02\n" +
+	"\x11ExplainedResource\x12\x19\n" +
+	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06served\x18\x03 \x01(\bR\x06served\x12'\n" +
+	"\x0fcontent_version\x18\x04 \x01(\tR\x0econtentVersion\x12?\n" +
+	"\fclient_state\x18\x05 \x01(\x0e2\x1c.trellis.status.v1.SyncStateR\vclientState\x12#\n" +
+	"\rclient_reason\x18\x06 \x01(\tR\fclientReason\x120\n" +
+	"\x14sent_content_version\x18\a \x01(\tR\x12sentContentVersion\"\xc0\x02\n" +
+	"\x10ExplainedCluster\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x16\n" +
+	"\x06subset\x18\x03 \x01(\tR\x06subset\x12\x16\n" +
+	"\x06served\x18\x04 \x01(\bR\x06served\x12%\n" +
+	"\x0eload_balancing\x18\x05 \x01(\tR\rloadBalancing\x12\x12\n" +
+	"\x04mtls\x18\x06 \x01(\bR\x04mtls\x12*\n" +
+	"\x11server_spiffe_ids\x18\a \x03(\tR\x0fserverSpiffeIds\x12#\n" +
+	"\rpanic_routing\x18\b \x01(\bR\fpanicRouting\x12B\n" +
+	"\tinstances\x18\t \x03(\v2$.trellis.status.v1.ExplainedInstanceR\tinstances\"\xd7\x01\n" +
+	"\x11ExplainedInstance\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06health\x18\x03 \x01(\tR\x06health\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\x12\x12\n" +
+	"\x04zone\x18\x05 \x01(\tR\x04zone\x12\x1e\n" +
+	"\n" +
+	"datacenter\x18\x06 \x01(\tR\n" +
+	"datacenter\x12\x1a\n" +
+	"\bincluded\x18\a \x01(\bR\bincluded\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\"\x96\x01\n" +
+	"\x0fExplainedPolicy\x12\x18\n" +
+	"\apresent\x18\x01 \x01(\bR\apresent\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x129\n" +
+	"\x06routes\x18\x03 \x03(\v2!.trellis.status.v1.ExplainedRouteR\x06routes\x12\x12\n" +
+	"\x04gaps\x18\x04 \x03(\tR\x04gaps\"Z\n" +
+	"\x0eExplainedRoute\x12\x14\n" +
+	"\x05match\x18\x01 \x01(\tR\x05match\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1a\n" +
+	"\bsettings\x18\x03 \x03(\tR\bsettings\"\xd6\x01\n" +
+	"\x11ExplainedSecurity\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x12\n" +
+	"\x04mtls\x18\x02 \x01(\bR\x04mtls\x12!\n" +
+	"\fdefault_deny\x18\x03 \x01(\bR\vdefaultDeny\x12E\n" +
+	"\n" +
+	"intentions\x18\x04 \x03(\v2%.trellis.status.v1.ExplainedIntentionR\n" +
+	"intentions\x12 \n" +
+	"\venforcement\x18\x05 \x01(\tR\venforcement\"\xa6\x01\n" +
+	"\x12ExplainedIntention\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12\x1e\n" +
+	"\n" +
+	"precedence\x18\x04 \x01(\x05R\n" +
+	"precedence\x12\x1e\n" +
+	"\n" +
+	"conditions\x18\x05 \x03(\tR\n" +
+	"conditions*k\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11SYNC_STATE_SYNCED\x10\x01\x12\x14\n" +
 	"\x10SYNC_STATE_STALE\x10\x02\x12\x15\n" +
-	"\x11SYNC_STATE_NACKED\x10\x032\xc5\x01\n" +
+	"\x11SYNC_STATE_NACKED\x10\x032\xf8\x02\n" +
 	"\rStatusService\x12\\\n" +
 	"\vListClients\x12%.trellis.status.v1.ListClientsRequest\x1a&.trellis.status.v1.ListClientsResponse\x12V\n" +
-	"\tGetClient\x12#.trellis.status.v1.GetClientRequest\x1a$.trellis.status.v1.GetClientResponseBBZ@github.com/trellis-mesh/trellis/proto/trellis/status/v1;statusv1b\x06proto3"
+	"\tGetClient\x12#.trellis.status.v1.GetClientRequest\x1a$.trellis.status.v1.GetClientResponse\x12_\n" +
+	"\fGetResources\x12&.trellis.status.v1.GetResourcesRequest\x1a'.trellis.status.v1.GetResourcesResponse\x12P\n" +
+	"\aExplain\x12!.trellis.status.v1.ExplainRequest\x1a\".trellis.status.v1.ExplainResponseBBZ@github.com/trellis-mesh/trellis/proto/trellis/status/v1;statusv1b\x06proto3"
 
 var (
 	file_trellis_status_v1_status_proto_rawDescOnce sync.Once
@@ -988,7 +2238,7 @@ func file_trellis_status_v1_status_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_status_v1_status_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_trellis_status_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_trellis_status_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_trellis_status_v1_status_proto_goTypes = []any{
 	(SyncState)(0),                // 0: trellis.status.v1.SyncState
 	(*ListClientsRequest)(nil),    // 1: trellis.status.v1.ListClientsRequest
@@ -1001,35 +2251,64 @@ var file_trellis_status_v1_status_proto_goTypes = []any{
 	(*TypeStatus)(nil),            // 8: trellis.status.v1.TypeStatus
 	(*Nack)(nil),                  // 9: trellis.status.v1.Nack
 	(*ResourceDiff)(nil),          // 10: trellis.status.v1.ResourceDiff
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*GetResourcesRequest)(nil),   // 11: trellis.status.v1.GetResourcesRequest
+	(*ResourceRef)(nil),           // 12: trellis.status.v1.ResourceRef
+	(*GetResourcesResponse)(nil),  // 13: trellis.status.v1.GetResourcesResponse
+	(*ServedResource)(nil),        // 14: trellis.status.v1.ServedResource
+	(*ExplainRequest)(nil),        // 15: trellis.status.v1.ExplainRequest
+	(*ExplainResponse)(nil),       // 16: trellis.status.v1.ExplainResponse
+	(*ExplainedResource)(nil),     // 17: trellis.status.v1.ExplainedResource
+	(*ExplainedCluster)(nil),      // 18: trellis.status.v1.ExplainedCluster
+	(*ExplainedInstance)(nil),     // 19: trellis.status.v1.ExplainedInstance
+	(*ExplainedPolicy)(nil),       // 20: trellis.status.v1.ExplainedPolicy
+	(*ExplainedRoute)(nil),        // 21: trellis.status.v1.ExplainedRoute
+	(*ExplainedSecurity)(nil),     // 22: trellis.status.v1.ExplainedSecurity
+	(*ExplainedIntention)(nil),    // 23: trellis.status.v1.ExplainedIntention
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*anypb.Any)(nil),             // 26: google.protobuf.Any
 }
 var file_trellis_status_v1_status_proto_depIdxs = []int32{
 	0,  // 0: trellis.status.v1.ListClientsRequest.state:type_name -> trellis.status.v1.SyncState
-	11, // 1: trellis.status.v1.ListClientsRequest.stale_after:type_name -> google.protobuf.Duration
+	24, // 1: trellis.status.v1.ListClientsRequest.stale_after:type_name -> google.protobuf.Duration
 	6,  // 2: trellis.status.v1.ListClientsResponse.clients:type_name -> trellis.status.v1.ClientStatus
 	3,  // 3: trellis.status.v1.ListClientsResponse.summary:type_name -> trellis.status.v1.Summary
-	11, // 4: trellis.status.v1.GetClientRequest.stale_after:type_name -> google.protobuf.Duration
+	24, // 4: trellis.status.v1.GetClientRequest.stale_after:type_name -> google.protobuf.Duration
 	6,  // 5: trellis.status.v1.GetClientResponse.clients:type_name -> trellis.status.v1.ClientStatus
 	7,  // 6: trellis.status.v1.ClientStatus.locality:type_name -> trellis.status.v1.Locality
-	12, // 7: trellis.status.v1.ClientStatus.connected_at:type_name -> google.protobuf.Timestamp
+	25, // 7: trellis.status.v1.ClientStatus.connected_at:type_name -> google.protobuf.Timestamp
 	0,  // 8: trellis.status.v1.ClientStatus.state:type_name -> trellis.status.v1.SyncState
 	8,  // 9: trellis.status.v1.ClientStatus.types:type_name -> trellis.status.v1.TypeStatus
 	0,  // 10: trellis.status.v1.TypeStatus.state:type_name -> trellis.status.v1.SyncState
-	12, // 11: trellis.status.v1.TypeStatus.sent_at:type_name -> google.protobuf.Timestamp
-	12, // 12: trellis.status.v1.TypeStatus.acked_at:type_name -> google.protobuf.Timestamp
+	25, // 11: trellis.status.v1.TypeStatus.sent_at:type_name -> google.protobuf.Timestamp
+	25, // 12: trellis.status.v1.TypeStatus.acked_at:type_name -> google.protobuf.Timestamp
 	9,  // 13: trellis.status.v1.TypeStatus.nack_history:type_name -> trellis.status.v1.Nack
 	10, // 14: trellis.status.v1.TypeStatus.out_of_date:type_name -> trellis.status.v1.ResourceDiff
-	12, // 15: trellis.status.v1.Nack.at:type_name -> google.protobuf.Timestamp
-	1,  // 16: trellis.status.v1.StatusService.ListClients:input_type -> trellis.status.v1.ListClientsRequest
-	4,  // 17: trellis.status.v1.StatusService.GetClient:input_type -> trellis.status.v1.GetClientRequest
-	2,  // 18: trellis.status.v1.StatusService.ListClients:output_type -> trellis.status.v1.ListClientsResponse
-	5,  // 19: trellis.status.v1.StatusService.GetClient:output_type -> trellis.status.v1.GetClientResponse
-	18, // [18:20] is the sub-list for method output_type
-	16, // [16:18] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	25, // 15: trellis.status.v1.Nack.at:type_name -> google.protobuf.Timestamp
+	12, // 16: trellis.status.v1.GetResourcesRequest.resources:type_name -> trellis.status.v1.ResourceRef
+	14, // 17: trellis.status.v1.GetResourcesResponse.resources:type_name -> trellis.status.v1.ServedResource
+	26, // 18: trellis.status.v1.ServedResource.resource:type_name -> google.protobuf.Any
+	17, // 19: trellis.status.v1.ExplainResponse.resources:type_name -> trellis.status.v1.ExplainedResource
+	18, // 20: trellis.status.v1.ExplainResponse.clusters:type_name -> trellis.status.v1.ExplainedCluster
+	20, // 21: trellis.status.v1.ExplainResponse.policy:type_name -> trellis.status.v1.ExplainedPolicy
+	22, // 22: trellis.status.v1.ExplainResponse.security:type_name -> trellis.status.v1.ExplainedSecurity
+	0,  // 23: trellis.status.v1.ExplainedResource.client_state:type_name -> trellis.status.v1.SyncState
+	19, // 24: trellis.status.v1.ExplainedCluster.instances:type_name -> trellis.status.v1.ExplainedInstance
+	21, // 25: trellis.status.v1.ExplainedPolicy.routes:type_name -> trellis.status.v1.ExplainedRoute
+	23, // 26: trellis.status.v1.ExplainedSecurity.intentions:type_name -> trellis.status.v1.ExplainedIntention
+	1,  // 27: trellis.status.v1.StatusService.ListClients:input_type -> trellis.status.v1.ListClientsRequest
+	4,  // 28: trellis.status.v1.StatusService.GetClient:input_type -> trellis.status.v1.GetClientRequest
+	11, // 29: trellis.status.v1.StatusService.GetResources:input_type -> trellis.status.v1.GetResourcesRequest
+	15, // 30: trellis.status.v1.StatusService.Explain:input_type -> trellis.status.v1.ExplainRequest
+	2,  // 31: trellis.status.v1.StatusService.ListClients:output_type -> trellis.status.v1.ListClientsResponse
+	5,  // 32: trellis.status.v1.StatusService.GetClient:output_type -> trellis.status.v1.GetClientResponse
+	13, // 33: trellis.status.v1.StatusService.GetResources:output_type -> trellis.status.v1.GetResourcesResponse
+	16, // 34: trellis.status.v1.StatusService.Explain:output_type -> trellis.status.v1.ExplainResponse
+	31, // [31:35] is the sub-list for method output_type
+	27, // [27:31] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_trellis_status_v1_status_proto_init() }
@@ -1043,7 +2322,7 @@ func file_trellis_status_v1_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_status_v1_status_proto_rawDesc), len(file_trellis_status_v1_status_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

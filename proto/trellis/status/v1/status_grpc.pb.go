@@ -23,8 +23,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	StatusService_ListClients_FullMethodName = "/trellis.status.v1.StatusService/ListClients"
-	StatusService_GetClient_FullMethodName   = "/trellis.status.v1.StatusService/GetClient"
+	StatusService_ListClients_FullMethodName  = "/trellis.status.v1.StatusService/ListClients"
+	StatusService_GetClient_FullMethodName    = "/trellis.status.v1.StatusService/GetClient"
+	StatusService_GetResources_FullMethodName = "/trellis.status.v1.StatusService/GetResources"
+	StatusService_Explain_FullMethodName      = "/trellis.status.v1.StatusService/Explain"
 )
 
 // StatusServiceClient is the client API for StatusService service.
@@ -39,6 +41,15 @@ type StatusServiceClient interface {
 	ListClients(ctx context.Context, in *ListClientsRequest, opts ...grpc.CallOption) (*ListClientsResponse, error)
 	// GetClient returns every stream of one client in full.
 	GetClient(ctx context.Context, in *GetClientRequest, opts ...grpc.CallOption) (*GetClientResponse, error)
+	// GetResources returns the resources the server serves now to a client
+	// of one profile, to compare with what the client holds (its CSDS).
+	GetResources(ctx context.Context, in *GetResourcesRequest, opts ...grpc.CallOption) (*GetResourcesResponse, error)
+	// Explain says why a client gets what it gets for one target: the
+	// resources, the Consul instances in the endpoints and those left out,
+	// the policy, the mTLS settings and intentions, the substitutions made
+	// for the client's implementation, whether the client accepted it, and
+	// what is wrong when it gets nothing.
+	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
 }
 
 type statusServiceClient struct {
@@ -69,6 +80,26 @@ func (c *statusServiceClient) GetClient(ctx context.Context, in *GetClientReques
 	return out, nil
 }
 
+func (c *statusServiceClient) GetResources(ctx context.Context, in *GetResourcesRequest, opts ...grpc.CallOption) (*GetResourcesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetResourcesResponse)
+	err := c.cc.Invoke(ctx, StatusService_GetResources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *statusServiceClient) Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainResponse)
+	err := c.cc.Invoke(ctx, StatusService_Explain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StatusServiceServer is the server API for StatusService service.
 // All implementations must embed UnimplementedStatusServiceServer
 // for forward compatibility.
@@ -81,6 +112,15 @@ type StatusServiceServer interface {
 	ListClients(context.Context, *ListClientsRequest) (*ListClientsResponse, error)
 	// GetClient returns every stream of one client in full.
 	GetClient(context.Context, *GetClientRequest) (*GetClientResponse, error)
+	// GetResources returns the resources the server serves now to a client
+	// of one profile, to compare with what the client holds (its CSDS).
+	GetResources(context.Context, *GetResourcesRequest) (*GetResourcesResponse, error)
+	// Explain says why a client gets what it gets for one target: the
+	// resources, the Consul instances in the endpoints and those left out,
+	// the policy, the mTLS settings and intentions, the substitutions made
+	// for the client's implementation, whether the client accepted it, and
+	// what is wrong when it gets nothing.
+	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
 	mustEmbedUnimplementedStatusServiceServer()
 }
 
@@ -96,6 +136,12 @@ func (UnimplementedStatusServiceServer) ListClients(context.Context, *ListClient
 }
 func (UnimplementedStatusServiceServer) GetClient(context.Context, *GetClientRequest) (*GetClientResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetClient not implemented")
+}
+func (UnimplementedStatusServiceServer) GetResources(context.Context, *GetResourcesRequest) (*GetResourcesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetResources not implemented")
+}
+func (UnimplementedStatusServiceServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
 }
 func (UnimplementedStatusServiceServer) mustEmbedUnimplementedStatusServiceServer() {}
 func (UnimplementedStatusServiceServer) testEmbeddedByValue()                       {}
@@ -154,6 +200,42 @@ func _StatusService_GetClient_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StatusService_GetResources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetResourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServiceServer).GetResources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StatusService_GetResources_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServiceServer).GetResources(ctx, req.(*GetResourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StatusService_Explain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServiceServer).Explain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StatusService_Explain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServiceServer).Explain(ctx, req.(*ExplainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StatusService_ServiceDesc is the grpc.ServiceDesc for StatusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +250,14 @@ var StatusService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetClient",
 			Handler:    _StatusService_GetClient_Handler,
+		},
+		{
+			MethodName: "GetResources",
+			Handler:    _StatusService_GetResources_Handler,
+		},
+		{
+			MethodName: "Explain",
+			Handler:    _StatusService_Explain_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

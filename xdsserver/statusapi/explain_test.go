@@ -85,10 +85,10 @@ func meshWith(t *testing.T, catalog *model.Snapshot, policies map[string]*policy
 	if sec != nil {
 		in.security = statusapi.Security{TrustDomain: sec.TrustDomain.Name(), MTLS: sec.MTLS, DefaultDeny: sec.DefaultDeny, Intentions: sec.Intentions}
 	}
-	next := map[string]xdscache.Resources{}
+	next := map[string]xdscache.Change{}
 	for _, p := range caches.Profiles() {
 		res := translate.Translate(translate.Input{Catalog: catalog, Policies: policies, Security: sec}, translate.Options{Client: &p})
-		next[p.Name] = res.Resources.ByTypeURL()
+		next[p.Name] = xdscache.Change{Full: res.Resources.ByTypeURL()}
 		for _, s := range res.Skipped {
 			if p.Name != caches.Profiles()[0].Name && s.Profile == "" {
 				continue

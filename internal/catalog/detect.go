@@ -266,6 +266,10 @@ type coordinator struct {
 	nextSweep                          time.Time // the background sweep
 	dirty                              bool      // unpublished changes
 	published                          bool
+	// last is the last published snapshot; touched names the services
+	// whose entry changed since (model.Snapshot.Next).
+	last    *model.Snapshot
+	touched map[string]bool
 	pending                            time.Time // first unpublished change
 	quietUntil                         time.Time
 }
@@ -281,6 +285,7 @@ func newCoordinator(w *Watcher) *coordinator {
 		services:  map[string]*entry{},
 		nodeIndex: map[string]map[string]bool{},
 		retryAt:   map[string]time.Time{},
+		touched:   map[string]bool{},
 	}
 }
 
@@ -402,6 +407,7 @@ func (c *coordinator) onList(ev listEvent) {
 		hiddenGone = hiddenGone || e.hidden
 		delete(c.services, name)
 		delete(c.retryAt, name)
+		c.touched[name] = true
 		c.changed()
 	}
 	if hiddenGone {
@@ -568,6 +574,7 @@ func (c *coordinator) onResult(r result) {
 		e.lastChange = time.Now()
 		c.dropNodes(r.name, e.nodes)
 		e.svc = r.svc
+		c.touched[r.name] = true
 		e.nodes = instanceNodes(r.svc)
 		for _, n := range e.nodes {
 			if c.nodeIndex[n] == nil {
@@ -699,7 +706,9 @@ func (c *coordinator) publish() {
 			next[name] = e.svc
 		}
 	}
-	c.w.publish(&model.Snapshot{Services: next})
+	c.last = c.last.Next(next, slices.Sorted(maps.Keys(c.touched)))
+	clear(c.touched)
+	c.w.publish(c.last)
 }
 
 func instanceNodes(svc *model.Service) []string {

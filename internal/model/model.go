@@ -8,6 +8,7 @@
 package model
 
 import (
+	"slices"
 	"sort"
 )
 
@@ -89,9 +90,64 @@ type Service struct {
 }
 
 // Snapshot is an immutable, complete view of the catalog at one moment.
+//
+// A snapshot made with Next also knows which services differ from the
+// snapshots before it (ChangedSince), so that a consumer following a
+// catalog of 10,000 services can look at the one that changed rather than
+// compare all of them.
 type Snapshot struct {
 	// Services by name.
 	Services map[string]*Service
+
+	// lineage is shared by the snapshots made from one another with Next;
+	// nil for a snapshot made otherwise.
+	lineage *lineage
+	// gen counts the Next calls since the first snapshot of the lineage.
+	gen uint64
+	// recent holds, oldest first, the names changed by each of the last
+	// len(recent) Next calls that led to this snapshot.
+	recent [][]string
+}
+
+// lineage identifies a chain of snapshots. It is not zero-sized, so that
+// every lineage has an address of its own.
+type lineage struct{ _ byte }
+
+// MaxChangeHistory is how many generations back ChangedSince can answer.
+const MaxChangeHistory = 64
+
+// Next returns the snapshot that follows s: services is its complete
+// content, and changed names the services added, changed or removed since
+// s (every other service must be the same *Service as in s). s may be nil:
+// the snapshot then starts a lineage of its own.
+func (s *Snapshot) Next(services map[string]*Service, changed []string) *Snapshot {
+	if s == nil || s.lineage == nil {
+		return &Snapshot{Services: services, lineage: &lineage{}}
+	}
+	recent := s.recent
+	if len(recent) >= MaxChangeHistory {
+		recent = recent[len(recent)-MaxChangeHistory+1:]
+	}
+	return &Snapshot{Services: services, lineage: s.lineage, gen: s.gen + 1,
+		recent: append(slices.Clip(recent), slices.Clone(changed))}
+}
+
+// ChangedSince returns the names of the services that may differ between
+// prev and s (added, changed or removed), when s was made from prev by at
+// most MaxChangeHistory calls of Next; ok is false otherwise, and every
+// service must be compared. A name may be listed more than once.
+func (s *Snapshot) ChangedSince(prev *Snapshot) (names []string, ok bool) {
+	if s == nil || prev == nil || s.lineage == nil || s.lineage != prev.lineage || prev.gen > s.gen {
+		return nil, false
+	}
+	n := s.gen - prev.gen
+	if n > uint64(len(s.recent)) {
+		return nil, false
+	}
+	for _, changed := range s.recent[uint64(len(s.recent))-n:] {
+		names = append(names, changed...)
+	}
+	return names, true
 }
 
 // NewSnapshot builds a snapshot from services, sorting every instance list and

@@ -53,7 +53,9 @@ func BenchmarkApply(b *testing.B) {
 	}
 	measure := func(b *testing.B, changeAll bool) float64 {
 		p := newPipe(b)
-		base := benchCatalog(n, 0)
+		// Snapshots follow one another as the catalog watcher publishes
+		// them, each naming the services it changed.
+		base := (*model.Snapshot)(nil).Next(benchCatalog(n, 0).Services, nil)
 		sec := &translate.Security{}
 		p.apply(translate.Input{Catalog: base, Security: sec})
 		var total float64
@@ -63,16 +65,20 @@ func BenchmarkApply(b *testing.B) {
 			for k, s := range base.Services {
 				next[k] = s
 			}
+			var changed []string
 			if changeAll {
 				for j := range n {
 					s := benchService(j, i+1)
 					next[s.Name] = s
+					changed = append(changed, s.Name)
 				}
 			} else {
 				s := benchService(i%n, i+1)
 				next[s.Name] = s
+				changed = append(changed, s.Name)
 			}
-			snap := &model.Snapshot{Services: next}
+			snap := base.Next(next, changed)
+			base = snap
 			b.StartTimer()
 			start := time.Now()
 			p.apply(translate.Input{Catalog: snap, Security: sec})

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"maps"
+	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -121,6 +122,16 @@ type memoState struct {
 	// contested are the server Listener names with several candidates.
 	contested map[string]bool
 
+	// catalog and policies are the previous call's inputs.
+	catalog  *model.Snapshot
+	policies map[string]*policyv1.ServicePolicy
+	// withDests are the services whose policy routes to a cluster.
+	withDests map[string]bool
+	// skipped and panicking are what the services reported (Result),
+	// catalogSkips aside.
+	skipped   []Skip
+	panicking []string
+
 	res    Resources
 	byType map[string]map[string]types.Resource
 
@@ -131,6 +142,15 @@ type memoState struct {
 
 // Translate translates in as Translate(in, opts) does, reusing the
 // translation of every service whose inputs did not change.
+//
+// What it looks at follows what changed: when the catalog says which
+// services changed since the previous call's (model.Snapshot.ChangedSince),
+// only those, the services whose policy changed (the policies are compared
+// name by name only when the map is a new one), the destinations of
+// changed intentions and, when services came or went or a policy changed,
+// the services whose policy routes to a cluster are considered; every service is
+// considered otherwise, and when the mesh-wide settings or the catalog's
+// datacenters change.
 func (t *Translator) Translate(in Input) *Result {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -145,6 +165,7 @@ func (t *Translator) Translate(in Input) *Result {
 			dcCount:    map[string]int{},
 			candidates: map[string][]string{},
 			contested:  map[string]bool{},
+			withDests:  map[string]bool{},
 			res: Resources{
 				Listeners: map[string]*listenerv3.Listener{},
 				Routes:    map[string]*routev3.RouteConfiguration{},
@@ -157,11 +178,14 @@ func (t *Translator) Translate(in Input) *Result {
 		}
 	}
 	st := t.st
+	st.delta = map[string]map[string]types.Resource{}
 
 	// Mesh-wide security settings and intentions.
+	everything := first
 	if k := keyOf(in.Security); first || k != st.secKey {
 		st.secKey = k
 		st.secGen++
+		everything = true
 	}
 	var intentionsChanged map[string]bool // destinations; "*" means all
 	if in.Security != nil {
@@ -173,6 +197,9 @@ func (t *Translator) Translate(in Input) *Result {
 		}
 	} else {
 		st.intentions = nil
+	}
+	if intentionsChanged[model.Wildcard] {
+		everything = true
 	}
 
 	// Which services changed, and the catalog's datacenters.
@@ -193,18 +220,28 @@ func (t *Translator) Translate(in Input) *Result {
 			}
 		}
 	}
-	for name, svc := range in.Catalog.Services {
+	var removed []string
+	// look brings the entry of name up to date with the catalog.
+	look := func(name string) {
+		svc, inCatalog := in.Catalog.Services[name]
 		e, ok := st.entries[name]
 		switch {
+		case !inCatalog:
+			if ok && !slices.Contains(removed, name) {
+				countDCs(e.dcs, -1)
+				removed = append(removed, name)
+				membership = true
+			}
+			return
 		case !ok:
 			membership = true
 			e = &memoEntry{svc: svc}
 			st.entries[name] = e
 		case e.svc == svc:
-			continue
+			return
 		case serviceEqual(e.svc, svc):
 			e.svc = svc
-			continue
+			return
 		default:
 			countDCs(e.dcs, -1)
 			e.svc = svc
@@ -213,33 +250,74 @@ func (t *Translator) Translate(in Input) *Result {
 		e.dcs, e.usesCatalogDCs = serviceDatacenters(svc)
 		countDCs(e.dcs, +1)
 	}
-	var removed []string
-	if len(st.entries) != len(in.Catalog.Services) {
-		membership = true
-		for name, e := range st.entries {
-			if _, ok := in.Catalog.Services[name]; !ok {
-				countDCs(e.dcs, -1)
-				removed = append(removed, name)
+	if names, ok := in.Catalog.ChangedSince(st.catalog); ok && !first {
+		for _, name := range names {
+			look(name)
+		}
+	} else {
+		for name := range in.Catalog.Services {
+			look(name)
+		}
+		if len(st.entries) != len(in.Catalog.Services)+len(removed) {
+			for name := range st.entries {
+				look(name)
 			}
 		}
 	}
+	st.catalog = in.Catalog
 	if dcsChanged || first {
 		st.datacenters = slices.Sorted(maps.Keys(st.dcCount))
 		st.dcGen++
+		everything = true
 	}
 	var datacenters []string
 	if in.Security != nil {
 		datacenters = st.datacenters
 	}
 
+	// The services to look at again: every one, or those whose inputs may
+	// have changed.
+	var consider func(yield func(string) bool)
+	if everything {
+		consider = func(yield func(string) bool) {
+			for name := range st.entries {
+				if !yield(name) {
+					return
+				}
+			}
+		}
+	} else {
+		cands := maps.Clone(svcChanged)
+		polChanged := policiesChanged(st.policies, in.Policies)
+		for name := range polChanged {
+			cands[name] = true
+		}
+		for name := range intentionsChanged {
+			cands[name] = true
+		}
+		// Which clusters exist follows the services and the policies'
+		// subsets.
+		if membership || len(polChanged) > 0 {
+			for name := range st.withDests {
+				cands[name] = true
+			}
+		}
+		consider = maps.Keys(cands)
+	}
+	st.policies = in.Policies
+
 	// Re-translate what needs it.
 	clusters := newClusterIndex(in)
 	type rebuilt struct {
 		name string
-		old  *serviceResources
+		old  serviceTranslation
 	}
 	var changed []rebuilt
-	for name, e := range st.entries {
+	for name := range consider {
+		e, ok := st.entries[name]
+		if !ok {
+			continue
+		}
 		svc, ok := in.Catalog.Services[name]
 		if !ok {
 			continue
@@ -261,9 +339,14 @@ func (t *Translator) Translate(in Input) *Result {
 			e.pol = pol
 			continue
 		}
-		changed = append(changed, rebuilt{name: name, old: e.t.out})
+		changed = append(changed, rebuilt{name: name, old: e.t})
 		e.pol, e.secGen, e.dcGen = pol, st.secGen, st.dcGen
 		e.dests = policyDestinations(name, pol)
+		if len(e.dests) > 0 {
+			st.withDests[name] = true
+		} else {
+			delete(st.withDests, name)
+		}
 		e.destHas = make([]bool, len(e.dests))
 		for i, d := range e.dests {
 			e.destHas[i] = clusters.has(d)
@@ -272,27 +355,46 @@ func (t *Translator) Translate(in Input) *Result {
 	}
 	if membership {
 		for _, name := range removed {
-			changed = append(changed, rebuilt{name: name, old: st.entries[name].t.out})
+			changed = append(changed, rebuilt{name: name, old: st.entries[name].t})
 			delete(st.entries, name)
+			delete(st.withDests, name)
+			if i, ok := slices.BinarySearch(st.names, name); ok {
+				st.names = slices.Delete(st.names, i, i+1)
+			}
 		}
-		st.names = slices.Sorted(maps.Keys(st.entries))
+		if first {
+			st.names = slices.Sorted(maps.Keys(st.entries))
+		} else {
+			for name := range svcChanged {
+				if i, ok := slices.BinarySearch(st.names, name); !ok {
+					st.names = slices.Insert(st.names, i, name)
+				}
+			}
+		}
 	}
 
 	// Bring the resources up to date in place, noting what changed.
-	st.delta = map[string]map[string]types.Resource{}
+	reported := first || len(st.contested) > 0
 	if len(changed) > 0 {
 		affected := map[string]bool{}
 		for _, c := range changed {
-			if c.old != nil {
-				st.remove(c.name, c.old, affected)
+			reported = reported || c.old.reports()
+			var cur *serviceResources
+			if e, ok := st.entries[c.name]; ok {
+				reported = reported || e.t.reports()
+				cur = e.t.out
 			}
-			if e, ok := st.entries[c.name]; ok && e.t.out != nil {
-				st.add(c.name, e.t.out, affected)
+			if c.old.out != nil {
+				st.remove(c.name, c.old.out, cur, affected)
+			}
+			if cur != nil {
+				st.add(c.name, cur, affected)
 			}
 		}
 		for l := range affected {
 			st.settle(l)
 		}
+		reported = reported || len(st.contested) > 0
 	}
 
 	res := &Result{Resources: st.res}
@@ -301,35 +403,91 @@ func (t *Translator) Translate(in Input) *Result {
 		res.Delta = st.takeDelta()
 	}
 	st.delta = nil
-	for _, name := range st.names {
-		e := st.entries[name]
-		res.Skipped = append(res.Skipped, e.t.pre...)
-		if e.t.out != nil {
-			res.Panicking = append(res.Panicking, e.t.out.panicking...)
-			if len(st.contested) > 0 {
-				res.Skipped = append(res.Skipped, st.ownershipSkips(name, e.t.out.servers)...)
+	if reported || st.skipped == nil {
+		// What the services report, in name order: gathered again only
+		// when a service that reports something changed.
+		st.skipped, st.panicking = []Skip{}, nil
+		for _, name := range st.names {
+			e := st.entries[name]
+			st.skipped = append(st.skipped, e.t.pre...)
+			if e.t.out != nil {
+				st.panicking = append(st.panicking, e.t.out.panicking...)
+				if len(st.contested) > 0 {
+					st.skipped = append(st.skipped, st.ownershipSkips(name, e.t.out.servers)...)
+				}
 			}
+			st.skipped = append(st.skipped, e.t.post...)
 		}
-		res.Skipped = append(res.Skipped, e.t.post...)
 	}
-	res.Skipped = append(res.Skipped, catalogSkips(in)...)
+	res.Panicking = st.panicking
+	res.Skipped = append(slices.Clip(st.skipped), catalogSkips(in)...)
 	return res
 }
 
+// reports tells whether the translation reports anything: skips or
+// clusters in panic routing.
+func (t serviceTranslation) reports() bool {
+	return len(t.pre) > 0 || len(t.post) > 0 || (t.out != nil && len(t.out.panicking) > 0)
+}
+
+// policiesChanged returns the names whose policy differs (by pointer)
+// between a and b; nothing when they are the same map.
+func policiesChanged(a, b map[string]*policyv1.ServicePolicy) map[string]bool {
+	if len(a) == len(b) && (len(a) == 0 || reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()) {
+		return nil
+	}
+	out := map[string]bool{}
+	for name, p := range a {
+		if b[name] != p {
+			out[name] = true
+		}
+	}
+	for name, p := range b {
+		if a[name] != p {
+			out[name] = true
+		}
+	}
+	return out
+}
+
 // remove takes the resources of service out of the state, noting the
-// server Listener names whose owner must be settled again.
-func (st *memoState) remove(service string, out *serviceResources, affected map[string]bool) {
-	st.del(resource.ListenerType, out.listener.GetName())
-	delete(st.res.Listeners, out.listener.GetName())
-	st.del(resource.RouteType, out.route.GetName())
-	delete(st.res.Routes, out.route.GetName())
+// server Listener names whose owner must be settled again. Names that next
+// (the service's new resources, added right after; nil when none) has too
+// are left for add to replace: deleting a key of a large map only to put
+// it back costs a rehash now and then.
+func (st *memoState) remove(service string, out, next *serviceResources, affected map[string]bool) {
+	var kept map[string]bool // "type\x00name" of next's resources
+	if next != nil {
+		kept = make(map[string]bool, 2+len(next.clusters)+len(next.clas))
+		kept[resource.ListenerType+"\x00"+next.listener.GetName()] = true
+		kept[resource.RouteType+"\x00"+next.route.GetName()] = true
+		for _, c := range next.clusters {
+			kept[resource.ClusterType+"\x00"+c.GetName()] = true
+		}
+		for _, cla := range next.clas {
+			kept[resource.EndpointType+"\x00"+cla.GetClusterName()] = true
+		}
+	}
+	gone := func(typeURL, name string) bool { return !kept[typeURL+"\x00"+name] }
+	if name := out.listener.GetName(); gone(resource.ListenerType, name) {
+		st.del(resource.ListenerType, name)
+		delete(st.res.Listeners, name)
+	}
+	if name := out.route.GetName(); gone(resource.RouteType, name) {
+		st.del(resource.RouteType, name)
+		delete(st.res.Routes, name)
+	}
 	for _, c := range out.clusters {
-		st.del(resource.ClusterType, c.GetName())
-		delete(st.res.Clusters, c.GetName())
+		if name := c.GetName(); gone(resource.ClusterType, name) {
+			st.del(resource.ClusterType, name)
+			delete(st.res.Clusters, name)
+		}
 	}
 	for _, cla := range out.clas {
-		st.del(resource.EndpointType, cla.GetClusterName())
-		delete(st.res.Endpoints, cla.GetClusterName())
+		if name := cla.GetClusterName(); gone(resource.EndpointType, name) {
+			st.del(resource.EndpointType, name)
+			delete(st.res.Endpoints, name)
+		}
 	}
 	for _, l := range out.servers {
 		name := l.GetName()

@@ -29,6 +29,13 @@ type world struct {
 	policies   map[string]*policyv1.ServicePolicy
 	security   *Security
 	intentions []model.Intention
+
+	// chain makes input build each catalog snapshot from the previous
+	// one (model.Snapshot.Next), as the catalog watcher does, and keep
+	// the policy map when no policy changed.
+	chain        bool
+	last         *model.Snapshot
+	lastPolicies map[string]*policyv1.ServicePolicy
 }
 
 // serviceNames are the names the sequence draws from; one cannot be served.
@@ -152,7 +159,31 @@ func (w *world) input() Input {
 	for name, p := range w.policies {
 		policies[name] = p
 	}
-	return Input{Catalog: &model.Snapshot{Services: services}, Policies: policies, Security: w.security}
+	if !w.chain {
+		return Input{Catalog: &model.Snapshot{Services: services}, Policies: policies, Security: w.security}
+	}
+	// As the catalog watcher publishes: each snapshot made from the one
+	// before, naming what changed; the policy map is kept when no policy
+	// changed.
+	var changed []string
+	if w.last != nil {
+		for name, s := range services {
+			if w.last.Services[name] != s {
+				changed = append(changed, name)
+			}
+		}
+		for name := range w.last.Services {
+			if _, ok := services[name]; !ok {
+				changed = append(changed, name)
+			}
+		}
+	}
+	w.last = w.last.Next(services, changed)
+	if maps.Equal(policies, w.lastPolicies) && w.lastPolicies != nil {
+		policies = w.lastPolicies
+	}
+	w.lastPolicies = policies
+	return Input{Catalog: w.last, Policies: policies, Security: w.security}
 }
 
 // step changes the world at random and reports which service names' own
@@ -270,9 +301,10 @@ func sameDatacenters(w *world) bool { _, ok := w.services["anchor"]; return ok }
 // result at every step, and that the services a step did not touch keep
 // the very same resource values.
 func TestTranslatorMatchesTranslate(t *testing.T) {
-	for seed := range uint64(8) {
+	for seed := range uint64(12) {
 		t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
-			w := &world{rng: rand.New(rand.NewPCG(seed, 7)), services: map[string]*model.Service{}, policies: map[string]*policyv1.ServicePolicy{}}
+			w := &world{rng: rand.New(rand.NewPCG(seed, 7)), services: map[string]*model.Service{}, policies: map[string]*policyv1.ServicePolicy{},
+				chain: seed%2 == 1}
 			// The anchor keeps both datacenters in the catalog.
 			w.services["anchor"] = anchor()
 			for _, name := range serviceNames[:5] {

@@ -36,10 +36,10 @@
 // Report contents are not trusted: label values are cut to 128 bytes and
 // made valid UTF-8, and at most Config.MaxSeries series exist at once.
 // Calls reported for a new series beyond the cap are counted in
-// trellis_lrs_unrecorded_requests_total instead, so the metrics of
-// trellis_lrs_requests_total and trellis_lrs_requests_in_progress stay
-// below 3 x MaxSeries time series, and memory stays proportional to
-// MaxSeries. A series nobody reported for during Config.IdleAfter is
+// trellis_lrs_unrecorded_requests_total instead, so that
+// trellis_lrs_requests_total has at most 3 x MaxSeries time series (one per
+// result), trellis_lrs_requests_in_progress at most MaxSeries, and memory
+// stays proportional to MaxSeries. A series nobody reported for during Config.IdleAfter is
 // removed (its counters restart from zero if it comes back, which
 // Prometheus' rate() handles as a counter reset).
 //

@@ -2,10 +2,10 @@
 // gRPC clients over state-of-the-world ADS, and tracks what every stream
 // requested, was sent, ACKed and NACKed.
 //
-// It owns the gRPC server of the xDS listener (ADS and the gRPC health
-// service, keepalive policy, graceful shutdown), the ACK/NACK tracker
-// with its metrics, and the optional per-peer scope of what each stream
-// may receive (Scope). It serves only what the cache holds: it must not
+// It owns the gRPC server of the xDS listener (ADS, the services of
+// Config.Services such as LRS, the gRPC health service, keepalive policy,
+// graceful shutdown), the ACK/NACK tracker with its metrics, and the
+// optional per-peer scope of what each stream may receive (Scope). It serves only what the cache holds: it must not
 // import the catalog, the model, the translator or identity.
 package xdsserver
 
@@ -155,8 +155,8 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve serves ADS (StreamAggregatedResources, state of the world only) and
-// the gRPC health service on lis until ctx is done, then stops: open ADS
+// Serve serves ADS (StreamAggregatedResources, state of the world only),
+// Config.Services and the gRPC health service on lis until ctx is done, then stops: open ADS
 // streams are ended, RPCs get ShutdownGrace to finish, and remaining
 // connections are closed. It returns nil after ctx is done, or the error
 // that stopped serving. lis is closed on return. Serve may be called once.

@@ -98,7 +98,8 @@ function renderGraph(graph) {
   }, el("td", {}, e.source), el("td", {}, e.destination), el("td", { class: "rate" }, rate(e.rate_per_second)),
   el("td", { class: "error-ratio" }, percent(e.error_ratio)), el("td", {}, String(e.in_progress)),
   el("td", { class: "succeeded" }, String(e.succeeded)), el("td", { class: "errored" }, String(e.errored)))));
-  document.getElementById("graph-summary").textContent = `(${edges.length + (graph.more_edges || 0)} edges)`;
+  const total = edges.length + (graph.more_edges || 0);
+  document.getElementById("graph-summary").textContent = `(${total} ${total === 1 ? "edge" : "edges"})`;
   const more = document.getElementById("edges-more");
   more.hidden = !graph.more_edges;
   more.textContent = graph.more_edges ? `and ${graph.more_edges} quieter edges` : "";

@@ -112,21 +112,7 @@ func TestLoadReportCounts(t *testing.T) {
 		mix[edge].ok += r.ok()
 		mix[edge].failed += len(r.failures)
 	}
-	// Reports only carry what happened since the previous one, so the
-	// server's totals cover the warm-up calls too: wait for them to
-	// settle, then count only the mix.
-	var settled map[string]float64
-	waitFor(t, 20*time.Second, "warm-up calls reported", func() error {
-		a := s.lrsRequests(t)
-		time.Sleep(2500 * time.Millisecond)
-		b := s.lrsRequests(t)
-		if len(b) == 0 || fmt.Sprint(a) != fmt.Sprint(b) {
-			return fmt.Errorf("reports still arriving: %v then %v", a, b)
-		}
-		settled = b
-		return nil
-	})
-
+	settled := s.settledLoadReports(t)
 	failEvery(billing, 4)
 	add("web->echo", callEcho(t, webEcho, 300))
 	add("web->echo", callEcho(t, webEcho, 100, "x-canary", "true"))
@@ -144,27 +130,7 @@ func TestLoadReportCounts(t *testing.T) {
 		want[edge+" success"] = float64(c.ok)
 		want[edge+" error"] = float64(c.failed)
 	}
-	var last map[string]float64
-	waitFor(t, 20*time.Second, "reported calls within 5 % of the calls made", func() error {
-		now := s.lrsRequests(t)
-		last = map[string]float64{}
-		for k, v := range now {
-			if d := v - settled[k]; d != 0 {
-				last[k] = d
-			}
-		}
-		for k, w := range want {
-			if got := last[k]; math.Abs(got-w) > 0.05*w {
-				return fmt.Errorf("%s: reported %v, made %v (all reported: %v)", k, got, w, last)
-			}
-		}
-		for k, v := range last {
-			if _, ok := want[k]; !ok {
-				return fmt.Errorf("%s: %v reported, none made", k, v)
-			}
-		}
-		return nil
-	})
+	last := s.requireReported(t, settled, want)
 	t.Logf("calls made %v, reported %v", want, last)
 	code, body, err := s.get("/metrics")
 	if err != nil || code != 200 {
@@ -229,6 +195,87 @@ func TestLoadReportingOff(t *testing.T) {
 			if _, body, _ := s.get("/metrics"); strings.Contains(body, "trellis_lrs_") {
 				t.Errorf("/metrics has trellis_lrs_* metrics with load reporting off")
 			}
+		})
+	}
+}
+
+// settledLoadReports waits until no more calls are reported (every call
+// made so far is) and returns the totals. Reports carry only what happened
+// since the previous one, so a test counts the calls of its mix as what
+// the totals grew by after this.
+func (s *trellisServer) settledLoadReports(t testing.TB) map[string]float64 {
+	t.Helper()
+	var settled map[string]float64
+	waitFor(t, 20*time.Second, "the calls made so far reported", func() error {
+		a := s.lrsRequests(t)
+		time.Sleep(2500 * time.Millisecond)
+		b := s.lrsRequests(t)
+		if len(b) == 0 || fmt.Sprint(a) != fmt.Sprint(b) {
+			return fmt.Errorf("reports still arriving: %v then %v", a, b)
+		}
+		settled = b
+		return nil
+	})
+	return settled
+}
+
+// requireReported waits until the calls reported since settled match want
+// ("source->destination result" -> calls) within 5 %, with nothing else
+// reported, and returns what was reported.
+func (s *trellisServer) requireReported(t testing.TB, settled, want map[string]float64) map[string]float64 {
+	t.Helper()
+	var last map[string]float64
+	waitFor(t, 20*time.Second, "reported calls within 5 % of the calls made", func() error {
+		now := s.lrsRequests(t)
+		last = map[string]float64{}
+		for k, v := range now {
+			if d := v - settled[k]; d != 0 {
+				last[k] = d
+			}
+		}
+		for k, w := range want {
+			if got := last[k]; math.Abs(got-w) > 0.05*w {
+				return fmt.Errorf("%s: reported %v, made %v (all reported: %v)", k, got, w, last)
+			}
+		}
+		for k, v := range last {
+			if _, ok := want[k]; !ok {
+				return fmt.Errorf("%s: %v reported, none made", k, v)
+			}
+		}
+		return nil
+	})
+	return last
+}
+
+// TestLoadReportPeers: grpc-js-xds (Node) and C-core (Python) clients
+// accept Clusters with lrs_server (every response ACKed) and report their
+// calls, counted per source (`trellis bootstrap --cluster`) and
+// destination within 5 % of what they made, a fraction of them failing.
+func TestLoadReportPeers(t *testing.T) {
+	for _, impl := range []peerImpl{nodePeer, pythonPeer} {
+		t.Run(impl.name, func(t *testing.T) {
+			consul := consultest.Start(t, consultest.Options{})
+			trellis := startTrellisWithAPI(t, consul, "--load-reporting-interval", "1s")
+			e := &peerEnv{impl: impl, consul: consul, trellis: trellis, nodeID: "peer-" + impl.name + "-client", api: policyPutter{trellis}}
+			e.client = startPeer(t, impl, "client", writePeerBootstrap(t, trellis, impl, e.nodeID, "--cluster", "peer-web"))
+			svc := e.service("reported")
+			backends := e.backends(t, svc, 2)
+			e.reachAll(t, svc, ids(svc, 2)...)
+			settled := trellis.settledLoadReports(t)
+
+			failEvery(backends[0], 5)
+			r, err := e.client.call(peerCall{Target: "xds:///" + svc, Calls: 200})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.ok() == 0 || r.failed() == 0 {
+				t.Fatalf("calls %v: want some to succeed and some to fail", r)
+			}
+			edge := "peer-web->" + svc
+			last := trellis.requireReported(t, settled, map[string]float64{edge + " success": float64(r.ok()), edge + " error": float64(r.failed())})
+			t.Logf("%s: %d ok and %d failed made, reported %v", impl.name, r.ok(), r.failed(), last)
+			trellis.requirePeerStreams(t, impl, e.nodeID)
 		})
 	}
 }

@@ -143,6 +143,13 @@ func TestLoadReportCounts(t *testing.T) {
 	}
 	s.requireAllACKed(t)
 	s.requireNoNACKsInMetrics(t)
+
+	// LRS streams never end by themselves; stopping the server ends them
+	// rather than waiting out the shutdown grace period.
+	s.Stop()
+	if log := s.Log(); strings.Contains(log, "RPCs still running after the shutdown grace period") || !strings.Contains(log, "stopped serving ADS") {
+		t.Errorf("the server did not stop cleanly with LRS streams open:\n%s", log[max(0, len(log)-3000):])
+	}
 }
 
 // TestLoadReportingOff: with --load-reporting=false the Clusters carry no

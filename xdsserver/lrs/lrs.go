@@ -392,7 +392,6 @@ type series struct {
 type edge struct {
 	totals     Counts
 	inProgress uint64
-	first      time.Time
 	last       time.Time
 	// buckets hold the calls finished per slot of window/rateBuckets,
 	// slot i covering [start(i), start(i)+width).
@@ -401,7 +400,9 @@ type edge struct {
 
 type bucket struct {
 	slot int64
-	c    Counts
+	// first is when the slot's first report arrived.
+	first time.Time
+	c     Counts
 }
 
 // stream is what one open LRS stream contributes to the calls in progress.
@@ -525,7 +526,7 @@ func (s *Server) setInProgress(k seriesKey, was, now uint64) {
 func (s *Server) edgeAdd(k edgeKey, c Counts, now time.Time) {
 	e, ok := s.edges[k]
 	if !ok {
-		e = &edge{first: now}
+		e = &edge{}
 		for i := range e.buckets {
 			e.buckets[i].slot = -1
 		}
@@ -536,7 +537,7 @@ func (s *Server) edgeAdd(k edgeKey, c Counts, now time.Time) {
 	slot := now.UnixNano() / int64(s.window/rateBuckets)
 	b := &e.buckets[slot%rateBuckets]
 	if b.slot != slot {
-		*b = bucket{slot: slot}
+		*b = bucket{slot: slot, first: now}
 	}
 	b.c.add(c)
 }
@@ -609,9 +610,9 @@ type Edge struct {
 	// Totals are the calls finished since the edge appeared.
 	Totals     Counts `json:"totals"`
 	InProgress uint64 `json:"in_progress"`
-	// RatePerSecond is the calls finished per second over the rate window
-	// (or since the edge appeared, when that is shorter, but at least one
-	// report interval).
+	// RatePerSecond is the calls finished per second over the rate window,
+	// or since the edge appeared when that is shorter (each report
+	// counting for the interval before it).
 	RatePerSecond float64 `json:"rate_per_second"`
 	// ErrorRatio is the part of the calls of the window that failed or
 	// were dropped, 0 without calls.
@@ -628,13 +629,27 @@ func (s *Server) Edges() []Edge {
 	s.mu.Lock()
 	out := make([]Edge, 0, len(s.edges))
 	for k, e := range s.edges {
+		// The buckets counted are the current one and the rateBuckets-1
+		// before it; earliest is the first report they hold.
 		var w Counts
+		var earliest time.Time
 		for _, b := range e.buckets {
 			if b.slot >= 0 && current-b.slot < rateBuckets {
 				w.add(b.c)
+				if earliest.IsZero() || b.first.Before(earliest) {
+					earliest = b.first
+				}
 			}
 		}
-		span := min(max(now.Sub(e.first), s.interval), s.window)
+		// Each report holds the calls of the interval before it, so the
+		// calls counted were made from an interval before the earliest
+		// report; until the next report is due, the calls since the last
+		// are not known yet.
+		end := now
+		if now.Sub(e.last) < s.interval {
+			end = e.last
+		}
+		span := end.Sub(earliest) + s.interval
 		ed := Edge{Source: k.source, Destination: k.destination, Totals: e.totals, InProgress: e.inProgress, LastReport: e.last}
 		if finished := w.Succeeded + w.Errored + w.Dropped; finished > 0 {
 			ed.RatePerSecond = float64(finished) / span.Seconds()

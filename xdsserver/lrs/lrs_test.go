@@ -2,6 +2,7 @@ package lrs
 
 import (
 	"context"
+	"math"
 	"net"
 	"strings"
 	"sync"
@@ -207,8 +208,8 @@ func TestStreamAggregates(t *testing.T) {
 		t.Errorf("trellis_lrs_streams = %v, want 2", got)
 	}
 
-	// The graph: web -> echo finished 37 calls, 2 errors, over the 1s
-	// since the edge appeared (at least one interval).
+	// The graph: web -> echo finished 37 calls, 2 errors, in two reports
+	// a second apart, each holding a second of calls.
 	edges := h.srv.Edges()
 	if len(edges) != 3 {
 		t.Fatalf("edges %+v, want unknown->echo, web->billing, web->echo", edges)
@@ -217,8 +218,8 @@ func TestStreamAggregates(t *testing.T) {
 	if e.Source != "web" || e.Destination != "echo" || e.Totals.Succeeded != 35 || e.InProgress != 1 {
 		t.Errorf("edge %+v, want web->echo with 35 succeeded, 1 in progress", e)
 	}
-	if e.RatePerSecond != 37 || e.ErrorRatio != 2.0/37 {
-		t.Errorf("web->echo rate %v/s error ratio %v, want 37/s and %v", e.RatePerSecond, e.ErrorRatio, 2.0/37)
+	if e.RatePerSecond != 18.5 || e.ErrorRatio != 2.0/37 {
+		t.Errorf("web->echo rate %v/s error ratio %v, want 18.5/s and %v", e.RatePerSecond, e.ErrorRatio, 2.0/37)
 	}
 	if b := edges[1]; b.ErrorRatio != 2.0/8 {
 		t.Errorf("web->billing error ratio %v, want 2/8 (errors and drops of 8 calls)", b.ErrorRatio)
@@ -398,5 +399,53 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 20s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRateWindow: a steady 2 calls a second, reported every 5s, reads as
+// 2/s within 5 % once the window is full, whenever it is read and
+// whether the reports fall at the start of a rate bucket or not.
+func TestRateWindow(t *testing.T) {
+	for _, offset := range []time.Duration{0, 2500 * time.Millisecond, 4900 * time.Millisecond} {
+		t.Run(offset.String(), func(t *testing.T) { testRateWindow(t, offset) })
+	}
+}
+
+func testRateWindow(t *testing.T, offset time.Duration) {
+	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(offset)}
+	s, err := New(Config{Interval: 5 * time.Second, RateWindow: time.Minute, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := &stream{source: "web", inProgress: map[seriesKey]uint64{}}
+	report := []*endpointv3.ClusterStats{{ClusterName: "echo", UpstreamLocalityStats: []*endpointv3.UpstreamLocalityStats{locality("", "", 9, 1, 0)}}}
+	for i := range 40 {
+		s.record(str, report)
+		for _, after := range []time.Duration{0, time.Second, 2500 * time.Millisecond, 4900 * time.Millisecond} {
+			if i < 13 {
+				continue
+			}
+			clock.Advance(after)
+			e := s.Edges()[0]
+			if math.Abs(e.RatePerSecond-2) > 0.1 || e.ErrorRatio != 0.1 {
+				t.Fatalf("report %d, %s after: rate %v/s, error ratio %v; want 2/s within 5 %% and 0.1", i, after, e.RatePerSecond, e.ErrorRatio)
+			}
+			clock.Advance(-after)
+		}
+		clock.Advance(5 * time.Second)
+	}
+	// Once the calls stop, the rate falls.
+	clock.Advance(30 * time.Second)
+	if e := s.Edges()[0]; e.RatePerSecond > 1.2 {
+		t.Errorf("rate 35s after the last report %v/s, want it falling (about 1/s)", e.RatePerSecond)
+	}
+	// Early on, the rate covers the time since the edge appeared.
+	s2, err := New(Config{Interval: 5 * time.Second, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.record(str, report)
+	if e := s2.Edges()[0]; e.RatePerSecond != 2 {
+		t.Errorf("rate after the first report %v/s, want 2/s (10 calls in one 5s interval)", e.RatePerSecond)
 	}
 }

@@ -210,7 +210,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
-	loadReports, err := newLoadReporting(opts.lrs, registry, logger.With("component", "lrs"))
+	loadReports, err := newLoadReporting(opts.lrs, opts.tls.xdsTLS, registry, logger.With("component", "lrs"))
 	if err != nil {
 		return err
 	}
@@ -246,6 +246,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	}
 	base := security.base
 	xdsScope.follow(base, security.watcher.Latest)
+	loadReports.identifyBy(base)
 	pipe, err := pipeline.New(pipeline.Config{
 		Catalogs:     watcher.Snapshots(),
 		Policies:     policies.watcher.Snapshots(),

@@ -4,14 +4,20 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/trellis-mesh/trellis/identity"
+	"github.com/trellis-mesh/trellis/identity/spiffetls"
 	"github.com/trellis-mesh/trellis/xdsserver"
 	"github.com/trellis-mesh/trellis/xdsserver/dashboard"
 	"github.com/trellis-mesh/trellis/xdsserver/lrs"
+	"github.com/trellis-mesh/trellis/xdsserver/translate"
 )
 
 // loadReportingOptions are the LRS flags of `trellis server`.
@@ -31,12 +37,19 @@ func addLoadReportingFlags(f *pflag.FlagSet, o *loadReportingOptions) {
 // nothing when --load-reporting=false.
 type loadReporting struct {
 	srv *lrs.Server
+	// security, once identifyBy set it, names the sources of mTLS peers.
+	security atomic.Pointer[translate.Security]
 }
 
-func newLoadReporting(o loadReportingOptions, reg prometheus.Registerer, logger *slog.Logger) (*loadReporting, error) {
+// newLoadReporting builds the LRS server. With xdsTLS, a stream's source
+// is the service its peer's verified SPIFFE ID names under the mesh's
+// scheme (once identifyBy gave them), which a client cannot forge, rather
+// than the cluster its node declares.
+func newLoadReporting(o loadReportingOptions, xdsTLS bool, reg prometheus.Registerer, logger *slog.Logger) (*loadReporting, error) {
+	l := &loadReporting{}
 	if !o.enabled {
 		logger.Info("load reporting off (--load-reporting=false): Clusters carry no lrs_server")
-		return &loadReporting{}, nil
+		return l, nil
 	}
 	if o.interval < lrs.MinInterval {
 		return nil, fmt.Errorf("--load-reporting-interval %s: accepted: %s or more", o.interval, lrs.MinInterval)
@@ -46,11 +59,41 @@ func newLoadReporting(o loadReportingOptions, reg prometheus.Registerer, logger 
 	}
 	window := max(lrs.DefaultRateWindow, 2*o.interval)
 	idle := max(lrs.DefaultIdleAfter, 2*o.interval)
-	srv, err := lrs.New(lrs.Config{Interval: o.interval, MaxSeries: o.maxSeries, RateWindow: window, IdleAfter: idle, Registerer: reg, Logger: logger})
+	cfg := lrs.Config{Interval: o.interval, MaxSeries: o.maxSeries, RateWindow: window, IdleAfter: idle, Registerer: reg, Logger: logger}
+	if xdsTLS {
+		cfg.Source = l.source
+	}
+	srv, err := lrs.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &loadReporting{srv: srv}, nil
+	l.srv = srv
+	return l, nil
+}
+
+// identifyBy gives the trust domain and SPIFFE ID scheme of the mesh.
+func (l *loadReporting) identifyBy(sec translate.Security) { l.security.Store(&sec) }
+
+// source is the service the stream's peer's SPIFFE ID names, or else the
+// node's cluster.
+func (l *loadReporting) source(ctx context.Context, node *corev3.Node) string {
+	sec := l.security.Load()
+	if sec == nil || sec.TrustDomain.IsZero() {
+		return lrs.SourceOf(node)
+	}
+	id, err := spiffetls.PeerID(ctx)
+	if err != nil || id.TrustDomain() != sec.TrustDomain {
+		return lrs.SourceOf(node)
+	}
+	scheme := sec.Scheme
+	if scheme == nil {
+		scheme = identity.DefaultScheme()
+	}
+	w, err := scheme.Parse(id)
+	if err != nil || w.Service == "" {
+		return lrs.SourceOf(node)
+	}
+	return w.Service
 }
 
 // disabled is translate.Options.DisableLoadReporting.

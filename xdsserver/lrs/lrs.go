@@ -19,9 +19,10 @@
 // locality, and per endpoint when it can (grpc-go 1.85 reports per locality
 // only).
 //
-// Each report is attributed to a series: the source service (the node's
-// cluster, which Trellis bootstraps set to the workload's service, see
-// `trellis bootstrap --cluster`; "unknown" when empty), the destination
+// Each report is attributed to a series: the source service (by default
+// the node's cluster, which Trellis bootstraps set to the workload's
+// service, see `trellis bootstrap --cluster`; "unknown" when empty;
+// Config.Source may name it from the peer's verified identity), the destination
 // service (the cluster name, a subset cluster "svc/subset" counting for svc),
 // the locality ("region/zone", "" when the client reports none) and the
 // endpoint ("host:port", "" for calls reported per locality only). Finished
@@ -119,6 +120,10 @@ type Config struct {
 	// Registerer receives the trellis_lrs_* metrics. Default: a private
 	// registry, so they are not exported.
 	Registerer prometheus.Registerer
+	// Source names the source service of a stream from its context (e.g.
+	// the peer's verified SPIFFE ID) and the node of its first request.
+	// Default: SourceOf(node).
+	Source func(ctx context.Context, node *corev3.Node) string
 	// Logger receives a line per stream opened and closed. Default:
 	// discarded.
 	Logger *slog.Logger
@@ -136,6 +141,7 @@ type Server struct {
 	idleAfter time.Duration
 	logger    *slog.Logger
 	now       func() time.Time
+	source    func(context.Context, *corev3.Node) string
 	m         *metrics
 
 	// done is closed when Run returns: every stream ends.
@@ -187,9 +193,13 @@ func New(cfg Config) (*Server, error) {
 	if now == nil {
 		now = time.Now
 	}
+	source := cfg.Source
+	if source == nil {
+		source = func(_ context.Context, node *corev3.Node) string { return SourceOf(node) }
+	}
 	s := &Server{
 		interval: cfg.Interval, maxSeries: cfg.MaxSeries, window: cfg.RateWindow, idleAfter: cfg.IdleAfter,
-		logger: logger, now: now,
+		logger: logger, now: now, source: source,
 		series: map[seriesKey]*series{}, edges: map[edgeKey]*edge{},
 		done: make(chan struct{}),
 	}
@@ -255,7 +265,11 @@ func (s *Server) StreamLoadStats(st lrsv3.LoadReportingService_StreamLoadStatsSe
 	}); err != nil {
 		return err
 	}
-	str := &stream{source: SourceOf(node), inProgress: map[seriesKey]uint64{}}
+	src := label(s.source(st.Context(), node))
+	if src == "" {
+		src = UnknownSource
+	}
+	str := &stream{source: src, inProgress: map[seriesKey]uint64{}}
 	s.m.streams.Inc()
 	s.logger.Debug("LRS stream opened", "node", node.GetId(), "source", str.source)
 	defer func() {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -447,5 +448,23 @@ func testRateWindow(t *testing.T, offset time.Duration) {
 	s2.record(str, report)
 	if e := s2.Edges()[0]; e.RatePerSecond != 2 {
 		t.Errorf("rate after the first report %v/s, want 2/s (10 calls in one 5s interval)", e.RatePerSecond)
+	}
+}
+
+// TestSourceHook: Config.Source names the source of a stream from its
+// context and node.
+func TestSourceHook(t *testing.T) {
+	var sawPeer bool
+	h := start(t, Config{Interval: time.Second, Source: func(ctx context.Context, node *corev3.Node) string {
+		_, sawPeer = peer.FromContext(ctx)
+		return "verified-" + node.GetCluster()
+	}})
+	st := h.open(t, "web")
+	h.send(t, st, &endpointv3.ClusterStats{ClusterName: "echo", UpstreamLocalityStats: []*endpointv3.UpstreamLocalityStats{locality("", "", 1, 0, 0)}})
+	if got := h.srv.Series(); len(got) != 1 || got[0].Source != "verified-web" {
+		t.Errorf("series %+v, want source verified-web", got)
+	}
+	if !sawPeer {
+		t.Error("Config.Source got a context without the stream's peer")
 	}
 }

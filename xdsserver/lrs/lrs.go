@@ -47,8 +47,8 @@
 // With several replicas each client reports to the replica that serves its
 // ADS stream; the series of all replicas add up.
 //
-// This package must not import the catalog, the model, the translator or
-// the xDS cache: it reads only what clients send.
+// This package must not import Consul's API, the catalog, the model, the
+// translator or the xDS cache: it reads only what clients send.
 package lrs
 
 import (

@@ -63,17 +63,18 @@ func browser(t testing.TB) context.Context {
 
 // TestDashboard loads the dashboard of a running mesh in a real headless
 // browser: it lists the services with their instances and the clients, shows
-// a client that NACKs in red, and follows an instance going away without
-// being reloaded.
+// a client that NACKs in red, draws the service graph from what the clients
+// report over LRS, and follows an instance going away without being
+// reloaded.
 func TestDashboard(t *testing.T) {
 	consul := consultest.Start(t, consultest.Options{})
 	startBackend(t, consul, "echo", "echo-1", backendOptions{tags: []string{"blue"}})
 	startBackend(t, consul, "echo", "echo-2", backendOptions{})
 	startBackend(t, consul, "billing", "billing-1", backendOptions{})
-	s := startTrellisWithAPI(t, consul)
+	s := startTrellisWithAPI(t, consul, "--load-reporting-interval", "1s")
 	putPolicy(t, s.policyClient(t), `{"service": "echo", "subsets": [{"name": "blue", "tags": ["blue"]}]}`)
 
-	conn := dialXDS(t, s.bootstrapFor(t, "dash-good"), "xds:///echo")
+	conn := dialXDS(t, s.bootstrapForService(t, "dash-good", "web"), "xds:///echo")
 	if r := callEcho(t, conn, 4); r.ok() != 4 {
 		t.Fatalf("calls through xDS: %v", r.failures)
 	}
@@ -94,6 +95,10 @@ func TestDashboard(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-service="billing"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="dash-good"][data-state="SYNCED"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="dash-nacker"][data-state="NACKED"]`)),
+		// The service graph: web calls echo, as its client reported.
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-edge="web->echo"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#graph g.edge[data-source="web"][data-destination="echo"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#graph g.node[data-side="destination"][data-service="echo"]`)),
 	); err != nil {
 		t.Fatalf("dashboard at %s: %v\n%s", url, err, pageText(ctx))
 	}
@@ -117,6 +122,19 @@ func TestDashboard(t *testing.T) {
 	}
 	if subsets := text(`tr[data-service="echo"] td:nth-child(3)`); subsets != "blue" {
 		t.Errorf("echo's subsets %q, want blue", subsets)
+	}
+	if n := text(`tr[data-edge="web->echo"] td.succeeded`); n != "4" {
+		t.Errorf("web->echo succeeded calls %q, want 4", n)
+	}
+	if ratio := text(`tr[data-edge="web->echo"] td.error-ratio`); ratio != "0.0%" {
+		t.Errorf("web->echo error ratio %q, want 0.0%%", ratio)
+	}
+	label, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#graph g.edge[data-source="web"] text').textContent`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(label, "/s, 0.0% errors") {
+		t.Errorf("web->echo arrow label %q, want a rate and 0.0%% errors", label)
 	}
 	if badge := text(`#consul`); badge != "Consul: reachable" {
 		t.Errorf("Consul badge %q, want reachable", badge)

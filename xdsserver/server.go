@@ -2,10 +2,10 @@
 // gRPC clients over state-of-the-world ADS, and tracks what every stream
 // requested, was sent, ACKed and NACKed.
 //
-// It owns the gRPC server of the xDS listener (ADS and the gRPC health
-// service, keepalive policy, graceful shutdown), the ACK/NACK tracker
-// with its metrics, and the optional per-peer scope of what each stream
-// may receive (Scope). It serves only what the cache holds: it must not
+// It owns the gRPC server of the xDS listener (ADS, the services of
+// Config.Services such as LRS, the gRPC health service, keepalive policy,
+// graceful shutdown), the ACK/NACK tracker with its metrics, and the
+// optional per-peer scope of what each stream may receive (Scope). It serves only what the cache holds: it must not
 // import the catalog, the model, the translator or identity.
 package xdsserver
 
@@ -70,6 +70,14 @@ type Config struct {
 	// *ProfileCaches behind Watcher. Default: CacheVersions{Cache} when
 	// Watcher is not set; otherwise none recorded.
 	Versions ContentVersioner
+	// Services are more gRPC services served beside ADS on the same
+	// server and port, e.g. the LRS server (package lrs). Optional.
+	Services []ServiceRegistrant
+}
+
+// ServiceRegistrant adds its gRPC service to a server.
+type ServiceRegistrant interface {
+	Register(grpc.ServiceRegistrar)
 }
 
 // Server is the ADS gRPC server.
@@ -80,6 +88,8 @@ type Server struct {
 	opts    []grpc.ServerOption
 	grace   time.Duration
 	serving atomic.Bool
+	// services are served beside ADS (Config.Services).
+	services []ServiceRegistrant
 
 	scope        Scope
 	scopeMetrics *scopeMetrics
@@ -136,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(maxConcurrentStreams),
 	}
 	opts = append(opts, cfg.ServerOptions...)
-	s := &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace, scope: cfg.Scope}
+	s := &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace, scope: cfg.Scope, services: cfg.Services}
 	if s.scope != nil {
 		if s.scopeMetrics, err = newScopeMetrics(reg); err != nil {
 			return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
@@ -145,8 +155,8 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve serves ADS (StreamAggregatedResources, state of the world only) and
-// the gRPC health service on lis until ctx is done, then stops: open ADS
+// Serve serves ADS (StreamAggregatedResources, state of the world only),
+// Config.Services and the gRPC health service on lis until ctx is done, then stops: open ADS
 // streams are ended, RPCs get ShutdownGrace to finish, and remaining
 // connections are closed. It returns nil after ctx is done, or the error
 // that stopped serving. lis is closed on return. Serve may be called once.
@@ -167,6 +177,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		handler.scoped = s.scopedStream
 	}
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, handler)
+	for _, svc := range s.services {
+		svc.Register(gs)
+	}
 	hs := health.NewServer()
 	hs.SetServingStatus(discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)

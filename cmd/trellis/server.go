@@ -43,6 +43,7 @@ type serverOptions struct {
 	security       securityOptions
 	tls            serverTLSOptions
 	ha             haOptions
+	lrs            loadReportingOptions
 }
 
 func newServerCommand() *cobra.Command {
@@ -97,6 +98,7 @@ dns://127.0.0.1:8600/trellis-xds.service.consul:18000.`,
 	addSecurityServerFlags(f, &opts.security)
 	addServerTLSFlags(f, &opts.tls)
 	addHAServerFlags(f, &opts.ha)
+	addLoadReportingFlags(f, &opts.lrs)
 	return cmd
 }
 
@@ -208,6 +210,10 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
+	loadReports, err := newLoadReporting(opts.lrs, opts.tls.xdsTLS, registry, logger.With("component", "lrs"))
+	if err != nil {
+		return err
+	}
 	xds, err := xdsserver.New(xdsserver.Config{
 		Watcher:       cache.ConfigWatcher(),
 		Logger:        logger.With("component", "xds"),
@@ -215,6 +221,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		ServerOptions: stls.xdsServerOptions(),
 		Scope:         xdsScope.scope(),
 		Versions:      cache,
+		Services:      loadReports.services(),
 	})
 	if err != nil {
 		return err
@@ -239,6 +246,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	}
 	base := security.base
 	xdsScope.follow(base, security.watcher.Latest)
+	loadReports.identifyBy(base)
 	pipe, err := pipeline.New(pipeline.Config{
 		Catalogs:     watcher.Snapshots(),
 		Policies:     policies.watcher.Snapshots(),
@@ -248,7 +256,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		Profiles:     cache.Profiles(),
 		Active:       cache.Active,
 		Activated:    cache.Activated(),
-		Options:      translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic},
+		Options:      translate.Options{ExcludeWarning: opts.excludeWarning, DisablePanicRouting: opts.disablePanic, DisableLoadReporting: loadReports.disabled()},
 		Logger:       logger.With("component", "translate"),
 		Registerer:   registry,
 	})
@@ -322,7 +330,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 	statusAPI.Register(policies.grpc)
-	ui, err := newDashboard(watcher, policies.watcher, acl, statusAPI)
+	ui, err := newDashboard(watcher, policies.watcher, acl, statusAPI, loadReports.graph())
 	if err != nil {
 		xdsLis.Close()
 		adminLis.Close()
@@ -349,6 +357,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g.Go(func() error { return registration.run(ctx) })
 	g.Go(func() error { return xdsScope.run(ctx) })
 	g.Go(func() error { return pipe.Run(ctx) })
+	g.Go(func() error { return loadReports.run(ctx) })
 	g.Go(func() error {
 		select {
 		case <-pipe.Synced():

@@ -13,11 +13,13 @@ import (
 
 // newDashboard builds the dashboard served under /ui/ on the admin
 // listener from the catalog and policy watchers, the ACL checker and the
-// status API.
-func newDashboard(watcher *catalog.Watcher, policies *store.Watcher, acl *consulwatch.ACL, status *statusapi.Server) (*dashboard.Handler, error) {
+// status API, with the service graph from LRS reports (nil when load
+// reporting is off).
+func newDashboard(watcher *catalog.Watcher, policies *store.Watcher, acl *consulwatch.ACL, status *statusapi.Server, graph func() []dashboard.Edge) (*dashboard.Handler, error) {
 	return dashboard.New(dashboard.Config{
 		Services: func() []dashboard.Service { return dashboardServices(watcher, policies) },
 		Clients:  status.ListClients,
+		Graph:    graph,
 		Consul: func() dashboard.Consul {
 			st := watcher.Status()
 			c := dashboard.Consul{Reachable: st.Reachable, Synced: st.Synced, LastContact: st.LastContact, LastError: st.LastError}

@@ -1,17 +1,20 @@
 // Package dashboard serves the web dashboard of a Trellis server under /ui/
 // on the admin listener: the services with their instances, health, subsets
 // and policies, the connected xDS clients with their sync state and NACKs,
-// and Consul's connectivity. The page (embedded, no build step) polls
+// Consul's connectivity, and the service graph: which service calls which,
+// at what rate and with what error ratio, from what gRPC clients report
+// over LRS (package lrs). The page (embedded, no build step) polls
 // /ui/api/state and redraws itself without reloading.
 //
 // It owns the page and the JSON it reads. What it shows is injected: the
-// services and Consul's state as functions, the clients through the status
-// API (package statusapi), so that the page and `trellis status` agree. It
-// must not import Consul, the catalog or the translation. It does not
+// services, Consul's state and the graph as functions, the clients through
+// the status API (package statusapi), so that the page and `trellis status`
+// agree. It must not import Consul, the catalog or the translation. It does not
 // authenticate: the admin server guards /ui/ as it guards /debug/*.
 package dashboard
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"encoding/json"
@@ -19,6 +22,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +44,27 @@ const (
 	// DefaultMaxServices is how many services one state read lists; the
 	// rest are counted.
 	DefaultMaxServices = 500
+	// DefaultMaxEdges is how many edges of the service graph one state
+	// read lists, the busiest first; the rest are counted.
+	DefaultMaxEdges = 500
 )
+
+// Edge is the traffic from one service to another, as its clients
+// reported it.
+type Edge struct {
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	// Succeeded and Errored count the calls finished since the edge
+	// appeared; Errored includes calls the clients dropped.
+	Succeeded  uint64 `json:"succeeded"`
+	Errored    uint64 `json:"errored"`
+	InProgress uint64 `json:"in_progress"`
+	// RatePerSecond is the recent call rate, ErrorRatio the part of those
+	// calls that failed (0 to 1).
+	RatePerSecond float64   `json:"rate_per_second"`
+	ErrorRatio    float64   `json:"error_ratio"`
+	LastReport    time.Time `json:"last_report"`
+}
 
 // Service is one service as the page shows it.
 type Service struct {
@@ -91,6 +115,11 @@ type Config struct {
 	Clients ListClients
 	// Consul returns Consul's state. Default: not shown.
 	Consul func() Consul
+	// Graph returns the service graph. Default: not shown (load
+	// reporting off).
+	Graph func() []Edge
+	// MaxEdges bounds the edges of one read. Default: DefaultMaxEdges.
+	MaxEdges int
 	// ClientsPerPage is the page size of the clients. Default:
 	// DefaultClientsPerPage; at most 1000.
 	ClientsPerPage int
@@ -124,6 +153,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxServices <= 0 {
 		cfg.MaxServices = DefaultMaxServices
 	}
+	if cfg.MaxEdges <= 0 {
+		cfg.MaxEdges = DefaultMaxEdges
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -144,6 +176,16 @@ type State struct {
 	MoreServices int `json:"more_services,omitempty"`
 	// Clients is the status API's ListClientsResponse, in protojson.
 	Clients json.RawMessage `json:"clients"`
+	// Graph is the service graph, sorted by source then destination; nil
+	// when load reporting is off.
+	Graph *Graph `json:"graph,omitempty"`
+}
+
+// Graph is the service graph of a state read.
+type Graph struct {
+	Edges []Edge `json:"edges"`
+	// MoreEdges counts the quietest edges left out after MaxEdges.
+	MoreEdges int `json:"more_edges,omitempty"`
 }
 
 // ServeHTTP implements http.Handler.
@@ -206,9 +248,33 @@ func (h *Handler) state(w http.ResponseWriter, r *http.Request) {
 		c := h.cfg.Consul()
 		st.Consul = &c
 	}
+	if h.cfg.Graph != nil {
+		st.Graph = graph(h.cfg.Graph(), h.cfg.MaxEdges)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	if err := json.NewEncoder(w).Encode(st); err != nil {
 		h.logger.Debug("dashboard state write failed", "error", err)
 	}
+}
+
+// graph keeps the max busiest edges, sorted by source then destination.
+func graph(edges []Edge, limit int) *Graph {
+	g := &Graph{Edges: edges}
+	if g.Edges == nil {
+		g.Edges = []Edge{}
+	}
+	if len(g.Edges) > limit {
+		busiest := slices.Clone(g.Edges)
+		slices.SortStableFunc(busiest, func(a, b Edge) int { return cmp.Compare(b.RatePerSecond, a.RatePerSecond) })
+		g.MoreEdges = len(busiest) - limit
+		g.Edges = busiest[:limit]
+	}
+	slices.SortFunc(g.Edges, func(a, b Edge) int {
+		if c := cmp.Compare(a.Source, b.Source); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Destination, b.Destination)
+	})
+	return g
 }

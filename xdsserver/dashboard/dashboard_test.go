@@ -121,3 +121,69 @@ func TestStatePagedAndSummarised(t *testing.T) {
 		t.Errorf("bad page token: %d %s", code, body)
 	}
 }
+
+// TestGraph: the state carries the service graph when there is one, the
+// busiest MaxEdges edges sorted by source and destination, and no graph
+// when load reporting is off.
+func TestGraph(t *testing.T) {
+	api, err := statusapi.New(statusapi.Config{Streams: func() []xdsserver.StreamStatus { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edges := []dashboard.Edge{
+		{Source: "web", Destination: "echo", RatePerSecond: 5, ErrorRatio: 0.1, Succeeded: 90, Errored: 10},
+		{Source: "api", Destination: "echo", RatePerSecond: 1},
+		{Source: "web", Destination: "billing", RatePerSecond: 9},
+	}
+	for _, c := range []struct {
+		name      string
+		graph     func() []dashboard.Edge
+		wantEdges []string
+		wantMore  int
+	}{
+		{name: "off", graph: nil},
+		{name: "busiest", graph: func() []dashboard.Edge { return edges }, wantEdges: []string{"web->billing", "web->echo"}, wantMore: 1},
+		{name: "empty", graph: func() []dashboard.Edge { return nil }, wantEdges: []string{}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h, err := dashboard.New(dashboard.Config{
+				Services: func() []dashboard.Service { return nil },
+				Clients:  api.ListClients,
+				Graph:    c.graph,
+				MaxEdges: 2,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, _, body := get(t, h, "/ui/api/state")
+			var st struct {
+				Graph *dashboard.Graph `json:"graph"`
+			}
+			if code != http.StatusOK || json.Unmarshal([]byte(body), &st) != nil {
+				t.Fatalf("state: %d %s", code, body)
+			}
+			if c.graph == nil {
+				if st.Graph != nil {
+					t.Fatalf("graph %+v with load reporting off, want none", st.Graph)
+				}
+				return
+			}
+			if st.Graph == nil {
+				t.Fatalf("no graph in %s", body)
+			}
+			got := []string{}
+			for _, e := range st.Graph.Edges {
+				got = append(got, e.Source+"->"+e.Destination)
+			}
+			if strings.Join(got, ",") != strings.Join(c.wantEdges, ",") || st.Graph.MoreEdges != c.wantMore {
+				t.Errorf("edges %v (+%d), want %v (+%d)", got, st.Graph.MoreEdges, c.wantEdges, c.wantMore)
+			}
+			if c.wantMore > 0 && (st.Graph.Edges[1].ErrorRatio != 0.1 || st.Graph.Edges[1].Errored != 10) {
+				t.Errorf("web->echo %+v, want error ratio 0.1 and 10 errored", st.Graph.Edges[1])
+			}
+		})
+	}
+	if code, _, body := get(t, newHandler(t, nil, nil), "/ui/app.js"); code != http.StatusOK || !strings.Contains(body, "renderGraph") {
+		t.Errorf("app.js: %d, lacks the graph", code)
+	}
+}

@@ -70,6 +70,13 @@ type Options struct {
 	// reported as a Skip with the profile's name (see clients.go).
 	// Default: nil, every feature Trellis emits, as grpc-go honours them.
 	Client *clients.Profile
+	// DisableLoadReporting leaves lrs_server out of every Cluster. By
+	// default each EDS Cluster names the control plane itself (a self
+	// ConfigSource) as its load reporting server, so that clients report
+	// the calls they make over LRS on their ADS connection: grpc-go,
+	// grpc-js-xds 1.14 and C-core 1.51 all accept a self lrs_server (and
+	// NACK any other kind). Default: false (load reporting on).
+	DisableLoadReporting bool
 }
 
 // Input is everything a translation reads.
@@ -334,7 +341,7 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 		skips = append(skips, routeSkips...)
 		out.route.VirtualHosts[0].Routes = routes
 	}
-	base := edsCluster(name)
+	base := edsCluster(name, opts)
 	if pol != nil {
 		if err := applyClusterPolicy(base, pol); err != nil {
 			return nil, nil, err
@@ -344,7 +351,7 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 	out.clas = append(out.clas, cla)
 	for _, subset := range pol.GetSubsets() {
 		cname := SubsetClusterName(name, subset.GetName())
-		c := edsCluster(cname)
+		c := edsCluster(cname, opts)
 		if err := applyClusterPolicy(c, pol); err != nil {
 			return nil, nil, err
 		}
@@ -487,8 +494,10 @@ func domainsFor(name string) []string {
 	return domains
 }
 
-func edsCluster(name string) *clusterv3.Cluster {
-	return &clusterv3.Cluster{
+// edsCluster is the EDS Cluster of a service or subset, reporting its load
+// to the control plane unless opts.DisableLoadReporting.
+func edsCluster(name string, opts Options) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
@@ -496,6 +505,19 @@ func edsCluster(name string) *clusterv3.Cluster {
 			ServiceName: name,
 		},
 		LbPolicy: clusterv3.Cluster_ROUND_ROBIN,
+	}
+	if !opts.DisableLoadReporting {
+		c.LrsServer = selfConfigSource()
+	}
+	return c
+}
+
+// selfConfigSource names the management server the resource came from:
+// the only lrs_server gRPC clients accept.
+func selfConfigSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Self{Self: &corev3.SelfConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
 	}
 }
 

@@ -46,6 +46,65 @@ function renderServices(state) {
   more.textContent = state.more_services ? `and ${state.more_services} more services` : "";
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+// An edge whose error ratio is above this is drawn red.
+const ERROR_RATIO_ALERT = 0.05;
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function rate(r) { return r >= 10 ? r.toFixed(0) : r.toFixed(1); }
+function percent(r) { return (100 * r).toFixed(r > 0 && r < 0.01 ? 2 : 1) + "%"; }
+
+// renderGraph draws callers on the left, callees on the right, and an
+// arrow per edge labelled with its call rate and error ratio; the table
+// below lists the same edges.
+function renderGraph(graph) {
+  const section = document.getElementById("graph-section");
+  section.hidden = !graph;
+  if (!graph) return;
+  const edges = graph.edges || [];
+  const sources = [...new Set(edges.map((e) => e.source))].sort();
+  const dests = [...new Set(edges.map((e) => e.destination))].sort();
+  const rowH = 34, boxW = 180, boxH = 24, width = 760;
+  const height = Math.max(sources.length, dests.length, 1) * rowH + 10;
+  const left = 10, right = width - boxW - 10;
+  const y = (list, name) => 10 + list.indexOf(name) * rowH;
+  const box = (x, yy, name, side) => svg("g", { class: "node", "data-service": name, "data-side": side },
+    svg("rect", { x, y: yy, width: boxW, height: boxH, rx: 4 }),
+    svg("text", { x: x + 8, y: yy + 16 }, name));
+  const pic = document.getElementById("graph");
+  pic.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  pic.setAttribute("height", String(height));
+  const lines = edges.map((e) => {
+    const y1 = y(sources, e.source) + boxH / 2, y2 = y(dests, e.destination) + boxH / 2;
+    const x1 = left + boxW, x2 = right;
+    const bad = e.error_ratio > ERROR_RATIO_ALERT;
+    return svg("g", { class: "edge" + (bad ? " errors" : ""), "data-source": e.source, "data-destination": e.destination },
+      svg("line", { x1, y1, x2, y2, "stroke-width": Math.min(1 + Math.log10(1 + e.rate_per_second) * 2, 8) }),
+      svg("text", { x: (x1 + x2) / 2 - 40, y: (y1 + y2) / 2 - 4 }, `${rate(e.rate_per_second)}/s, ${percent(e.error_ratio)} errors`));
+  });
+  pic.replaceChildren(...lines,
+    ...sources.map((n) => box(left, y(sources, n), n, "source")),
+    ...dests.map((n) => box(right, y(dests, n), n, "destination")));
+
+  const body = document.querySelector("#edges tbody");
+  body.replaceChildren(...edges.map((e) => el("tr", {
+    "data-edge": `${e.source}->${e.destination}`, class: e.error_ratio > ERROR_RATIO_ALERT ? "errors" : "",
+  }, el("td", {}, e.source), el("td", {}, e.destination), el("td", { class: "rate" }, rate(e.rate_per_second)),
+  el("td", { class: "error-ratio" }, percent(e.error_ratio)), el("td", {}, String(e.in_progress)),
+  el("td", { class: "succeeded" }, String(e.succeeded)), el("td", { class: "errored" }, String(e.errored)))));
+  const total = edges.length + (graph.more_edges || 0);
+  document.getElementById("graph-summary").textContent = `(${total} ${total === 1 ? "edge" : "edges"})`;
+  const more = document.getElementById("edges-more");
+  more.hidden = !graph.more_edges;
+  more.textContent = graph.more_edges ? `and ${graph.more_edges} quieter edges` : "";
+}
+
 function renderClients(clients) {
   const body = document.querySelector("#clients tbody");
   const rows = (clients.clients || []).map((c) => {
@@ -94,6 +153,7 @@ async function poll() {
     if (!resp.ok) throw new Error(await resp.text());
     const state = await resp.json();
     renderServices(state);
+    renderGraph(state.graph);
     renderClients(state.clients);
     renderConsul(state.consul);
     document.getElementById("updated").textContent = "updated " + new Date(state.generated_at).toLocaleTimeString();

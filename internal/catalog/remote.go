@@ -62,7 +62,8 @@ type RemoteConfig struct {
 	// Required.
 	Targets <-chan []Target
 	// LocalDatacenter is the local agent's datacenter, whose targets are
-	// ignored. Default: asked from the agent (/v1/agent/self) by Run.
+	// ignored. Default: the datacenter of the local catalog's instances
+	// (targets wait until a local snapshot names it).
 	LocalDatacenter string
 	// ZoneMetaKeys are Config.ZoneMetaKeys. Default: "zone".
 	ZoneMetaKeys []string
@@ -125,24 +126,9 @@ type joined struct {
 }
 
 // Run joins and publishes until ctx is done, then stops every query and
-// waits for them. It returns an error only when it cannot learn the local
-// datacenter before ctx is done.
+// waits for them. It returns nil.
 func (r *Remote) Run(ctx context.Context) error {
 	local := r.cfg.LocalDatacenter
-	for local == "" {
-		dc, err := r.localDatacenter(ctx)
-		if err == nil {
-			local = dc
-			break
-		}
-		r.logger.Warn("cannot learn the local datacenter yet; failover datacenters are not read", "error", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("catalog: remote datacenters: %w", err)
-		case <-time.After(time.Second):
-		}
-	}
-
 	reads := make(chan remoteRead)
 	watches := map[Target]*targetWatch{}
 	defer func() {
@@ -155,47 +141,24 @@ func (r *Remote) Run(ctx context.Context) error {
 	}()
 	var (
 		snap    *model.Snapshot
+		targets []Target
 		remote  = map[Target][]model.Instance{}
 		gens    = map[string]uint64{} // per service, bumped on every remote change
 		memo    = map[string]joined{}
 		changed bool
 	)
 	for {
+		retarget := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case s := <-r.cfg.Catalogs:
 			snap, changed = s, true
-		case targets := <-r.cfg.Targets:
-			want := map[Target]bool{}
-			for _, t := range targets {
-				if t.Datacenter != local && t.Service != "" && t.Datacenter != "" {
-					want[t] = true
-				}
+			if local == "" {
+				local, retarget = localDatacenter(s), true
 			}
-			for t, w := range watches {
-				if !want[t] {
-					w.cancel()
-					<-w.done
-					delete(watches, t)
-					if _, ok := remote[t]; ok {
-						delete(remote, t)
-						gens[t.Service]++
-						changed = true
-					}
-				}
-			}
-			for t := range want {
-				if watches[t] == nil {
-					wctx, cancel := context.WithCancel(ctx)
-					w := &targetWatch{cancel: cancel, done: make(chan struct{})}
-					watches[t] = w
-					go func() {
-						defer close(w.done)
-						r.watch(wctx, t, reads)
-					}()
-				}
-			}
+		case targets = <-r.cfg.Targets:
+			retarget = true
 		case rd := <-reads:
 			if watches[rd.target] == nil {
 				continue // a read of a target dropped meanwhile
@@ -204,12 +167,75 @@ func (r *Remote) Run(ctx context.Context) error {
 			gens[rd.target.Service]++
 			changed = true
 		}
+		if retarget && local != "" {
+			if r.retarget(ctx, local, targets, watches, reads, remote, gens) {
+				changed = true
+			}
+		}
 		if snap == nil || !changed {
 			continue
 		}
 		changed = false
 		r.snapshots.Publish(join(snap, remote, gens, memo))
 	}
+}
+
+// retarget starts the queries of the targets not running yet and stops
+// those no longer wanted, dropping their instances; it reports whether
+// instances were dropped.
+func (r *Remote) retarget(ctx context.Context, local string, targets []Target, watches map[Target]*targetWatch, reads chan<- remoteRead, remote map[Target][]model.Instance, gens map[string]uint64) bool {
+	want := map[Target]bool{}
+	for _, t := range targets {
+		if t.Service == "" || t.Datacenter == "" {
+			continue
+		}
+		if t.Datacenter == local {
+			r.logger.Warn("a failover datacenter is the local datacenter; ignored", "service", t.Service, "datacenter", t.Datacenter)
+			continue
+		}
+		want[t] = true
+	}
+	dropped := false
+	for t, w := range watches {
+		if want[t] {
+			continue
+		}
+		w.cancel()
+		<-w.done
+		delete(watches, t)
+		if _, ok := remote[t]; ok {
+			delete(remote, t)
+			gens[t.Service]++
+			dropped = true
+		}
+	}
+	for t := range want {
+		if watches[t] != nil {
+			continue
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		w := &targetWatch{cancel: cancel, done: make(chan struct{})}
+		watches[t] = w
+		go func() {
+			defer close(w.done)
+			r.watch(wctx, t, reads)
+		}()
+	}
+	return dropped
+}
+
+// localDatacenter is the datacenter of the local catalog's instances
+// (every snapshot holds Consul's own "consul" service), "" when it holds
+// none.
+func localDatacenter(s *model.Snapshot) string {
+	for _, name := range s.ServiceNames() {
+		for _, inst := range s.Services[name].Instances {
+			if inst.Datacenter != "" {
+				return inst.Datacenter
+			}
+		}
+	}
+	return ""
 }
 
 // join returns snap with the remote instances added, reusing memo's
@@ -290,18 +316,4 @@ func (r *Remote) watch(ctx context.Context, t Target, out chan<- remoteRead) {
 		MinInterval:  r.cfg.MinInterval,
 		MaxBackoff:   r.cfg.MaxBackoff,
 	})
-}
-
-// localDatacenter asks the agent for its datacenter.
-func (r *Remote) localDatacenter(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var self struct{ Config struct{ Datacenter string } }
-	if _, err := r.cfg.Client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
-		return "", err
-	}
-	if self.Config.Datacenter == "" {
-		return "", errors.New("the agent reports no datacenter")
-	}
-	return self.Config.Datacenter, nil
 }

@@ -73,4 +73,3 @@ func TestZonesApplied(t *testing.T) {
 		}
 	}
 }
-

@@ -282,6 +282,7 @@ func join(snap *model.Snapshot, remote map[Target][]model.Instance, gens map[str
 // watch reads one target until ctx is done, sending every change on out.
 func (r *Remote) watch(ctx context.Context, t Target, out chan<- remoteRead) {
 	name := fmt.Sprintf("service %q in datacenter %q", t.Service, t.Datacenter)
+	failing := false // Failed and Succeeded run on this goroutine
 	consulwatch.Run(ctx, nil, consulwatch.Query[[]model.Instance]{
 		Name: name,
 		Fetch: func(opts *api.QueryOptions) ([]model.Instance, *api.QueryMeta, error) {
@@ -308,8 +309,19 @@ func (r *Remote) watch(ctx context.Context, t Target, out chan<- remoteRead) {
 				return false
 			}
 		},
+		// Logged when reads start failing and when they recover, not on
+		// every retry: a datacenter Consul does not know fails forever.
 		Failed: func(err *consulwatch.Error, retryIn time.Duration) {
-			r.logger.Warn("cannot read a failover datacenter", "service", t.Service, "datacenter", t.Datacenter, "error", err, "retry_in", retryIn)
+			if !failing {
+				failing = true
+				r.logger.Warn("cannot read a failover datacenter; its instances last read (if any) are kept until it answers", "service", t.Service, "datacenter", t.Datacenter, "error", err, "retry_in", retryIn)
+			}
+		},
+		Succeeded: func(*api.QueryMeta) {
+			if failing {
+				failing = false
+				r.logger.Info("failover datacenter read again", "service", t.Service, "datacenter", t.Datacenter)
+			}
 		},
 		SkipFiltered: true,
 		WaitTime:     r.cfg.WaitTime,

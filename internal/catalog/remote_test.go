@@ -59,7 +59,7 @@ func wantInstances(service string, want map[string]string) func(*model.Snapshot)
 // instances of the targeted service in dc2 (every one, with its health and
 // zone) join the local catalog's; a health change in dc2 arrives; an
 // untargeted service of dc2 is never read; a target of the local
-// datacenter is ignored; dropping the target drops the instances.
+// datacenter is ignored, one of an unknown datacenter only logged; dropping the target drops the instances.
 func TestRemoteJoinsFailoverDatacenter(t *testing.T) {
 	dc1 := consultest.Start(t, consultest.Options{})
 	dc2 := consultest.Start(t, consultest.Options{Datacenter: "dc2", NodeName: "node-1", JoinWAN: dc1})
@@ -80,7 +80,8 @@ func TestRemoteJoinsFailoverDatacenter(t *testing.T) {
 
 	onlyLocal := map[string]string{"node-1/echo-1": "dc1//passing"}
 	first := nextJoined(t, r, 20*time.Second, wantInstances("echo", onlyLocal))
-	targets.Publish([]Target{{Service: "echo", Datacenter: "dc2"}, {Service: "echo", Datacenter: "dc1"}})
+	// dc9 does not exist: its reads fail, the others are served.
+	targets.Publish([]Target{{Service: "echo", Datacenter: "dc2"}, {Service: "echo", Datacenter: "dc1"}, {Service: "echo", Datacenter: "dc9"}})
 	joined := nextJoined(t, r, 20*time.Second, wantInstances("echo", map[string]string{
 		"node-1/echo-1": "dc1//passing", "dc2/node-1/echo-1": "dc2/z2/passing"}))
 	if joined.Services["consul"] != first.Services["consul"] {

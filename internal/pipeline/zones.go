@@ -26,16 +26,7 @@ func (p *Pipeline) applyZones(in translate.Input, res *translate.Result, base ma
 	if p.cfg.Zones == nil || res == nil {
 		return
 	}
-	split := p.zones.Split(in, res)
-	variants := make(map[string]map[string]types.Resource, len(split))
-	for zone, byName := range split {
-		m := make(map[string]types.Resource, len(byName))
-		for name, cla := range byName {
-			m[name] = cla
-		}
-		variants[zone] = m
-	}
-	for zone, r := range p.cfg.Zones.Apply(base, variants) {
+	for zone, r := range p.cfg.Zones.Apply(base, p.zones.Split(in, res)) {
 		if r.Err != nil {
 			p.metrics.applyErrors.Inc()
 			p.logger.Error("the zone cache refused load assignments; they keep their previous version", "zone", zone, "error", r.Err)

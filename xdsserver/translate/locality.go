@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	"github.com/trellis-mesh/trellis/internal/model"
 	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
@@ -17,9 +18,10 @@ const DefaultMinHealthyPercent = 50
 
 // ZoneAssignments are the per-zone variants of ClusterLoadAssignments: by
 // client zone (node.locality.zone), then by cluster name, the assignment
-// the clients of that zone receive in place of the one in Resources. A
-// cluster without a variant for a zone is served its Resources assignment.
-type ZoneAssignments map[string]map[string]*endpointv3.ClusterLoadAssignment
+// (a *endpointv3.ClusterLoadAssignment) the clients of that zone receive
+// in place of the one in Resources. A cluster without a variant for a zone
+// is served its Resources assignment.
+type ZoneAssignments map[string]map[string]types.Resource
 
 // Zone-aware routing. A cluster whose priority-0 endpoints span two zones
 // or more gets one variant per zone Z: Z's localities at priority 0, the
@@ -39,11 +41,15 @@ type ZoneAssignments map[string]map[string]*endpointv3.ClusterLoadAssignment
 
 // ZoneSplitter computes ZoneAssignments, reusing the variants of every
 // cluster whose base assignment, service and policy are unchanged since
-// the previous call. Split may be called from several goroutines; calls
-// are serialized.
+// the previous call, and updating its result in place: a call costs a few
+// pointer comparisons per cluster plus the work for what changed. Split
+// may be called from several goroutines; calls are serialized.
 type ZoneSplitter struct {
-	mu   sync.Mutex
-	memo map[string]zoneMemo // by cluster name; guarded by mu
+	mu sync.Mutex
+	// Guarded by mu.
+	memo map[string]*zoneMemo // by cluster name
+	out  ZoneAssignments
+	gen  uint64
 }
 
 type zoneMemo struct {
@@ -52,49 +58,85 @@ type zoneMemo struct {
 	pol  *policyv1.ServicePolicy
 	// variants by zone; nil when the cluster has none.
 	variants map[string]*endpointv3.ClusterLoadAssignment
+	// gen is the Split call that last saw the cluster.
+	gen uint64
 }
 
 // Split returns the zone variants of res, the translation of in. The
-// assignments returned are shared and must not be modified.
+// result is shared, must not be modified, and is updated by the next call.
 func (z *ZoneSplitter) Split(in Input, res *Result) ZoneAssignments {
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	out := ZoneAssignments{}
-	if in.Catalog == nil || res == nil {
-		z.memo = nil
-		return out
+	if z.memo == nil {
+		z.memo, z.out = map[string]*zoneMemo{}, ZoneAssignments{}
 	}
-	panicking := make(map[string]bool, len(res.Panicking))
-	for _, c := range res.Panicking {
-		panicking[c] = true
+	z.gen++
+	var panicking map[string]bool
+	if res != nil && len(res.Panicking) > 0 {
+		panicking = make(map[string]bool, len(res.Panicking))
+		for _, c := range res.Panicking {
+			panicking[c] = true
+		}
 	}
-	next := make(map[string]zoneMemo, len(z.memo))
-	add := func(cname string, svc *model.Service, pol *policyv1.ServicePolicy, instances func() *model.Service) {
-		base := res.Resources.Endpoints[cname]
-		if base == nil || panicking[cname] {
-			return
-		}
-		m, ok := z.memo[cname]
-		if !ok || m.base != base || m.svc != svc || m.pol != pol {
-			m = zoneMemo{base: base, svc: svc, pol: pol, variants: zoneVariants(base, instances(), minHealthyPercent(pol))}
-		}
-		next[cname] = m
-		for zone, v := range m.variants {
-			if out[zone] == nil {
-				out[zone] = map[string]*endpointv3.ClusterLoadAssignment{}
+	if in.Catalog != nil && res != nil {
+		for name, svc := range in.Catalog.Services {
+			pol := in.Policies[name]
+			z.cluster(name, res.Resources.Endpoints[name], svc, pol, nil, panicking[name])
+			for _, subset := range pol.GetSubsets() {
+				cname := SubsetClusterName(name, subset.GetName())
+				z.cluster(cname, res.Resources.Endpoints[cname], svc, pol, subset, panicking[cname])
 			}
-			out[zone][cname] = v
 		}
 	}
-	for name, svc := range in.Catalog.Services {
-		pol := in.Policies[name]
-		add(name, svc, pol, func() *model.Service { return svc })
-		for _, subset := range pol.GetSubsets() {
-			add(SubsetClusterName(name, subset.GetName()), svc, pol, func() *model.Service { return subsetInstances(svc, subset) })
+	for cname, m := range z.memo {
+		if m.gen != z.gen {
+			z.setVariants(cname, m, nil)
+			delete(z.memo, cname)
 		}
 	}
-	z.memo = next
-	return out
+	return z.out
+}
+
+// cluster brings the variants of one cluster up to date; z.mu is held.
+func (z *ZoneSplitter) cluster(cname string, base *endpointv3.ClusterLoadAssignment, svc *model.Service, pol *policyv1.ServicePolicy, subset *policyv1.Subset, panicking bool) {
+	if base == nil || panicking {
+		return // dropped as unseen
+	}
+	m := z.memo[cname]
+	if m == nil {
+		m = &zoneMemo{}
+		z.memo[cname] = m
+	}
+	m.gen = z.gen
+	if m.base == base && m.svc == svc && m.pol == pol {
+		return
+	}
+	m.base, m.svc, m.pol = base, svc, pol
+	instances := svc
+	if subset != nil {
+		instances = subsetInstances(svc, subset)
+	}
+	z.setVariants(cname, m, zoneVariants(base, instances, minHealthyPercent(pol)))
+}
+
+// setVariants replaces m's variants of cluster cname in z.out; z.mu is
+// held.
+func (z *ZoneSplitter) setVariants(cname string, m *zoneMemo, variants map[string]*endpointv3.ClusterLoadAssignment) {
+	for zone := range m.variants {
+		if _, ok := variants[zone]; !ok {
+			delete(z.out[zone], cname)
+			if len(z.out[zone]) == 0 {
+				delete(z.out, zone)
+			}
+		}
+	}
+	for zone, v := range variants {
+		if z.out[zone] == nil {
+			z.out[zone] = map[string]types.Resource{}
+		}
+		z.out[zone][cname] = v
+	}
+	m.variants = variants
 }
 
 func minHealthyPercent(pol *policyv1.ServicePolicy) uint32 {
@@ -159,11 +201,12 @@ func zoneVariants(base *endpointv3.ClusterLoadAssignment, svc *model.Service, mi
 				Priority:            p,
 			})
 		}
-		// Own zone first; the order within a priority is the base's.
+		// Own zone first; the order within a priority is the base's. The
+		// base passed validation, and a variant differs from it only in
+		// priorities, which stay contiguous from 0: the zone's localities
+		// take 0, every other one moves down by one (the base's priorities
+		// are contiguous and its priority 0 holds another zone).
 		sort.SliceStable(v.Endpoints, func(a, b int) bool { return v.Endpoints[a].Priority < v.Endpoints[b].Priority })
-		if v.ValidateAll() != nil {
-			continue // never serve what the base would not be
-		}
 		if variants == nil {
 			variants = map[string]*endpointv3.ClusterLoadAssignment{}
 		}

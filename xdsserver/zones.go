@@ -60,6 +60,9 @@ type ZoneCaches struct {
 	// refused are the zones left without a cache (MaxZones); guarded by
 	// mu.
 	refused map[string]bool
+	// applied is, per zone, the EDS state last applied to its cache;
+	// guarded by mu.
+	applied map[string]map[string]types.Resource
 }
 
 // NewZoneCaches returns ZoneCaches without any zone.
@@ -72,13 +75,16 @@ func NewZoneCaches(cfg ZoneCachesConfig) *ZoneCaches {
 		cfg.MaxZones = DefaultMaxZones
 	}
 	return &ZoneCaches{logger: logger, maxZones: cfg.MaxZones, caches: map[string]*xdscache.Cache{},
-		watchers: map[string]cache.Cache{}, refused: map[string]bool{}}
+		watchers: map[string]cache.Cache{}, refused: map[string]bool{}, applied: map[string]map[string]types.Resource{}}
 }
 
 // Apply gives every zone's cache its EDS state: base (the shared
 // assignments, by cluster name) with the zone's variants (variants[zone],
 // by cluster name) in their place. Zones in variants that have no cache
-// yet get one. base and variants are read only.
+// yet get one. Each cache is handed only what changed for it (compared by
+// value identity with what it was last given), so an apply costs a
+// pointer comparison per assignment and zone, plus what changed. base and
+// variants are read only and not kept.
 func (z *ZoneCaches) Apply(base map[string]types.Resource, variants map[string]map[string]types.Resource) map[string]xdscache.ApplyResult {
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -101,16 +107,43 @@ func (z *ZoneCaches) Apply(base map[string]types.Resource, variants map[string]m
 	}
 	out := make(map[string]xdscache.ApplyResult, len(z.caches))
 	for zone, c := range z.caches {
-		eds := base
-		if v := variants[zone]; len(v) > 0 {
-			eds = maps.Clone(base)
-			for name, cla := range v {
-				if _, ok := eds[name]; ok {
-					eds[name] = cla
+		v := variants[zone]
+		last, ok := z.applied[zone]
+		if !ok {
+			full := make(map[string]types.Resource, len(base))
+			for name, r := range base {
+				if vr, ok := v[name]; ok {
+					r = vr
+				}
+				full[name] = r
+			}
+			z.applied[zone] = full
+			out[zone] = c.Apply(xdscache.Resources{resource.EndpointType: maps.Clone(full)})
+			continue
+		}
+		updated := map[string]types.Resource{}
+		for name, r := range base {
+			if vr, ok := v[name]; ok {
+				r = vr
+			}
+			if last[name] != r {
+				updated[name], last[name] = r, r
+			}
+		}
+		var deleted []string
+		if len(last) > len(base) {
+			for name := range last {
+				if _, ok := base[name]; !ok {
+					deleted = append(deleted, name)
+					delete(last, name)
 				}
 			}
 		}
-		out[zone] = c.Apply(xdscache.Resources{resource.EndpointType: eds})
+		if len(updated) == 0 && len(deleted) == 0 {
+			continue
+		}
+		sort.Strings(deleted)
+		out[zone] = c.ApplyDelta(xdscache.Resources{resource.EndpointType: updated}, map[string][]string{resource.EndpointType: deleted})
 	}
 	return out
 }

@@ -74,9 +74,9 @@ func TestZoneCachesDispatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := map[string]types.Resource{"svc": cla("svc", 1000), "other": cla("other", 2000)}
-	next := map[string]xdscache.Resources{}
+	next := map[string]xdscache.Change{}
 	for _, p := range pc.Profiles() {
-		next[p.Name] = xdscache.Resources{resource.EndpointType: base}
+		next[p.Name] = xdscache.Change{Full: xdscache.Resources{resource.EndpointType: base}}
 	}
 	for name, r := range pc.Apply(next) {
 		if r.Err != nil {
@@ -138,5 +138,17 @@ func TestZoneCachesDispatch(t *testing.T) {
 	node := &corev3.Node{Id: "n", UserAgentName: "gRPC Go", Locality: &corev3.Locality{Zone: "a"}}
 	if got := fetchPort(ctx, t, lis.Addr().String(), node, "svc"); got != 1000 {
 		t.Errorf("zone a without a variant: endpoint port %d, want the shared 1000", got)
+	}
+
+	// Only what changed reaches a zone's cache: an unchanged assignment
+	// keeps its version, a removed one leaves.
+	_, before, _ := zones.Cache("b").Resource(resource.EndpointType, "svc")
+	zones.Apply(map[string]types.Resource{"svc": base["svc"]}, map[string]map[string]types.Resource{"b": {"svc": cla("svc", 1002)}})
+	_, after, _ := zones.Cache("b").Resource(resource.EndpointType, "svc")
+	if names := zones.Cache("b").Names(resource.EndpointType); len(names) != 1 || names[0] != "svc" {
+		t.Errorf("zone b assignments after other left: %v, want [svc]", names)
+	}
+	if before == "" || before != after {
+		t.Errorf("zone b's svc variant: version %q then %q, want it unchanged (an equal variant)", before, after)
 	}
 }

@@ -303,7 +303,7 @@ func (p *Pipeline) apply(in translate.Input) {
 	}
 	p.logSkips(skips)
 	p.logPanics(panicking)
-	p.applyZones(in, first, endpointsOf(next[p.cfg.Profiles[0].Name]))
+	p.applyZones(in, first)
 	results := p.cfg.Cache.Apply(next)
 	p.metrics.duration.Observe(time.Since(start).Seconds())
 	p.metrics.applies.Inc()

@@ -17,15 +17,16 @@ type ZoneCache interface {
 }
 
 // applyZones computes the zone variants of res, the first profile's
-// translation of in, and applies them with base, its assignments, to
+// translation of in, and applies them with its assignments to
 // Config.Zones. Assignments do not differ between profiles, so the first
 // profile's serve every client. It runs before the profile caches are
 // applied, so that a zone's clients have their assignments when the
 // clusters naming them arrive.
-func (p *Pipeline) applyZones(in translate.Input, res *translate.Result, base map[string]types.Resource) {
+func (p *Pipeline) applyZones(in translate.Input, res *translate.Result) {
 	if p.cfg.Zones == nil || res == nil {
 		return
 	}
+	base := res.Resources.ByTypeURL()[resource.EndpointType]
 	for zone, r := range p.cfg.Zones.Apply(base, p.zones.Split(in, res)) {
 		if r.Err != nil {
 			p.metrics.applyErrors.Inc()
@@ -33,6 +34,3 @@ func (p *Pipeline) applyZones(in translate.Input, res *translate.Result, base ma
 		}
 	}
 }
-
-// endpointsOf is the EDS part of resources.
-func endpointsOf(r xdscache.Resources) map[string]types.Resource { return r[resource.EndpointType] }

@@ -13,8 +13,10 @@ const (
 	DefaultMinHealthyPercent = 50
 )
 
-// datacenterPattern is Consul's rule for datacenter names.
-var datacenterPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+// datacenterPattern is Consul's rule for datacenter names, which Consul
+// lower-cases (instances report their datacenter in lower case, so an
+// upper-case name would never match one).
+var datacenterPattern = regexp.MustCompile(`^[a-z0-9_-]+$`)
 
 // failover checks the failover datacenters: each a Consul datacenter name,
 // listed once, at most maxFailoverDatacenters of them (each is one more
@@ -38,7 +40,7 @@ func (v *validator) failover(f string, fo *policyv1.Failover) {
 		case dc == "":
 			v.errorf(fi, "empty: a Consul datacenter name is required")
 		case len(dc) > maxDatacenterNameLength || !datacenterPattern.MatchString(dc):
-			v.errorf(fi, "%q is not a Consul datacenter name: use letters, digits, '-' and '_', at most %d characters", dc, maxDatacenterNameLength)
+			v.errorf(fi, "%q is not a Consul datacenter name: use lower-case letters, digits, '-' and '_', at most %d characters (Consul lower-cases datacenter names)", dc, maxDatacenterNameLength)
 		default:
 			if j, dup := seen[dc]; dup {
 				v.errorf(fi, "%q is already listed at datacenters[%d]: list each datacenter once", dc, j)

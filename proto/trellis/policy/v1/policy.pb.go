@@ -155,8 +155,8 @@ func (x *ServicePolicy) GetLocality() *Locality {
 // datacenter as soon as one of its instances is healthy again.
 type Failover struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Consul datacenter names (letters, digits, '-' and '_', at most 64
-	// characters), 1 to 8 of them, each once. The datacenters must be
+	// Consul datacenter names (lower-case letters, digits, '-' and '_', at
+	// most 64 characters), 1 to 8 of them, each once. The datacenters must be
 	// WAN-federated with the local one; the local datacenter, if listed, is
 	// ignored (and logged).
 	Datacenters   []string `protobuf:"bytes,1,rep,name=datacenters,proto3" json:"datacenters,omitempty"`

@@ -214,8 +214,11 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
+	// Clients that know their zone are served its variants of the load
+	// assignments.
+	zones := xdsserver.NewZoneCaches(xdsserver.ZoneCachesConfig{Logger: logger.With("component", "xdscache")})
 	xds, err := xdsserver.New(xdsserver.Config{
-		Watcher:       cache.ConfigWatcher(),
+		Watcher:       zones.Wrap(cache.ConfigWatcher()),
 		Logger:        logger.With("component", "xds"),
 		Registerer:    registry,
 		ServerOptions: stls.xdsServerOptions(),
@@ -247,9 +250,23 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	base := security.base
 	xdsScope.follow(base, security.watcher.Latest)
 	loadReports.identifyBy(base)
-	pipe, err := pipeline.New(pipeline.Config{
+	// The catalog joined with the failover datacenters' instances of the
+	// services whose policies ask for them.
+	tee := newPolicyTee(policies.watcher.Snapshots())
+	remote, err := catalog.NewRemote(catalog.RemoteConfig{
+		Client:       client,
 		Catalogs:     watcher.Snapshots(),
-		Policies:     policies.watcher.Snapshots(),
+		Targets:      tee.targets.C(),
+		ZoneMetaKeys: opts.zoneMetaKeys,
+		Logger:       logger.With("component", "catalog"),
+	})
+	if err != nil {
+		return err
+	}
+	pipe, err := pipeline.New(pipeline.Config{
+		Catalogs:     remote.Snapshots(),
+		Policies:     tee.policies.C(),
+		Zones:        zones,
 		Security:     security.snapshots(),
 		BaseSecurity: &base,
 		Cache:        cache,
@@ -350,6 +367,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return adminServer.Serve(ctx, adminLis) })
 	g.Go(func() error { return watcher.Run(ctx) })
+	g.Go(func() error { return remote.Run(ctx) })
+	g.Go(func() error { return tee.run(ctx) })
 	g.Go(func() error { acl.Run(ctx); return nil })
 	g.Go(func() error { return policies.run(ctx) })
 	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })

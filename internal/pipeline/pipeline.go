@@ -87,6 +87,10 @@ type Config struct {
 	// Registerer receives the trellis_translate_* and
 	// trellis_pipeline_* metrics. Default: nil, not registered.
 	Registerer prometheus.Registerer
+	// Zones, when set, receives the per-zone variants of the load
+	// assignments (zones.go). Default: nil, every client of a profile is
+	// served the same assignments.
+	Zones ZoneCache
 }
 
 // Pipeline runs the join-translate-apply loop. Create it with New and run
@@ -95,6 +99,7 @@ type Pipeline struct {
 	cfg         Config
 	logger      *slog.Logger
 	translators []*translate.Translator
+	zones       translate.ZoneSplitter
 	metrics     metrics
 	synced      chan struct{}
 	isSynced    atomic.Bool
@@ -266,6 +271,7 @@ func (p *Pipeline) apply(in translate.Input) {
 		panicking []string
 		seen      = map[string]bool{}
 		adapted   = map[string]int{}
+		first     *translate.Result
 	)
 	for i, tr := range p.translators {
 		name := p.cfg.Profiles[i].Name
@@ -280,7 +286,7 @@ func (p *Pipeline) apply(in translate.Input) {
 			next[name] = xdscache.Change{Updated: res.Delta.Updated, Deleted: res.Delta.Deleted}
 		}
 		if i == 0 {
-			panicking = res.Panicking
+			panicking, first = res.Panicking, res
 		}
 		for _, s := range res.Skipped {
 			if i > 0 && s.Profile == "" {
@@ -297,6 +303,7 @@ func (p *Pipeline) apply(in translate.Input) {
 	}
 	p.logSkips(skips)
 	p.logPanics(panicking)
+	p.applyZones(in, first)
 	results := p.cfg.Cache.Apply(next)
 	p.metrics.duration.Observe(time.Since(start).Seconds())
 	p.metrics.applies.Inc()

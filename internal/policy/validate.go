@@ -203,6 +203,12 @@ func (v *validator) policy() {
 	if p.OutlierDetection != nil {
 		v.outlierDetection("outlier_detection", p.OutlierDetection)
 	}
+	if p.Failover != nil {
+		v.failover("failover", p.Failover)
+	}
+	if p.Locality != nil {
+		v.locality("locality", p.Locality)
+	}
 	v.hashPolicyTargets()
 }
 

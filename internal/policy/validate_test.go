@@ -81,6 +81,8 @@ outlier_detection:
   max_ejection_percent: 50
   success_rate: {stdev_factor: 1000, enforcement_percentage: 100, minimum_hosts: 3, request_volume: 10}
   failure_percentage: {threshold: 60, enforcement_percentage: 90, minimum_hosts: 2, request_volume: 5}
+failover: {datacenters: [dc2, dc-3_b]}
+locality: {min_healthy_percent: 60}
 `
 
 // otherPolicy is the stored policy of service "other" in testEnv.
@@ -281,6 +283,25 @@ func TestValidateViolations(t *testing.T) {
 			wantField: "service", wantDesc: "not a valid service name"},
 		{name: "service with space", mutate: func(p *policyv1.ServicePolicy) { *p = policyv1.ServicePolicy{Service: "echo service"} },
 			wantField: "service", wantDesc: "use letters, digits"},
+
+		// Failover and locality.
+		{name: "failover without datacenters", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters = nil },
+			wantField: "failover.datacenters", wantDesc: "list 1 to 8 Consul datacenters"},
+		{name: "failover too many datacenters", mutate: func(p *policyv1.ServicePolicy) {
+			p.Failover.Datacenters = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
+		}, wantField: "failover.datacenters", wantDesc: "at most 8"},
+		{name: "failover datacenter empty", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters[1] = "" },
+			wantField: "failover.datacenters[1]", wantDesc: "a Consul datacenter name is required"},
+		{name: "failover datacenter malformed", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters[1] = "dc 2" },
+			wantField: "failover.datacenters[1]", wantDesc: "lower-case letters, digits, '-' and '_'"},
+		{name: "failover datacenter upper case", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters[1] = "DC3" },
+			wantField: "failover.datacenters[1]", wantDesc: "Consul lower-cases datacenter names"},
+		{name: "failover datacenter too long", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters[0] = strings.Repeat("d", 65) },
+			wantField: "failover.datacenters[0]", wantDesc: "at most 64 characters"},
+		{name: "failover datacenter twice", mutate: func(p *policyv1.ServicePolicy) { p.Failover.Datacenters[1] = "dc2" },
+			wantField: "failover.datacenters[1]", wantDesc: "already listed at datacenters[0]"},
+		{name: "locality percent out of range", mutate: func(p *policyv1.ServicePolicy) { p.Locality.MinHealthyPercent = u32(101) },
+			wantField: "locality.min_healthy_percent", wantDesc: "use 0 to 100 (unset: 50)"},
 
 		// Subsets.
 		{name: "subset name missing", mutate: func(p *policyv1.ServicePolicy) { addSubset(p, &policyv1.Subset{Tags: []string{"x"}}) },

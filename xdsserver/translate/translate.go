@@ -324,7 +324,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // when it has one and its security when sec is not nil.
 func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters clusterIndex, opts Options, sec *serviceSecurity) (*serviceResources, []Skip, error) {
 	name := svc.Name
-	cla, skips, panicking := loadAssignment(svc, name, opts)
+	cla, skips, panicking := serviceLoadAssignment(svc, name, pol.GetFailover(), opts)
 	lis, err := clientListener(name, usesFault(pol))
 	if err != nil {
 		return nil, nil, err
@@ -356,7 +356,7 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 			return nil, nil, err
 		}
 		// Problems with instances were reported for the whole service.
-		subsetCLA, _, subsetPanicking := loadAssignment(subsetInstances(svc, subset), cname, opts)
+		subsetCLA, _, subsetPanicking := serviceLoadAssignment(subsetInstances(svc, subset), cname, pol.GetFailover(), opts)
 		if subsetPanicking {
 			out.panicking = append(out.panicking, cname)
 		}

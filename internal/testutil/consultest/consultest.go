@@ -86,6 +86,13 @@ type Options struct {
 	// HCL fragments are passed to the agent as -hcl flags after the
 	// package's own, e.g. TLS settings. Default: none.
 	HCL []string
+	// JoinWAN, when set, makes this agent a second datacenter federated
+	// with JoinWAN's: once ready (after every start and restart), the
+	// agent joins JoinWAN's serf WAN port (what `consul join -wan` does)
+	// and Start returns only when each agent lists both datacenters, so
+	// that ?dc= queries reach across. Datacenter must differ from
+	// JoinWAN's. Default: nil, a datacenter of its own.
+	JoinWAN *Agent
 	// Token is the ACL token of the package's readiness checks and of
 	// Client, for agents started with ACLs enabled through HCL, e.g.
 	// acl { enabled = true, default_policy = "deny", tokens {
@@ -348,13 +355,76 @@ func (a *Agent) launchAndWait() error {
 	if err := a.launch(); err != nil {
 		return err
 	}
-	if err := a.waitReady(); err != nil {
+	err := a.waitReady()
+	if err == nil && a.opts.JoinWAN != nil {
+		err = a.joinWAN(a.opts.JoinWAN)
+	}
+	if err != nil {
 		if stopErr := a.stop(); stopErr != nil {
 			err = errors.Join(err, stopErr)
 		}
 		return err
 	}
 	return nil
+}
+
+// SerfWANAddr returns the agent's serf WAN address, "127.0.0.1:PORT".
+func (a *Agent) SerfWANAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfWAN))
+}
+
+// joinWAN joins other's datacenter over the WAN and waits until both
+// agents list both datacenters.
+func (a *Agent) joinWAN(other *Agent) error {
+	if other.opts.Datacenter == a.opts.Datacenter {
+		return fmt.Errorf("join WAN: both agents are in datacenter %q; give this one another Datacenter", a.opts.Datacenter)
+	}
+	mine, err := a.newClient()
+	if err != nil {
+		return err
+	}
+	theirs, err := other.newClient()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(startTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if last = mine.Agent().Join(other.SerfWANAddr(), true); last == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if last != nil {
+		return fmt.Errorf("join WAN %s: %w", other.SerfWANAddr(), last)
+	}
+	want := []string{a.opts.Datacenter, other.opts.Datacenter}
+	sort.Strings(want)
+	for time.Now().Before(deadline) {
+		last = nil
+		for _, c := range []*api.Client{mine, theirs} {
+			dcs, err := c.Catalog().Datacenters()
+			if err != nil {
+				last = err
+				break
+			}
+			sort.Strings(dcs)
+			if strings.Join(dcs, ",") != strings.Join(want, ",") {
+				last = fmt.Errorf("datacenters %v, want %v", dcs, want)
+				break
+			}
+		}
+		if last == nil {
+			// The WAN pool knows both; a forwarded query proves the route.
+			if _, _, err := mine.Catalog().Nodes(&api.QueryOptions{Datacenter: other.opts.Datacenter}); err == nil {
+				return nil
+			} else {
+				last = err
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("join WAN %s: %w", other.SerfWANAddr(), last)
 }
 
 func (a *Agent) launch() error {

@@ -246,3 +246,40 @@ func TestDNSAndHCL(t *testing.T) {
 		t.Errorf("DNSAddr %q, HTTPSAddr %q by default", plain.DNSAddr(), plain.HTTPSAddr())
 	}
 }
+
+// TestJoinWAN federates two datacenters: a service registered in dc2 is
+// read through dc1's agent with ?dc=dc2, and not without it.
+func TestJoinWAN(t *testing.T) {
+	dc1 := Start(t, Options{})
+	dc2 := Start(t, Options{Datacenter: "dc2", NodeName: "node-2", JoinWAN: dc1})
+	if dc2.SerfWANAddr() == dc1.SerfWANAddr() {
+		t.Fatalf("both agents on serf WAN %s", dc1.SerfWANAddr())
+	}
+	dc2.RegisterService(t, &api.AgentServiceRegistration{Name: "echo", ID: "echo-dc2", Port: 9001})
+	c := dc1.Client(t)
+	WaitFor(t, 30*time.Second, func() error {
+		entries, _, err := c.Health().Service("echo", "", true, &api.QueryOptions{Datacenter: "dc2"})
+		if err != nil {
+			return err
+		}
+		if len(entries) != 1 || entries[0].Service.ID != "echo-dc2" || entries[0].Node.Datacenter != "dc2" {
+			return fmt.Errorf("echo in dc2 through dc1: %d entries", len(entries))
+		}
+		return nil
+	})
+	local, _, err := c.Health().Service("echo", "", false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(local) != 0 {
+		t.Errorf("echo in dc1: %d entries, want none", len(local))
+	}
+}
+
+func TestJoinWANSameDatacenter(t *testing.T) {
+	dc1 := Start(t, Options{})
+	a := &Agent{opts: Options{Datacenter: "dc1"}}
+	if err := a.joinWAN(dc1); err == nil || !strings.Contains(err.Error(), "another Datacenter") {
+		t.Fatalf("joinWAN within one datacenter: %v, want an error asking for another Datacenter", err)
+	}
+}

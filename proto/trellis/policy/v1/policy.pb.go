@@ -46,8 +46,14 @@ type ServicePolicy struct {
 	CircuitBreaker *CircuitBreaker `protobuf:"bytes,6,opt,name=circuit_breaker,json=circuitBreaker,proto3" json:"circuit_breaker,omitempty"`
 	// Ejection of misbehaving instances.
 	OutlierDetection *OutlierDetection `protobuf:"bytes,7,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Other Consul datacenters whose healthy instances take the calls when
+	// none of the local datacenter's instances is healthy.
+	Failover *Failover `protobuf:"bytes,10,opt,name=failover,proto3" json:"failover,omitempty"`
+	// How clients that know their zone (bootstrap node.locality.zone) prefer
+	// instances in it.
+	Locality      *Locality `protobuf:"bytes,11,opt,name=locality,proto3" json:"locality,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServicePolicy) Reset() {
@@ -129,6 +135,124 @@ func (x *ServicePolicy) GetOutlierDetection() *OutlierDetection {
 	return nil
 }
 
+func (x *ServicePolicy) GetFailover() *Failover {
+	if x != nil {
+		return x.Failover
+	}
+	return nil
+}
+
+func (x *ServicePolicy) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+// Failover lists the datacenters that take over, in order, when the local
+// datacenter has no healthy instance of the service: the first listed with
+// a healthy instance receives every call, and calls return to the local
+// datacenter as soon as one of its instances is healthy again.
+type Failover struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Consul datacenter names (lower-case letters, digits, '-' and '_', at
+	// most 64 characters), 1 to 8 of them, each once. The datacenters must be
+	// WAN-federated with the local one; the local datacenter, if listed, is
+	// ignored (and logged).
+	Datacenters   []string `protobuf:"bytes,1,rep,name=datacenters,proto3" json:"datacenters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Failover) Reset() {
+	*x = Failover{}
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Failover) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Failover) ProtoMessage() {}
+
+func (x *Failover) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Failover.ProtoReflect.Descriptor instead.
+func (*Failover) Descriptor() ([]byte, []int) {
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Failover) GetDatacenters() []string {
+	if x != nil {
+		return x.Datacenters
+	}
+	return nil
+}
+
+// Locality sets how calls prefer the caller's own zone.
+type Locality struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A client's own zone receives all its calls while at least this
+	// percentage of the zone's instances (those not in maintenance) is
+	// healthy;
+	// below it, calls spread over every zone of the datacenter by their
+	// healthy instances. 0 to 100: 0 keeps calls in the zone while one
+	// instance there is healthy, 100 spills as soon as one is not.
+	// Default: 50.
+	MinHealthyPercent *uint32 `protobuf:"varint,1,opt,name=min_healthy_percent,json=minHealthyPercent,proto3,oneof" json:"min_healthy_percent,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Locality) Reset() {
+	*x = Locality{}
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Locality) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Locality) ProtoMessage() {}
+
+func (x *Locality) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Locality.ProtoReflect.Descriptor instead.
+func (*Locality) Descriptor() ([]byte, []int) {
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Locality) GetMinHealthyPercent() uint32 {
+	if x != nil && x.MinHealthyPercent != nil {
+		return *x.MinHealthyPercent
+	}
+	return 0
+}
+
 // Subset selects instances of the service by tags and metadata. An instance
 // belongs to the subset when it has every listed tag and every listed
 // metadata key with the given value.
@@ -145,7 +269,7 @@ type Subset struct {
 
 func (x *Subset) Reset() {
 	*x = Subset{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +281,7 @@ func (x *Subset) String() string {
 func (*Subset) ProtoMessage() {}
 
 func (x *Subset) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +294,7 @@ func (x *Subset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subset.ProtoReflect.Descriptor instead.
 func (*Subset) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Subset) GetName() string {
@@ -214,7 +338,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -226,7 +350,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -239,7 +363,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Route) GetName() string {
@@ -322,7 +446,7 @@ type RouteSettings struct {
 
 func (x *RouteSettings) Reset() {
 	*x = RouteSettings{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +458,7 @@ func (x *RouteSettings) String() string {
 func (*RouteSettings) ProtoMessage() {}
 
 func (x *RouteSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +471,7 @@ func (x *RouteSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteSettings.ProtoReflect.Descriptor instead.
 func (*RouteSettings) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RouteSettings) GetTimeout() *durationpb.Duration {
@@ -402,7 +526,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +538,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +551,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RouteMatch) GetMethod() isRouteMatch_Method {
@@ -533,7 +657,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +669,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +682,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -678,7 +802,7 @@ type Destination struct {
 
 func (x *Destination) Reset() {
 	*x = Destination{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[6]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +814,7 @@ func (x *Destination) String() string {
 func (*Destination) ProtoMessage() {}
 
 func (x *Destination) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[6]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +827,7 @@ func (x *Destination) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destination.ProtoReflect.Descriptor instead.
 func (*Destination) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{6}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Destination) GetService() string {
@@ -729,7 +853,7 @@ type WeightedSplit struct {
 
 func (x *WeightedSplit) Reset() {
 	*x = WeightedSplit{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[7]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +865,7 @@ func (x *WeightedSplit) String() string {
 func (*WeightedSplit) ProtoMessage() {}
 
 func (x *WeightedSplit) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[7]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +878,7 @@ func (x *WeightedSplit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedSplit.ProtoReflect.Descriptor instead.
 func (*WeightedSplit) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{7}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WeightedSplit) GetDestinations() []*WeightedDestination {
@@ -776,7 +900,7 @@ type WeightedDestination struct {
 
 func (x *WeightedDestination) Reset() {
 	*x = WeightedDestination{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[8]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +912,7 @@ func (x *WeightedDestination) String() string {
 func (*WeightedDestination) ProtoMessage() {}
 
 func (x *WeightedDestination) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[8]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +925,7 @@ func (x *WeightedDestination) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedDestination.ProtoReflect.Descriptor instead.
 func (*WeightedDestination) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{8}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WeightedDestination) GetDestination() *Destination {
@@ -839,7 +963,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[9]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +975,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[9]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +988,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{9}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RetryPolicy) GetRetryOn() []string {
@@ -906,7 +1030,7 @@ type FaultInjection struct {
 
 func (x *FaultInjection) Reset() {
 	*x = FaultInjection{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[10]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1042,7 @@ func (x *FaultInjection) String() string {
 func (*FaultInjection) ProtoMessage() {}
 
 func (x *FaultInjection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[10]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1055,7 @@ func (x *FaultInjection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultInjection.ProtoReflect.Descriptor instead.
 func (*FaultInjection) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{10}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FaultInjection) GetDelay() *FaultDelay {
@@ -960,7 +1084,7 @@ type FaultDelay struct {
 
 func (x *FaultDelay) Reset() {
 	*x = FaultDelay{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[11]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1096,7 @@ func (x *FaultDelay) String() string {
 func (*FaultDelay) ProtoMessage() {}
 
 func (x *FaultDelay) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[11]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1109,7 @@ func (x *FaultDelay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultDelay.ProtoReflect.Descriptor instead.
 func (*FaultDelay) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{11}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FaultDelay) GetFixedDelay() *durationpb.Duration {
@@ -1015,7 +1139,7 @@ type FaultAbort struct {
 
 func (x *FaultAbort) Reset() {
 	*x = FaultAbort{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[12]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1151,7 @@ func (x *FaultAbort) String() string {
 func (*FaultAbort) ProtoMessage() {}
 
 func (x *FaultAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[12]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1164,7 @@ func (x *FaultAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FaultAbort.ProtoReflect.Descriptor instead.
 func (*FaultAbort) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{12}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FaultAbort) GetCode() string {
@@ -1072,7 +1196,7 @@ type HashPolicy struct {
 
 func (x *HashPolicy) Reset() {
 	*x = HashPolicy{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[13]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1208,7 @@ func (x *HashPolicy) String() string {
 func (*HashPolicy) ProtoMessage() {}
 
 func (x *HashPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[13]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1221,7 @@ func (x *HashPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashPolicy.ProtoReflect.Descriptor instead.
 func (*HashPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{13}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HashPolicy) GetPolicy() isHashPolicy_Policy {
@@ -1168,7 +1292,7 @@ type LoadBalancing struct {
 
 func (x *LoadBalancing) Reset() {
 	*x = LoadBalancing{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[14]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1304,7 @@ func (x *LoadBalancing) String() string {
 func (*LoadBalancing) ProtoMessage() {}
 
 func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[14]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1317,7 @@ func (x *LoadBalancing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadBalancing.ProtoReflect.Descriptor instead.
 func (*LoadBalancing) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{14}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LoadBalancing) GetPolicy() isLoadBalancing_Policy {
@@ -1290,7 +1414,7 @@ type RoundRobin struct {
 
 func (x *RoundRobin) Reset() {
 	*x = RoundRobin{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[15]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1426,7 @@ func (x *RoundRobin) String() string {
 func (*RoundRobin) ProtoMessage() {}
 
 func (x *RoundRobin) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[15]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1439,7 @@ func (x *RoundRobin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRobin.ProtoReflect.Descriptor instead.
 func (*RoundRobin) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{15}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{17}
 }
 
 type RingHash struct {
@@ -1331,7 +1455,7 @@ type RingHash struct {
 
 func (x *RingHash) Reset() {
 	*x = RingHash{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[16]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1467,7 @@ func (x *RingHash) String() string {
 func (*RingHash) ProtoMessage() {}
 
 func (x *RingHash) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[16]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1480,7 @@ func (x *RingHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RingHash.ProtoReflect.Descriptor instead.
 func (*RingHash) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{16}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RingHash) GetMinimumRingSize() uint64 {
@@ -1383,7 +1507,7 @@ type LeastRequest struct {
 
 func (x *LeastRequest) Reset() {
 	*x = LeastRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[17]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1519,7 @@ func (x *LeastRequest) String() string {
 func (*LeastRequest) ProtoMessage() {}
 
 func (x *LeastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[17]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1532,7 @@ func (x *LeastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeastRequest.ProtoReflect.Descriptor instead.
 func (*LeastRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{17}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LeastRequest) GetChoiceCount() uint32 {
@@ -1428,7 +1552,7 @@ type PickFirst struct {
 
 func (x *PickFirst) Reset() {
 	*x = PickFirst{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[18]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1564,7 @@ func (x *PickFirst) String() string {
 func (*PickFirst) ProtoMessage() {}
 
 func (x *PickFirst) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[18]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1577,7 @@ func (x *PickFirst) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PickFirst.ProtoReflect.Descriptor instead.
 func (*PickFirst) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{18}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PickFirst) GetShuffleAddressList() bool {
@@ -1484,7 +1608,7 @@ type WeightedRoundRobin struct {
 
 func (x *WeightedRoundRobin) Reset() {
 	*x = WeightedRoundRobin{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[19]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1620,7 @@ func (x *WeightedRoundRobin) String() string {
 func (*WeightedRoundRobin) ProtoMessage() {}
 
 func (x *WeightedRoundRobin) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[19]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1633,7 @@ func (x *WeightedRoundRobin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedRoundRobin.ProtoReflect.Descriptor instead.
 func (*WeightedRoundRobin) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{19}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WeightedRoundRobin) GetEnableOobLoadReport() bool {
@@ -1558,7 +1682,7 @@ type CircuitBreaker struct {
 
 func (x *CircuitBreaker) Reset() {
 	*x = CircuitBreaker{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[20]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1694,7 @@ func (x *CircuitBreaker) String() string {
 func (*CircuitBreaker) ProtoMessage() {}
 
 func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[20]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1707,7 @@ func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
 func (*CircuitBreaker) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{20}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CircuitBreaker) GetMaxRequests() uint32 {
@@ -1615,7 +1739,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[21]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1751,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[21]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1764,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{21}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OutlierDetection) GetInterval() *durationpb.Duration {
@@ -1702,7 +1826,7 @@ type SuccessRateEjection struct {
 
 func (x *SuccessRateEjection) Reset() {
 	*x = SuccessRateEjection{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[22]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1838,7 @@ func (x *SuccessRateEjection) String() string {
 func (*SuccessRateEjection) ProtoMessage() {}
 
 func (x *SuccessRateEjection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[22]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1851,7 @@ func (x *SuccessRateEjection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuccessRateEjection.ProtoReflect.Descriptor instead.
 func (*SuccessRateEjection) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{22}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SuccessRateEjection) GetStdevFactor() uint32 {
@@ -1775,7 +1899,7 @@ type FailurePercentageEjection struct {
 
 func (x *FailurePercentageEjection) Reset() {
 	*x = FailurePercentageEjection{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[23]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1911,7 @@ func (x *FailurePercentageEjection) String() string {
 func (*FailurePercentageEjection) ProtoMessage() {}
 
 func (x *FailurePercentageEjection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[23]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1924,7 @@ func (x *FailurePercentageEjection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailurePercentageEjection.ProtoReflect.Descriptor instead.
 func (*FailurePercentageEjection) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{23}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FailurePercentageEjection) GetThreshold() uint32 {
@@ -1848,7 +1972,7 @@ type PutPolicyRequest struct {
 
 func (x *PutPolicyRequest) Reset() {
 	*x = PutPolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[24]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1984,7 @@ func (x *PutPolicyRequest) String() string {
 func (*PutPolicyRequest) ProtoMessage() {}
 
 func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[24]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +1997,7 @@ func (x *PutPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PutPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{24}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutPolicyRequest) GetPolicy() *ServicePolicy {
@@ -1912,7 +2036,7 @@ type PutPolicyResponse struct {
 
 func (x *PutPolicyResponse) Reset() {
 	*x = PutPolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[25]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1924,7 +2048,7 @@ func (x *PutPolicyResponse) String() string {
 func (*PutPolicyResponse) ProtoMessage() {}
 
 func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[25]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1937,7 +2061,7 @@ func (x *PutPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PutPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{25}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutPolicyResponse) GetPolicy() *ServicePolicy {
@@ -1986,7 +2110,7 @@ type BrokenDependency struct {
 
 func (x *BrokenDependency) Reset() {
 	*x = BrokenDependency{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1998,7 +2122,7 @@ func (x *BrokenDependency) String() string {
 func (*BrokenDependency) ProtoMessage() {}
 
 func (x *BrokenDependency) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[26]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2011,7 +2135,7 @@ func (x *BrokenDependency) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokenDependency.ProtoReflect.Descriptor instead.
 func (*BrokenDependency) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{26}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BrokenDependency) GetService() string {
@@ -2051,7 +2175,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2187,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[27]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2200,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{27}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetPolicyRequest) GetService() string {
@@ -2096,7 +2220,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2232,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[28]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2245,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{28}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetPolicyResponse) GetPolicy() *ServicePolicy {
@@ -2146,7 +2270,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2282,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[29]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2295,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{29}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{31}
 }
 
 type ListPoliciesResponse struct {
@@ -2188,7 +2312,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2324,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[30]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2337,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{30}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*StoredPolicy {
@@ -2245,7 +2369,7 @@ type KeyError struct {
 
 func (x *KeyError) Reset() {
 	*x = KeyError{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2381,7 @@ func (x *KeyError) String() string {
 func (*KeyError) ProtoMessage() {}
 
 func (x *KeyError) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[31]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2394,7 @@ func (x *KeyError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyError.ProtoReflect.Descriptor instead.
 func (*KeyError) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{31}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *KeyError) GetKey() string {
@@ -2304,7 +2428,7 @@ type StoredPolicy struct {
 
 func (x *StoredPolicy) Reset() {
 	*x = StoredPolicy{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2440,7 @@ func (x *StoredPolicy) String() string {
 func (*StoredPolicy) ProtoMessage() {}
 
 func (x *StoredPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[32]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2453,7 @@ func (x *StoredPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredPolicy.ProtoReflect.Descriptor instead.
 func (*StoredPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{32}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StoredPolicy) GetPolicy() *ServicePolicy {
@@ -2359,7 +2483,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2495,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[33]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2508,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{33}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeletePolicyRequest) GetService() string {
@@ -2419,7 +2543,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2555,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[34]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2568,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{34}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DeletePolicyResponse) GetBrokenDependents() []*BrokenDependency {
@@ -2463,7 +2587,7 @@ type ValidatePolicyRequest struct {
 
 func (x *ValidatePolicyRequest) Reset() {
 	*x = ValidatePolicyRequest{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2599,7 @@ func (x *ValidatePolicyRequest) String() string {
 func (*ValidatePolicyRequest) ProtoMessage() {}
 
 func (x *ValidatePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[35]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2612,7 @@ func (x *ValidatePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidatePolicyRequest.ProtoReflect.Descriptor instead.
 func (*ValidatePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{35}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ValidatePolicyRequest) GetPolicy() *ServicePolicy {
@@ -2507,7 +2631,7 @@ type ValidatePolicyResponse struct {
 
 func (x *ValidatePolicyResponse) Reset() {
 	*x = ValidatePolicyResponse{}
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2643,7 @@ func (x *ValidatePolicyResponse) String() string {
 func (*ValidatePolicyResponse) ProtoMessage() {}
 
 func (x *ValidatePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_policy_v1_policy_proto_msgTypes[36]
+	mi := &file_trellis_policy_v1_policy_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2656,7 @@ func (x *ValidatePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidatePolicyResponse.ProtoReflect.Descriptor instead.
 func (*ValidatePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{36}
+	return file_trellis_policy_v1_policy_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ValidatePolicyResponse) GetWarnings() []string {
@@ -2546,7 +2670,7 @@ var File_trellis_policy_v1_policy_proto protoreflect.FileDescriptor
 
 const file_trellis_policy_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1etrellis/policy/v1/policy.proto\x12\x11trellis.policy.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb5\x03\n" +
+	"\x1etrellis/policy/v1/policy.proto\x12\x11trellis.policy.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa7\x04\n" +
 	"\rServicePolicy\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x123\n" +
 	"\asubsets\x18\x02 \x03(\v2\x19.trellis.policy.v1.SubsetR\asubsets\x120\n" +
@@ -2554,7 +2678,15 @@ const file_trellis_policy_v1_policy_proto_rawDesc = "" +
 	"\bdefaults\x18\x04 \x01(\v2 .trellis.policy.v1.RouteSettingsR\bdefaults\x12G\n" +
 	"\x0eload_balancing\x18\x05 \x01(\v2 .trellis.policy.v1.LoadBalancingR\rloadBalancing\x12J\n" +
 	"\x0fcircuit_breaker\x18\x06 \x01(\v2!.trellis.policy.v1.CircuitBreakerR\x0ecircuitBreaker\x12P\n" +
-	"\x11outlier_detection\x18\a \x01(\v2#.trellis.policy.v1.OutlierDetectionR\x10outlierDetection\"\xa2\x01\n" +
+	"\x11outlier_detection\x18\a \x01(\v2#.trellis.policy.v1.OutlierDetectionR\x10outlierDetection\x127\n" +
+	"\bfailover\x18\n" +
+	" \x01(\v2\x1b.trellis.policy.v1.FailoverR\bfailover\x127\n" +
+	"\blocality\x18\v \x01(\v2\x1b.trellis.policy.v1.LocalityR\blocality\",\n" +
+	"\bFailover\x12 \n" +
+	"\vdatacenters\x18\x01 \x03(\tR\vdatacenters\"W\n" +
+	"\bLocality\x123\n" +
+	"\x13min_healthy_percent\x18\x01 \x01(\rH\x00R\x11minHealthyPercent\x88\x01\x01B\x16\n" +
+	"\x14_min_healthy_percent\"\xa2\x01\n" +
 	"\x06Subset\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x127\n" +
@@ -2743,109 +2875,113 @@ func file_trellis_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_trellis_policy_v1_policy_proto_rawDescData
 }
 
-var file_trellis_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_trellis_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_trellis_policy_v1_policy_proto_goTypes = []any{
 	(*ServicePolicy)(nil),             // 0: trellis.policy.v1.ServicePolicy
-	(*Subset)(nil),                    // 1: trellis.policy.v1.Subset
-	(*Route)(nil),                     // 2: trellis.policy.v1.Route
-	(*RouteSettings)(nil),             // 3: trellis.policy.v1.RouteSettings
-	(*RouteMatch)(nil),                // 4: trellis.policy.v1.RouteMatch
-	(*HeaderMatch)(nil),               // 5: trellis.policy.v1.HeaderMatch
-	(*Destination)(nil),               // 6: trellis.policy.v1.Destination
-	(*WeightedSplit)(nil),             // 7: trellis.policy.v1.WeightedSplit
-	(*WeightedDestination)(nil),       // 8: trellis.policy.v1.WeightedDestination
-	(*RetryPolicy)(nil),               // 9: trellis.policy.v1.RetryPolicy
-	(*FaultInjection)(nil),            // 10: trellis.policy.v1.FaultInjection
-	(*FaultDelay)(nil),                // 11: trellis.policy.v1.FaultDelay
-	(*FaultAbort)(nil),                // 12: trellis.policy.v1.FaultAbort
-	(*HashPolicy)(nil),                // 13: trellis.policy.v1.HashPolicy
-	(*LoadBalancing)(nil),             // 14: trellis.policy.v1.LoadBalancing
-	(*RoundRobin)(nil),                // 15: trellis.policy.v1.RoundRobin
-	(*RingHash)(nil),                  // 16: trellis.policy.v1.RingHash
-	(*LeastRequest)(nil),              // 17: trellis.policy.v1.LeastRequest
-	(*PickFirst)(nil),                 // 18: trellis.policy.v1.PickFirst
-	(*WeightedRoundRobin)(nil),        // 19: trellis.policy.v1.WeightedRoundRobin
-	(*CircuitBreaker)(nil),            // 20: trellis.policy.v1.CircuitBreaker
-	(*OutlierDetection)(nil),          // 21: trellis.policy.v1.OutlierDetection
-	(*SuccessRateEjection)(nil),       // 22: trellis.policy.v1.SuccessRateEjection
-	(*FailurePercentageEjection)(nil), // 23: trellis.policy.v1.FailurePercentageEjection
-	(*PutPolicyRequest)(nil),          // 24: trellis.policy.v1.PutPolicyRequest
-	(*PutPolicyResponse)(nil),         // 25: trellis.policy.v1.PutPolicyResponse
-	(*BrokenDependency)(nil),          // 26: trellis.policy.v1.BrokenDependency
-	(*GetPolicyRequest)(nil),          // 27: trellis.policy.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 28: trellis.policy.v1.GetPolicyResponse
-	(*ListPoliciesRequest)(nil),       // 29: trellis.policy.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),      // 30: trellis.policy.v1.ListPoliciesResponse
-	(*KeyError)(nil),                  // 31: trellis.policy.v1.KeyError
-	(*StoredPolicy)(nil),              // 32: trellis.policy.v1.StoredPolicy
-	(*DeletePolicyRequest)(nil),       // 33: trellis.policy.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),      // 34: trellis.policy.v1.DeletePolicyResponse
-	(*ValidatePolicyRequest)(nil),     // 35: trellis.policy.v1.ValidatePolicyRequest
-	(*ValidatePolicyResponse)(nil),    // 36: trellis.policy.v1.ValidatePolicyResponse
-	nil,                               // 37: trellis.policy.v1.Subset.MetaEntry
-	(*durationpb.Duration)(nil),       // 38: google.protobuf.Duration
+	(*Failover)(nil),                  // 1: trellis.policy.v1.Failover
+	(*Locality)(nil),                  // 2: trellis.policy.v1.Locality
+	(*Subset)(nil),                    // 3: trellis.policy.v1.Subset
+	(*Route)(nil),                     // 4: trellis.policy.v1.Route
+	(*RouteSettings)(nil),             // 5: trellis.policy.v1.RouteSettings
+	(*RouteMatch)(nil),                // 6: trellis.policy.v1.RouteMatch
+	(*HeaderMatch)(nil),               // 7: trellis.policy.v1.HeaderMatch
+	(*Destination)(nil),               // 8: trellis.policy.v1.Destination
+	(*WeightedSplit)(nil),             // 9: trellis.policy.v1.WeightedSplit
+	(*WeightedDestination)(nil),       // 10: trellis.policy.v1.WeightedDestination
+	(*RetryPolicy)(nil),               // 11: trellis.policy.v1.RetryPolicy
+	(*FaultInjection)(nil),            // 12: trellis.policy.v1.FaultInjection
+	(*FaultDelay)(nil),                // 13: trellis.policy.v1.FaultDelay
+	(*FaultAbort)(nil),                // 14: trellis.policy.v1.FaultAbort
+	(*HashPolicy)(nil),                // 15: trellis.policy.v1.HashPolicy
+	(*LoadBalancing)(nil),             // 16: trellis.policy.v1.LoadBalancing
+	(*RoundRobin)(nil),                // 17: trellis.policy.v1.RoundRobin
+	(*RingHash)(nil),                  // 18: trellis.policy.v1.RingHash
+	(*LeastRequest)(nil),              // 19: trellis.policy.v1.LeastRequest
+	(*PickFirst)(nil),                 // 20: trellis.policy.v1.PickFirst
+	(*WeightedRoundRobin)(nil),        // 21: trellis.policy.v1.WeightedRoundRobin
+	(*CircuitBreaker)(nil),            // 22: trellis.policy.v1.CircuitBreaker
+	(*OutlierDetection)(nil),          // 23: trellis.policy.v1.OutlierDetection
+	(*SuccessRateEjection)(nil),       // 24: trellis.policy.v1.SuccessRateEjection
+	(*FailurePercentageEjection)(nil), // 25: trellis.policy.v1.FailurePercentageEjection
+	(*PutPolicyRequest)(nil),          // 26: trellis.policy.v1.PutPolicyRequest
+	(*PutPolicyResponse)(nil),         // 27: trellis.policy.v1.PutPolicyResponse
+	(*BrokenDependency)(nil),          // 28: trellis.policy.v1.BrokenDependency
+	(*GetPolicyRequest)(nil),          // 29: trellis.policy.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 30: trellis.policy.v1.GetPolicyResponse
+	(*ListPoliciesRequest)(nil),       // 31: trellis.policy.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),      // 32: trellis.policy.v1.ListPoliciesResponse
+	(*KeyError)(nil),                  // 33: trellis.policy.v1.KeyError
+	(*StoredPolicy)(nil),              // 34: trellis.policy.v1.StoredPolicy
+	(*DeletePolicyRequest)(nil),       // 35: trellis.policy.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),      // 36: trellis.policy.v1.DeletePolicyResponse
+	(*ValidatePolicyRequest)(nil),     // 37: trellis.policy.v1.ValidatePolicyRequest
+	(*ValidatePolicyResponse)(nil),    // 38: trellis.policy.v1.ValidatePolicyResponse
+	nil,                               // 39: trellis.policy.v1.Subset.MetaEntry
+	(*durationpb.Duration)(nil),       // 40: google.protobuf.Duration
 }
 var file_trellis_policy_v1_policy_proto_depIdxs = []int32{
-	1,  // 0: trellis.policy.v1.ServicePolicy.subsets:type_name -> trellis.policy.v1.Subset
-	2,  // 1: trellis.policy.v1.ServicePolicy.routes:type_name -> trellis.policy.v1.Route
-	3,  // 2: trellis.policy.v1.ServicePolicy.defaults:type_name -> trellis.policy.v1.RouteSettings
-	14, // 3: trellis.policy.v1.ServicePolicy.load_balancing:type_name -> trellis.policy.v1.LoadBalancing
-	20, // 4: trellis.policy.v1.ServicePolicy.circuit_breaker:type_name -> trellis.policy.v1.CircuitBreaker
-	21, // 5: trellis.policy.v1.ServicePolicy.outlier_detection:type_name -> trellis.policy.v1.OutlierDetection
-	37, // 6: trellis.policy.v1.Subset.meta:type_name -> trellis.policy.v1.Subset.MetaEntry
-	4,  // 7: trellis.policy.v1.Route.match:type_name -> trellis.policy.v1.RouteMatch
-	6,  // 8: trellis.policy.v1.Route.destination:type_name -> trellis.policy.v1.Destination
-	7,  // 9: trellis.policy.v1.Route.split:type_name -> trellis.policy.v1.WeightedSplit
-	3,  // 10: trellis.policy.v1.Route.settings:type_name -> trellis.policy.v1.RouteSettings
-	38, // 11: trellis.policy.v1.RouteSettings.timeout:type_name -> google.protobuf.Duration
-	9,  // 12: trellis.policy.v1.RouteSettings.retry:type_name -> trellis.policy.v1.RetryPolicy
-	10, // 13: trellis.policy.v1.RouteSettings.fault:type_name -> trellis.policy.v1.FaultInjection
-	13, // 14: trellis.policy.v1.RouteSettings.hash_policy:type_name -> trellis.policy.v1.HashPolicy
-	5,  // 15: trellis.policy.v1.RouteMatch.headers:type_name -> trellis.policy.v1.HeaderMatch
-	8,  // 16: trellis.policy.v1.WeightedSplit.destinations:type_name -> trellis.policy.v1.WeightedDestination
-	6,  // 17: trellis.policy.v1.WeightedDestination.destination:type_name -> trellis.policy.v1.Destination
-	38, // 18: trellis.policy.v1.RetryPolicy.base_interval:type_name -> google.protobuf.Duration
-	38, // 19: trellis.policy.v1.RetryPolicy.max_interval:type_name -> google.protobuf.Duration
-	11, // 20: trellis.policy.v1.FaultInjection.delay:type_name -> trellis.policy.v1.FaultDelay
-	12, // 21: trellis.policy.v1.FaultInjection.abort:type_name -> trellis.policy.v1.FaultAbort
-	38, // 22: trellis.policy.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
-	15, // 23: trellis.policy.v1.LoadBalancing.round_robin:type_name -> trellis.policy.v1.RoundRobin
-	16, // 24: trellis.policy.v1.LoadBalancing.ring_hash:type_name -> trellis.policy.v1.RingHash
-	17, // 25: trellis.policy.v1.LoadBalancing.least_request:type_name -> trellis.policy.v1.LeastRequest
-	18, // 26: trellis.policy.v1.LoadBalancing.pick_first:type_name -> trellis.policy.v1.PickFirst
-	19, // 27: trellis.policy.v1.LoadBalancing.weighted_round_robin:type_name -> trellis.policy.v1.WeightedRoundRobin
-	38, // 28: trellis.policy.v1.WeightedRoundRobin.oob_reporting_period:type_name -> google.protobuf.Duration
-	38, // 29: trellis.policy.v1.WeightedRoundRobin.weight_expiration_period:type_name -> google.protobuf.Duration
-	38, // 30: trellis.policy.v1.WeightedRoundRobin.weight_update_period:type_name -> google.protobuf.Duration
-	38, // 31: trellis.policy.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
-	38, // 32: trellis.policy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
-	38, // 33: trellis.policy.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
-	22, // 34: trellis.policy.v1.OutlierDetection.success_rate:type_name -> trellis.policy.v1.SuccessRateEjection
-	23, // 35: trellis.policy.v1.OutlierDetection.failure_percentage:type_name -> trellis.policy.v1.FailurePercentageEjection
-	0,  // 36: trellis.policy.v1.PutPolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
-	0,  // 37: trellis.policy.v1.PutPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
-	26, // 38: trellis.policy.v1.PutPolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
-	0,  // 39: trellis.policy.v1.GetPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
-	32, // 40: trellis.policy.v1.ListPoliciesResponse.policies:type_name -> trellis.policy.v1.StoredPolicy
-	31, // 41: trellis.policy.v1.ListPoliciesResponse.errors:type_name -> trellis.policy.v1.KeyError
-	0,  // 42: trellis.policy.v1.StoredPolicy.policy:type_name -> trellis.policy.v1.ServicePolicy
-	26, // 43: trellis.policy.v1.DeletePolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
-	0,  // 44: trellis.policy.v1.ValidatePolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
-	24, // 45: trellis.policy.v1.PolicyService.PutPolicy:input_type -> trellis.policy.v1.PutPolicyRequest
-	27, // 46: trellis.policy.v1.PolicyService.GetPolicy:input_type -> trellis.policy.v1.GetPolicyRequest
-	29, // 47: trellis.policy.v1.PolicyService.ListPolicies:input_type -> trellis.policy.v1.ListPoliciesRequest
-	33, // 48: trellis.policy.v1.PolicyService.DeletePolicy:input_type -> trellis.policy.v1.DeletePolicyRequest
-	35, // 49: trellis.policy.v1.PolicyService.ValidatePolicy:input_type -> trellis.policy.v1.ValidatePolicyRequest
-	25, // 50: trellis.policy.v1.PolicyService.PutPolicy:output_type -> trellis.policy.v1.PutPolicyResponse
-	28, // 51: trellis.policy.v1.PolicyService.GetPolicy:output_type -> trellis.policy.v1.GetPolicyResponse
-	30, // 52: trellis.policy.v1.PolicyService.ListPolicies:output_type -> trellis.policy.v1.ListPoliciesResponse
-	34, // 53: trellis.policy.v1.PolicyService.DeletePolicy:output_type -> trellis.policy.v1.DeletePolicyResponse
-	36, // 54: trellis.policy.v1.PolicyService.ValidatePolicy:output_type -> trellis.policy.v1.ValidatePolicyResponse
-	50, // [50:55] is the sub-list for method output_type
-	45, // [45:50] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	3,  // 0: trellis.policy.v1.ServicePolicy.subsets:type_name -> trellis.policy.v1.Subset
+	4,  // 1: trellis.policy.v1.ServicePolicy.routes:type_name -> trellis.policy.v1.Route
+	5,  // 2: trellis.policy.v1.ServicePolicy.defaults:type_name -> trellis.policy.v1.RouteSettings
+	16, // 3: trellis.policy.v1.ServicePolicy.load_balancing:type_name -> trellis.policy.v1.LoadBalancing
+	22, // 4: trellis.policy.v1.ServicePolicy.circuit_breaker:type_name -> trellis.policy.v1.CircuitBreaker
+	23, // 5: trellis.policy.v1.ServicePolicy.outlier_detection:type_name -> trellis.policy.v1.OutlierDetection
+	1,  // 6: trellis.policy.v1.ServicePolicy.failover:type_name -> trellis.policy.v1.Failover
+	2,  // 7: trellis.policy.v1.ServicePolicy.locality:type_name -> trellis.policy.v1.Locality
+	39, // 8: trellis.policy.v1.Subset.meta:type_name -> trellis.policy.v1.Subset.MetaEntry
+	6,  // 9: trellis.policy.v1.Route.match:type_name -> trellis.policy.v1.RouteMatch
+	8,  // 10: trellis.policy.v1.Route.destination:type_name -> trellis.policy.v1.Destination
+	9,  // 11: trellis.policy.v1.Route.split:type_name -> trellis.policy.v1.WeightedSplit
+	5,  // 12: trellis.policy.v1.Route.settings:type_name -> trellis.policy.v1.RouteSettings
+	40, // 13: trellis.policy.v1.RouteSettings.timeout:type_name -> google.protobuf.Duration
+	11, // 14: trellis.policy.v1.RouteSettings.retry:type_name -> trellis.policy.v1.RetryPolicy
+	12, // 15: trellis.policy.v1.RouteSettings.fault:type_name -> trellis.policy.v1.FaultInjection
+	15, // 16: trellis.policy.v1.RouteSettings.hash_policy:type_name -> trellis.policy.v1.HashPolicy
+	7,  // 17: trellis.policy.v1.RouteMatch.headers:type_name -> trellis.policy.v1.HeaderMatch
+	10, // 18: trellis.policy.v1.WeightedSplit.destinations:type_name -> trellis.policy.v1.WeightedDestination
+	8,  // 19: trellis.policy.v1.WeightedDestination.destination:type_name -> trellis.policy.v1.Destination
+	40, // 20: trellis.policy.v1.RetryPolicy.base_interval:type_name -> google.protobuf.Duration
+	40, // 21: trellis.policy.v1.RetryPolicy.max_interval:type_name -> google.protobuf.Duration
+	13, // 22: trellis.policy.v1.FaultInjection.delay:type_name -> trellis.policy.v1.FaultDelay
+	14, // 23: trellis.policy.v1.FaultInjection.abort:type_name -> trellis.policy.v1.FaultAbort
+	40, // 24: trellis.policy.v1.FaultDelay.fixed_delay:type_name -> google.protobuf.Duration
+	17, // 25: trellis.policy.v1.LoadBalancing.round_robin:type_name -> trellis.policy.v1.RoundRobin
+	18, // 26: trellis.policy.v1.LoadBalancing.ring_hash:type_name -> trellis.policy.v1.RingHash
+	19, // 27: trellis.policy.v1.LoadBalancing.least_request:type_name -> trellis.policy.v1.LeastRequest
+	20, // 28: trellis.policy.v1.LoadBalancing.pick_first:type_name -> trellis.policy.v1.PickFirst
+	21, // 29: trellis.policy.v1.LoadBalancing.weighted_round_robin:type_name -> trellis.policy.v1.WeightedRoundRobin
+	40, // 30: trellis.policy.v1.WeightedRoundRobin.oob_reporting_period:type_name -> google.protobuf.Duration
+	40, // 31: trellis.policy.v1.WeightedRoundRobin.weight_expiration_period:type_name -> google.protobuf.Duration
+	40, // 32: trellis.policy.v1.WeightedRoundRobin.weight_update_period:type_name -> google.protobuf.Duration
+	40, // 33: trellis.policy.v1.OutlierDetection.interval:type_name -> google.protobuf.Duration
+	40, // 34: trellis.policy.v1.OutlierDetection.base_ejection_time:type_name -> google.protobuf.Duration
+	40, // 35: trellis.policy.v1.OutlierDetection.max_ejection_time:type_name -> google.protobuf.Duration
+	24, // 36: trellis.policy.v1.OutlierDetection.success_rate:type_name -> trellis.policy.v1.SuccessRateEjection
+	25, // 37: trellis.policy.v1.OutlierDetection.failure_percentage:type_name -> trellis.policy.v1.FailurePercentageEjection
+	0,  // 38: trellis.policy.v1.PutPolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
+	0,  // 39: trellis.policy.v1.PutPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
+	28, // 40: trellis.policy.v1.PutPolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
+	0,  // 41: trellis.policy.v1.GetPolicyResponse.policy:type_name -> trellis.policy.v1.ServicePolicy
+	34, // 42: trellis.policy.v1.ListPoliciesResponse.policies:type_name -> trellis.policy.v1.StoredPolicy
+	33, // 43: trellis.policy.v1.ListPoliciesResponse.errors:type_name -> trellis.policy.v1.KeyError
+	0,  // 44: trellis.policy.v1.StoredPolicy.policy:type_name -> trellis.policy.v1.ServicePolicy
+	28, // 45: trellis.policy.v1.DeletePolicyResponse.broken_dependents:type_name -> trellis.policy.v1.BrokenDependency
+	0,  // 46: trellis.policy.v1.ValidatePolicyRequest.policy:type_name -> trellis.policy.v1.ServicePolicy
+	26, // 47: trellis.policy.v1.PolicyService.PutPolicy:input_type -> trellis.policy.v1.PutPolicyRequest
+	29, // 48: trellis.policy.v1.PolicyService.GetPolicy:input_type -> trellis.policy.v1.GetPolicyRequest
+	31, // 49: trellis.policy.v1.PolicyService.ListPolicies:input_type -> trellis.policy.v1.ListPoliciesRequest
+	35, // 50: trellis.policy.v1.PolicyService.DeletePolicy:input_type -> trellis.policy.v1.DeletePolicyRequest
+	37, // 51: trellis.policy.v1.PolicyService.ValidatePolicy:input_type -> trellis.policy.v1.ValidatePolicyRequest
+	27, // 52: trellis.policy.v1.PolicyService.PutPolicy:output_type -> trellis.policy.v1.PutPolicyResponse
+	30, // 53: trellis.policy.v1.PolicyService.GetPolicy:output_type -> trellis.policy.v1.GetPolicyResponse
+	32, // 54: trellis.policy.v1.PolicyService.ListPolicies:output_type -> trellis.policy.v1.ListPoliciesResponse
+	36, // 55: trellis.policy.v1.PolicyService.DeletePolicy:output_type -> trellis.policy.v1.DeletePolicyResponse
+	38, // 56: trellis.policy.v1.PolicyService.ValidatePolicy:output_type -> trellis.policy.v1.ValidatePolicyResponse
+	52, // [52:57] is the sub-list for method output_type
+	47, // [47:52] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_trellis_policy_v1_policy_proto_init() }
@@ -2853,45 +2989,46 @@ func file_trellis_policy_v1_policy_proto_init() {
 	if File_trellis_policy_v1_policy_proto != nil {
 		return
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[2].OneofWrappers = []any{
+	file_trellis_policy_v1_policy_proto_msgTypes[2].OneofWrappers = []any{}
+	file_trellis_policy_v1_policy_proto_msgTypes[4].OneofWrappers = []any{
 		(*Route_Destination)(nil),
 		(*Route_Split)(nil),
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[4].OneofWrappers = []any{
+	file_trellis_policy_v1_policy_proto_msgTypes[6].OneofWrappers = []any{
 		(*RouteMatch_MethodExact)(nil),
 		(*RouteMatch_ServicePrefix)(nil),
 		(*RouteMatch_MethodRegex)(nil),
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[5].OneofWrappers = []any{
+	file_trellis_policy_v1_policy_proto_msgTypes[7].OneofWrappers = []any{
 		(*HeaderMatch_Exact)(nil),
 		(*HeaderMatch_Prefix)(nil),
 		(*HeaderMatch_Suffix)(nil),
 		(*HeaderMatch_Regex)(nil),
 		(*HeaderMatch_Present)(nil),
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[13].OneofWrappers = []any{
+	file_trellis_policy_v1_policy_proto_msgTypes[15].OneofWrappers = []any{
 		(*HashPolicy_Header)(nil),
 		(*HashPolicy_ChannelId)(nil),
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[14].OneofWrappers = []any{
+	file_trellis_policy_v1_policy_proto_msgTypes[16].OneofWrappers = []any{
 		(*LoadBalancing_RoundRobin)(nil),
 		(*LoadBalancing_RingHash)(nil),
 		(*LoadBalancing_LeastRequest)(nil),
 		(*LoadBalancing_PickFirst)(nil),
 		(*LoadBalancing_WeightedRoundRobin)(nil),
 	}
-	file_trellis_policy_v1_policy_proto_msgTypes[21].OneofWrappers = []any{}
-	file_trellis_policy_v1_policy_proto_msgTypes[22].OneofWrappers = []any{}
 	file_trellis_policy_v1_policy_proto_msgTypes[23].OneofWrappers = []any{}
 	file_trellis_policy_v1_policy_proto_msgTypes[24].OneofWrappers = []any{}
-	file_trellis_policy_v1_policy_proto_msgTypes[33].OneofWrappers = []any{}
+	file_trellis_policy_v1_policy_proto_msgTypes[25].OneofWrappers = []any{}
+	file_trellis_policy_v1_policy_proto_msgTypes[26].OneofWrappers = []any{}
+	file_trellis_policy_v1_policy_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_policy_v1_policy_proto_rawDesc), len(file_trellis_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,216 @@
+package translate
+
+import (
+	"sort"
+	"sync"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+	policyv1 "github.com/trellis-mesh/trellis/proto/trellis/policy/v1"
+)
+
+// DefaultMinHealthyPercent is the share of a zone's instances that must be
+// healthy for its clients to keep their calls in it, unless the service's
+// policy sets locality.min_healthy_percent.
+const DefaultMinHealthyPercent = 50
+
+// ZoneAssignments are the per-zone variants of ClusterLoadAssignments: by
+// client zone (node.locality.zone), then by cluster name, the assignment
+// (a *endpointv3.ClusterLoadAssignment) the clients of that zone receive
+// in place of the one in Resources. A cluster without a variant for a zone
+// is served its Resources assignment.
+type ZoneAssignments map[string]map[string]types.Resource
+
+// Zone-aware routing. A cluster whose priority-0 endpoints span two zones
+// or more gets one variant per zone Z: Z's localities at priority 0, the
+// other priority-0 localities at priority 1, and every later priority
+// (failover datacenters) one further down. A client in Z then sends all
+// its calls to Z, and gRPC's priority load balancing moves them to the
+// other zones by itself if it cannot reach any of Z's endpoints. While
+// fewer than min_healthy_percent of Z's instances (those not in
+// maintenance) are healthy, Z gets no variant: its clients receive the
+// shared assignment, where every zone is one priority and calls spread
+// over the zones by their healthy weight, so a zone that lost most of its
+// instances does not concentrate its clients' calls on the few left.
+//
+// Variants are a pure function of the translation's assignments and the
+// catalog: every client of one zone gets the same variant, and a variant
+// is computed once per change of its inputs (ZoneSplitter).
+
+// ZoneSplitter computes ZoneAssignments, reusing the variants of every
+// cluster whose base assignment, service and policy are unchanged since
+// the previous call, and updating its result in place: a call costs a few
+// pointer comparisons per cluster plus the work for what changed. Split
+// may be called from several goroutines; calls are serialized.
+type ZoneSplitter struct {
+	mu sync.Mutex
+	// Guarded by mu.
+	memo map[string]*zoneMemo // by cluster name
+	out  ZoneAssignments
+	gen  uint64
+}
+
+type zoneMemo struct {
+	base *endpointv3.ClusterLoadAssignment
+	svc  *model.Service
+	pol  *policyv1.ServicePolicy
+	// variants by zone; nil when the cluster has none.
+	variants map[string]*endpointv3.ClusterLoadAssignment
+	// gen is the Split call that last saw the cluster.
+	gen uint64
+}
+
+// Split returns the zone variants of res, the translation of in. The
+// result is shared, must not be modified, and is updated by the next call.
+func (z *ZoneSplitter) Split(in Input, res *Result) ZoneAssignments {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if z.memo == nil {
+		z.memo, z.out = map[string]*zoneMemo{}, ZoneAssignments{}
+	}
+	z.gen++
+	var panicking map[string]bool
+	if res != nil && len(res.Panicking) > 0 {
+		panicking = make(map[string]bool, len(res.Panicking))
+		for _, c := range res.Panicking {
+			panicking[c] = true
+		}
+	}
+	if in.Catalog != nil && res != nil {
+		for name, svc := range in.Catalog.Services {
+			pol := in.Policies[name]
+			z.cluster(name, res.Resources.Endpoints[name], svc, pol, nil, panicking[name])
+			for _, subset := range pol.GetSubsets() {
+				cname := SubsetClusterName(name, subset.GetName())
+				z.cluster(cname, res.Resources.Endpoints[cname], svc, pol, subset, panicking[cname])
+			}
+		}
+	}
+	for cname, m := range z.memo {
+		if m.gen != z.gen {
+			z.setVariants(cname, m, nil)
+			delete(z.memo, cname)
+		}
+	}
+	return z.out
+}
+
+// cluster brings the variants of one cluster up to date; z.mu is held.
+func (z *ZoneSplitter) cluster(cname string, base *endpointv3.ClusterLoadAssignment, svc *model.Service, pol *policyv1.ServicePolicy, subset *policyv1.Subset, panicking bool) {
+	if base == nil || panicking {
+		return // dropped as unseen
+	}
+	m := z.memo[cname]
+	if m == nil {
+		m = &zoneMemo{}
+		z.memo[cname] = m
+	}
+	m.gen = z.gen
+	if m.base == base && m.svc == svc && m.pol == pol {
+		return
+	}
+	m.base, m.svc, m.pol = base, svc, pol
+	instances := svc
+	if subset != nil {
+		instances = subsetInstances(svc, subset)
+	}
+	z.setVariants(cname, m, zoneVariants(base, instances, minHealthyPercent(pol)))
+}
+
+// setVariants replaces m's variants of cluster cname in z.out; z.mu is
+// held.
+func (z *ZoneSplitter) setVariants(cname string, m *zoneMemo, variants map[string]*endpointv3.ClusterLoadAssignment) {
+	for zone := range m.variants {
+		if _, ok := variants[zone]; !ok {
+			delete(z.out[zone], cname)
+			if len(z.out[zone]) == 0 {
+				delete(z.out, zone)
+			}
+		}
+	}
+	for zone, v := range variants {
+		if z.out[zone] == nil {
+			z.out[zone] = map[string]types.Resource{}
+		}
+		z.out[zone][cname] = v
+	}
+	m.variants = variants
+}
+
+func minHealthyPercent(pol *policyv1.ServicePolicy) uint32 {
+	if l := pol.GetLocality(); l != nil && l.MinHealthyPercent != nil {
+		return min(*l.MinHealthyPercent, 100)
+	}
+	return DefaultMinHealthyPercent
+}
+
+// zoneVariants computes the variants of base, the assignment of the
+// instances of svc, for the zones of its priority-0 localities whose
+// healthy share is at least minPercent.
+func zoneVariants(base *endpointv3.ClusterLoadAssignment, svc *model.Service, minPercent uint32) map[string]*endpointv3.ClusterLoadAssignment {
+	var top []*endpointv3.LocalityLbEndpoints
+	zones := map[string]bool{}
+	for _, l := range base.GetEndpoints() {
+		if l.GetPriority() == 0 {
+			top = append(top, l)
+			zones[l.GetLocality().GetZone()] = true
+		}
+	}
+	if len(zones) < 2 {
+		return nil
+	}
+	// The instances each priority-0 locality stands for, maintenance
+	// excluded.
+	total := map[localityKey]int{}
+	for _, inst := range svc.Instances {
+		if inst.Health != model.HealthMaintenance {
+			total[localityKey{region: inst.Datacenter, zone: inst.Zone}]++
+		}
+	}
+	var variants map[string]*endpointv3.ClusterLoadAssignment
+	names := make([]string, 0, len(zones))
+	for zone := range zones {
+		if zone != "" {
+			names = append(names, zone)
+		}
+	}
+	sort.Strings(names)
+	for _, zone := range names {
+		healthy, all := 0, 0
+		for _, l := range top {
+			if l.GetLocality().GetZone() == zone {
+				healthy += len(l.GetLbEndpoints())
+				all += total[localityKey{region: l.GetLocality().GetRegion(), zone: zone}]
+			}
+		}
+		if all == 0 || uint64(healthy)*100 < uint64(minPercent)*uint64(all) {
+			continue
+		}
+		v := &endpointv3.ClusterLoadAssignment{ClusterName: base.GetClusterName(), Policy: base.GetPolicy()}
+		for _, l := range base.GetEndpoints() {
+			p := l.GetPriority() + 1
+			if l.GetPriority() == 0 && l.GetLocality().GetZone() == zone {
+				p = 0
+			}
+			v.Endpoints = append(v.Endpoints, &endpointv3.LocalityLbEndpoints{
+				Locality:            l.GetLocality(),
+				LbEndpoints:         l.GetLbEndpoints(),
+				LoadBalancingWeight: l.GetLoadBalancingWeight(),
+				Priority:            p,
+			})
+		}
+		// Own zone first; the order within a priority is the base's. The
+		// base passed validation, and a variant differs from it only in
+		// priorities, which stay contiguous from 0: the zone's localities
+		// take 0, every other one moves down by one (the base's priorities
+		// are contiguous and its priority 0 holds another zone).
+		sort.SliceStable(v.Endpoints, func(a, b int) bool { return v.Endpoints[a].Priority < v.Endpoints[b].Priority })
+		if variants == nil {
+			variants = map[string]*endpointv3.ClusterLoadAssignment{}
+		}
+		variants[zone] = v
+	}
+	return variants
+}

@@ -126,4 +126,3 @@ func readsOf(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Fatal("no trellis_consulconfig_chain_reads_total")
 	return 0
 }
-

@@ -517,7 +517,7 @@ func (c *converter) resolver(node *Node) (*policyv1.Destination, bool) {
 		return nil, false
 	}
 	if r.Failover != nil {
-		c.report(entry, "Failover", "failover across datacenters or targets is not translated yet: calls go to the primary target only")
+		c.report(entry, "Failover", "handled by failover support, which this server does not have yet: calls go to the primary target only")
 	}
 	if ct := time.Duration(r.ConnectTimeout); ct != 0 && ct != consulDefaultConnectTimeout {
 		c.report(entry, "ConnectTimeout", "gRPC clients set their connect timeout themselves: not sent")

@@ -242,7 +242,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
-	consulConfig, err := newConsulConfigServer(opts.consulConfig, client, logger, registry, consulMetrics, policies.watcher.Snapshots(), knownService)
+	consulConfig, err := newConsulConfigServer(opts.consulConfig, client, logger, registry, consulMetrics, acl, policies.watcher.Snapshots(), knownService)
 	if err != nil {
 		return err
 	}

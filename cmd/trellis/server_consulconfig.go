@@ -51,7 +51,7 @@ type consulConfigServer struct {
 
 // newConsulConfigServer builds the watcher and the combiner; storeSnaps
 // are the policy store's snapshots.
-func newConsulConfigServer(opts consulConfigOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, consulMetrics *consulwatch.Metrics, storeSnaps <-chan *store.Snapshot, knownService func(string) bool) (*consulConfigServer, error) {
+func newConsulConfigServer(opts consulConfigOptions, client *consulapi.Client, logger *slog.Logger, reg prometheus.Registerer, consulMetrics *consulwatch.Metrics, acl *consulwatch.ACL, storeSnaps <-chan *store.Snapshot, knownService func(string) bool) (*consulConfigServer, error) {
 	s := &consulConfigServer{
 		enabled:      opts.enabled,
 		store:        storeSnaps,
@@ -83,6 +83,7 @@ func newConsulConfigServer(opts consulConfigOptions, client *consulapi.Client, l
 		Logger:        s.logger,
 		Registerer:    reg,
 		ConsulMetrics: consulMetrics,
+		ACL:           acl,
 	})
 	if err != nil {
 		return nil, err

@@ -35,6 +35,11 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// ConsulMetrics counts failed Consul requests by kind. Default: nil.
 	ConsulMetrics *consulwatch.Metrics
+	// ACL receives what the token hides: entry lists filtered by ACLs, or
+	// 403s. A filtered list is never taken for the whole: the last
+	// complete read stays in effect (nothing is published before one).
+	// Default: nil, not reported.
+	ACL *consulwatch.ACL
 	// WaitTime is how long one blocking query waits. Default: 1m.
 	WaitTime time.Duration
 	// MinInterval separates two queries of one list (plus jitter).
@@ -196,6 +201,13 @@ func (w *Watcher) watchList(ctx context.Context, kind string, updates chan<- lis
 			return versions, meta, nil
 		},
 		Equal: maps.Equal[map[string]uint64, map[string]uint64],
+		Succeeded: func(meta *api.QueryMeta) {
+			w.cfg.ACL.Answered("consulconfig", kind+" config entries", meta.ResultsFilteredByACLs, consulwatch.PermServiceRead,
+				"consulconfig: "+kind+" config entries are filtered by ACLs; the last complete read stays in effect (none before one)")
+		},
+		Failed: func(err *consulwatch.Error, _ time.Duration) {
+			w.cfg.ACL.Failed("consulconfig", kind+" config entries", err)
+		},
 		Changed: func(v map[string]uint64, _ *api.QueryMeta) bool {
 			select {
 			case updates <- listUpdate{kind: kind, versions: v}:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -357,6 +358,9 @@ func (w *Watcher) publish(lists map[string]map[string]uint64, chains map[string]
 		for name := range lists[kind] {
 			snap.Entries[name] = append(snap.Entries[name], kind)
 		}
+	}
+	if last := w.Latest(); last != nil && reflect.DeepEqual(last.Chains, snap.Chains) && reflect.DeepEqual(last.Entries, snap.Entries) {
+		return // a change no chain shows (an entry rewritten as it was)
 	}
 	snap.Converted = Convert(snap.Chains)
 	w.latest.Publish(snap)

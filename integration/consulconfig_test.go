@@ -111,6 +111,19 @@ func TestConsulConfigEntries(t *testing.T) {
 			t.Errorf("v2-old (no canary tag) answered %d calls; the filter leaves it out", res.byInstance["v2-old"])
 		}
 	})
+	t.Run("redirect", func(t *testing.T) {
+		// legacy has an instance of its own, but its resolver redirects
+		// every call to echo's v1 subset.
+		startBackend(t, consul, "legacy", "legacy-1", backendOptions{})
+		writeEntry(t, client, `{"Kind": "service-defaults", "Name": "legacy", "Protocol": "grpc"}`)
+		writeEntry(t, client, `{"Kind": "service-resolver", "Name": "legacy", "Redirect": {"Service": "echo", "ServiceSubset": "v1"}}`)
+		legacy := dialXDS(t, trellis.bootstrapFor(t, "chain-legacy-client"), "xds:///legacy")
+		waitForShare(t, legacy, 20*time.Second, 50, 1, 1, isV1)
+		res := callEcho(t, legacy, 200)
+		if len(res.failures) > 0 || shareOf(res, isV1) != 1 {
+			t.Errorf("calls to legacy: %v, failures %v; want all on echo's v1 instances", res.byInstance, res.failures)
+		}
+	})
 	t.Run("unsupported field reported", func(t *testing.T) {
 		want := "consul config entry not sent: service-router/echo: Routes[0].Match.HTTP.QueryParam: "
 		waitFor(t, 10*time.Second, "the query parameter route on /readyz", func() error {

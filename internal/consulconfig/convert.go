@@ -137,6 +137,21 @@ func Convert(chains map[string]*Chain) map[string]*Converted {
 	return out
 }
 
+// convertWith converts the chains and adds what the entries themselves
+// set that is not sent (service-defaults fields), by service.
+func convertWith(chains map[string]*Chain, entryUnsupported map[string][]Unsupported) map[string]*Converted {
+	out := Convert(chains)
+	for _, svc := range sortedKeys(entryUnsupported) {
+		c := out[svc]
+		if c == nil {
+			c = &Converted{service: svc}
+			out[svc] = c
+		}
+		c.unsupp = append(c.unsupp, entryUnsupported[svc]...)
+	}
+	return out
+}
+
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {

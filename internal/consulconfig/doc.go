@@ -62,7 +62,10 @@
 // upstream), while a Trellis policy applies to every caller of its
 // service, and PassiveHealthCheck counts consecutive errors, which gRPC's
 // outlier detection (success rate and failure percentage only) cannot
-// express. They are reported.
+// express. They are not in the chain: the service-defaults list watch reads
+// them from the entries themselves and reports them, with the other fields
+// that configure a sidecar (rate limits, Envoy extensions, inbound listener
+// settings).
 //
 // # Precedence and validation
 //

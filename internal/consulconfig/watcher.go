@@ -60,6 +60,9 @@ type Snapshot struct {
 	Converted map[string]*Converted
 	// Entries lists, by service, the kinds of config entries it has.
 	Entries map[string][]string
+	// entryUnsupported is what the service-defaults entries set that is
+	// not sent, by service.
+	entryUnsupported map[string][]Unsupported
 }
 
 // Status describes the watcher.
@@ -162,8 +165,56 @@ func (w *Watcher) Status() Status {
 // listUpdate is one changed list of entries of one kind.
 type listUpdate struct {
 	kind string
+	listed
+}
+
+// listed is one read of a list.
+type listed struct {
 	// versions maps entry name to ModifyIndex.
 	versions map[string]uint64
+	// unsupported is what the entries themselves (not their chains) set
+	// that is not sent: service-defaults fields for sidecar proxies.
+	unsupported map[string][]Unsupported
+}
+
+// list reads one kind's entries.
+func list(entries *api.ConfigEntries, kind string, opts *api.QueryOptions) (listed, *api.QueryMeta, error) {
+	es, meta, err := entries.List(kind, opts)
+	if err != nil {
+		return listed{}, meta, err
+	}
+	out := listed{versions: make(map[string]uint64, len(es)), unsupported: map[string][]Unsupported{}}
+	for _, e := range es {
+		out.versions[e.GetName()] = e.GetModifyIndex()
+		if sd, ok := e.(*api.ServiceConfigEntry); ok {
+			if u := defaultsUnsupported(sd); len(u) > 0 {
+				out.unsupported[sd.Name] = u
+			}
+		}
+	}
+	return out, meta, nil
+}
+
+// defaultsUnsupported lists the service-defaults fields that configure
+// Envoy sidecars and have no counterpart in a policy.
+func defaultsUnsupported(e *api.ServiceConfigEntry) []Unsupported {
+	var out []Unsupported
+	add := func(field, reason string) {
+		out = append(out, Unsupported{Service: e.Name, Entry: api.ServiceDefaults + "/" + e.Name, Field: field, Reason: reason})
+	}
+	if e.UpstreamConfig != nil {
+		add("UpstreamConfig", "limits and PassiveHealthCheck apply to this service's calls to its upstreams (per caller), while a Trellis policy applies to every caller of its service, and PassiveHealthCheck counts consecutive errors, which gRPC's outlier detection cannot express: not sent (set circuit_breaker or outlier_detection in the upstream's Trellis policy)")
+	}
+	if e.RateLimits != nil {
+		add("RateLimits", "gRPC servers have no xDS rate limiting: not sent")
+	}
+	if len(e.EnvoyExtensions) > 0 {
+		add("EnvoyExtensions", "there is no Envoy: not sent")
+	}
+	if e.MaxInboundConnections != 0 || e.LocalConnectTimeoutMs != 0 || e.LocalRequestTimeoutMs != 0 || e.BalanceInboundConnections != "" {
+		add("MaxInboundConnections, LocalConnectTimeoutMs, LocalRequestTimeoutMs, BalanceInboundConnections", "configure a sidecar's inbound listener, which a proxyless server does not have: not sent")
+	}
+	return out
 }
 
 // Run follows the entries until ctx is done, then returns nil.
@@ -188,20 +239,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 // watchList runs one blocking list query and hands each change on.
 func (w *Watcher) watchList(ctx context.Context, kind string, updates chan<- listUpdate) {
 	entries := w.cfg.Client.ConfigEntries()
-	consulwatch.Run(ctx, w.tracker, consulwatch.Query[map[string]uint64]{
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[listed]{
 		Name: kind + " config entries",
-		Fetch: func(opts *api.QueryOptions) (map[string]uint64, *api.QueryMeta, error) {
-			list, meta, err := entries.List(kind, opts)
-			if err != nil {
-				return nil, meta, err
-			}
-			versions := make(map[string]uint64, len(list))
-			for _, e := range list {
-				versions[e.GetName()] = e.GetModifyIndex()
-			}
-			return versions, meta, nil
+		Fetch: func(opts *api.QueryOptions) (listed, *api.QueryMeta, error) {
+			return list(entries, kind, opts)
 		},
-		Equal: maps.Equal[map[string]uint64, map[string]uint64],
+		Equal: func(a, b listed) bool { return maps.Equal(a.versions, b.versions) },
 		Succeeded: func(meta *api.QueryMeta) {
 			w.cfg.ACL.Answered("consulconfig", kind+" config entries", meta.ResultsFilteredByACLs, consulwatch.PermServiceRead,
 				"consulconfig: "+kind+" config entries are filtered by ACLs; the last complete read stays in effect (none before one)")
@@ -209,9 +252,9 @@ func (w *Watcher) watchList(ctx context.Context, kind string, updates chan<- lis
 		Failed: func(err *consulwatch.Error, _ time.Duration) {
 			w.cfg.ACL.Failed("consulconfig", kind+" config entries", err)
 		},
-		Changed: func(v map[string]uint64, _ *api.QueryMeta) bool {
+		Changed: func(v listed, _ *api.QueryMeta) bool {
 			select {
-			case updates <- listUpdate{kind: kind, versions: v}:
+			case updates <- listUpdate{kind: kind, listed: v}:
 				return true
 			case <-ctx.Done():
 				return false
@@ -227,6 +270,7 @@ func (w *Watcher) watchList(ctx context.Context, kind string, updates chan<- lis
 // publishes.
 func (w *Watcher) manage(ctx context.Context, updates <-chan listUpdate) {
 	lists := map[string]map[string]uint64{}
+	unsupported := map[string][]Unsupported{}
 	chains := map[string]*Chain{}
 	pending := map[string]bool{}
 	var retry <-chan time.Time
@@ -237,6 +281,9 @@ func (w *Watcher) manage(ctx context.Context, updates <-chan listUpdate) {
 		case u := <-updates:
 			prev := lists[u.kind]
 			lists[u.kind] = u.versions
+			if u.kind == api.ServiceDefaults {
+				unsupported = u.unsupported
+			}
 			changed := map[string]bool{}
 			for name, v := range u.versions {
 				if pv, ok := prev[name]; !ok || pv != v {
@@ -295,7 +342,7 @@ func (w *Watcher) manage(ctx context.Context, updates <-chan listUpdate) {
 		w.mu.Unlock()
 		w.chainsGauge.Set(float64(len(chains)))
 		if publish {
-			w.publish(lists, chains)
+			w.publish(lists, chains, unsupported)
 		}
 	}
 }
@@ -349,8 +396,8 @@ func readChain(ctx context.Context, client *api.Client, svc string) (*Chain, err
 	return resp.Chain, nil
 }
 
-func (w *Watcher) publish(lists map[string]map[string]uint64, chains map[string]*Chain) {
-	snap := &Snapshot{Chains: maps.Clone(chains), Entries: map[string][]string{}}
+func (w *Watcher) publish(lists map[string]map[string]uint64, chains map[string]*Chain, unsupported map[string][]Unsupported) {
+	snap := &Snapshot{Chains: maps.Clone(chains), Entries: map[string][]string{}, entryUnsupported: unsupported}
 	for _, kind := range Kinds {
 		if kind == api.ProxyDefaults {
 			continue
@@ -359,10 +406,11 @@ func (w *Watcher) publish(lists map[string]map[string]uint64, chains map[string]
 			snap.Entries[name] = append(snap.Entries[name], kind)
 		}
 	}
-	if last := w.Latest(); last != nil && reflect.DeepEqual(last.Chains, snap.Chains) && reflect.DeepEqual(last.Entries, snap.Entries) {
+	if last := w.Latest(); last != nil && reflect.DeepEqual(last.Chains, snap.Chains) && reflect.DeepEqual(last.Entries, snap.Entries) &&
+		reflect.DeepEqual(last.entryUnsupported, snap.entryUnsupported) {
 		return // a change no chain shows (an entry rewritten as it was)
 	}
-	snap.Converted = Convert(snap.Chains)
+	snap.Converted = convertWith(snap.Chains, unsupported)
 	w.latest.Publish(snap)
 }
 
@@ -370,16 +418,16 @@ func (w *Watcher) publish(lists map[string]map[string]uint64, chains map[string]
 // entries once, for one-off checks (trellis policy validate --consul).
 func Read(ctx context.Context, client *api.Client) (*Snapshot, error) {
 	lists := map[string]map[string]uint64{}
+	var unsupported map[string][]Unsupported
 	for _, kind := range Kinds {
-		list, _, err := client.ConfigEntries().List(kind, (&api.QueryOptions{}).WithContext(ctx))
+		l, _, err := list(client.ConfigEntries(), kind, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
 			return nil, fmt.Errorf("consulconfig: list %s config entries: %w", kind, err)
 		}
-		versions := map[string]uint64{}
-		for _, e := range list {
-			versions[e.GetName()] = e.GetModifyIndex()
+		lists[kind] = l.versions
+		if kind == api.ServiceDefaults {
+			unsupported = l.unsupported
 		}
-		lists[kind] = versions
 	}
 	chains := map[string]*Chain{}
 	for _, svc := range sortedKeys(withEntries(lists)) {
@@ -389,7 +437,7 @@ func Read(ctx context.Context, client *api.Client) (*Snapshot, error) {
 		}
 		chains[svc] = ch
 	}
-	snap := &Snapshot{Chains: chains, Entries: map[string][]string{}, Converted: Convert(chains)}
+	snap := &Snapshot{Chains: chains, Entries: map[string][]string{}, Converted: convertWith(chains, unsupported), entryUnsupported: unsupported}
 	for _, kind := range Kinds {
 		if kind == api.ProxyDefaults {
 			continue

@@ -126,3 +126,35 @@ func readsOf(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Fatal("no trellis_consulconfig_chain_reads_total")
 	return 0
 }
+
+// TestReadReportsSidecarDefaults: service-defaults fields that configure
+// Envoy sidecars (upstream limits, passive health checks) are reported by
+// entry and field, not dropped.
+func TestReadReportsSidecarDefaults(t *testing.T) {
+	agent := consultest.Start(t, consultest.Options{})
+	client := agent.Client(t)
+	write(t, client, &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "shop", Protocol: "grpc",
+		UpstreamConfig: &api.UpstreamConfiguration{Defaults: &api.UpstreamConfig{
+			Limits:             &api.UpstreamLimits{MaxConcurrentRequests: intPtr(10)},
+			PassiveHealthCheck: &api.PassiveHealthCheck{Interval: 10 * time.Second, MaxFailures: 3},
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	snap, err := consulconfig.Read(ctx, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := consulconfig.Merge(nil, snap.Converted, nil)
+	var got []string
+	for _, u := range m.Unsupported {
+		got = append(got, u.Entry+" "+u.Field)
+	}
+	if len(got) != 1 || got[0] != "service-defaults/shop UpstreamConfig" {
+		t.Errorf("unsupported %q, want service-defaults/shop UpstreamConfig", got)
+	}
+	if len(m.Policies) != 0 {
+		t.Errorf("policies %v, want none (service-defaults alone asks for nothing)", m.Policies)
+	}
+}
+
+func intPtr(i int) *int { return &i }

@@ -43,7 +43,7 @@ func waitSnapshot(t *testing.T, w *consulconfig.Watcher, what string, check func
 // and a change to it arrives as a new snapshot.
 func TestWatcherReadsOnlyChainsOfServicesWithEntries(t *testing.T) {
 	agent := consultest.Start(t, consultest.Options{})
-	client := agent.Client(t)
+	client := testClient(t, agent)
 	for i := range 100 {
 		reg := &api.AgentServiceRegistration{ID: fmt.Sprintf("svc-%d", i), Name: fmt.Sprintf("svc-%d", i), Address: "127.0.0.1", Port: 10000 + i}
 		if err := client.Agent().ServiceRegister(reg); err != nil {
@@ -132,7 +132,7 @@ func readsOf(t *testing.T, reg *prometheus.Registry) float64 {
 // entry and field, not dropped.
 func TestReadReportsSidecarDefaults(t *testing.T) {
 	agent := consultest.Start(t, consultest.Options{})
-	client := agent.Client(t)
+	client := testClient(t, agent)
 	write(t, client, &api.ServiceConfigEntry{Kind: api.ServiceDefaults, Name: "shop", Protocol: "grpc",
 		UpstreamConfig: &api.UpstreamConfiguration{Defaults: &api.UpstreamConfig{
 			Limits:             &api.UpstreamLimits{MaxConcurrentRequests: intPtr(10)},

@@ -187,6 +187,11 @@ func (s *consulConfigServer) readyDetail(b *strings.Builder) {
 	s.mu.Lock()
 	m := s.merged
 	s.mu.Unlock()
+	writeMerged(b, m)
+}
+
+// writeMerged describes a merge for /readyz.
+func writeMerged(b *strings.Builder, m *consulconfig.Merged) {
 	if m == nil {
 		return
 	}

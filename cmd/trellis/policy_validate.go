@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,8 +17,9 @@ import (
 
 func newPolicyValidateCommand() *cobra.Command {
 	var files []string
+	var consul bool
 	cmd := &cobra.Command{
-		Use:   "validate -f FILE",
+		Use:   "validate -f FILE | --consul",
 		Short: "Check policy files offline, without a server",
 		Long: `Parse and validate service policies the way the server does, without
 contacting it. A file holds one or more policies (YAML documents separated by
@@ -35,20 +37,31 @@ says so), and neither is whether services are registered in Consul.
 
 A feature some supported gRPC implementation (grpc-js-xds, C-core) cannot
 honour is accepted with a warning naming the implementation and what its
-clients get instead (see README, "gRPC implementations").`,
+clients get instead (see README, "gRPC implementations").
+
+With --consul, the Consul config entries (service-router, -splitter,
+-resolver, -defaults) of the Consul at CONSUL_HTTP_ADDR are read as the
+server reads them, and every field the server would not send to clients is
+printed as "consul: ENTRY: FIELD: REASON" (a problem); the policies given
+with -f take precedence over the entries of their services, as on the
+server (see README, "Consul config entries").`,
 		Example: `  trellis policy validate -f examples/policies/header-canary.yaml
   trellis policy validate -f echo.yaml -f greeter.yaml
-  cat policies.yaml | trellis policy validate -f -`,
+  cat policies.yaml | trellis policy validate -f -
+  trellis policy validate --consul -f echo.yaml`,
 		Args: cobra.NoArgs,
 		// The problems are the output; usage would only hide them.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runPolicyValidate(cmd.InOrStdin(), cmd.OutOrStdout(), files)
+			if len(files) == 0 && !consul {
+				return errors.New("policy validate: -f FILE or --consul is required")
+			}
+			return runPolicyValidate(cmd.Context(), cmd.InOrStdin(), cmd.OutOrStdout(), files, consul)
 		},
 	}
-	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "policy file, YAML or JSON; - reads standard input; repeat for several files (required)")
-	_ = cmd.MarkFlagRequired("file") // the flag exists: no error
+	cmd.Flags().StringArrayVarP(&files, "file", "f", nil, "policy file, YAML or JSON; - reads standard input; repeat for several files")
+	cmd.Flags().BoolVar(&consul, "consul", false, "also check the Consul config entries of the Consul at CONSUL_HTTP_ADDR, with the policies of -f taking precedence")
 	return cmd
 }
 
@@ -70,7 +83,7 @@ func documentLocation(file string, index int, service string) string {
 	return fmt.Sprintf("%s: document %d (service %s)", file, index, service)
 }
 
-func runPolicyValidate(stdin io.Reader, out io.Writer, files []string) error {
+func runPolicyValidate(ctx context.Context, stdin io.Reader, out io.Writer, files []string, consul bool) error {
 	problems := 0
 	report := func(format string, args ...any) {
 		problems++
@@ -147,8 +160,22 @@ func runPolicyValidate(stdin io.Reader, out io.Writer, files []string) error {
 		}
 	}
 
+	if consul {
+		trellis := make(map[string]*policyv1.ServicePolicy, len(byService))
+		for svc, d := range byService {
+			trellis[svc] = policy.Normalize(d.policy)
+		}
+		n, err := validateConsulEntries(ctx, out, trellis)
+		if err != nil {
+			report("consul: %v", err)
+		}
+		problems += n
+	}
 	if problems > 0 {
 		return fmt.Errorf("policy validate: %d problem(s) found", problems)
+	}
+	if len(docs) == 0 {
+		return nil
 	}
 	if len(docs) == 1 {
 		fmt.Fprintln(out, "1 policy valid")

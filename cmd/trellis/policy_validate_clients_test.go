@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 )
@@ -12,7 +13,7 @@ import (
 func TestPolicyValidateWarnsAboutImplementations(t *testing.T) {
 	var out bytes.Buffer
 	in := strings.NewReader("service: echo\nload_balancing:\n  least_request: {choice_count: 2}\n")
-	if err := runPolicyValidate(in, &out, []string{"-"}); err != nil {
+	if err := runPolicyValidate(context.Background(), in, &out, []string{"-"}, false); err != nil {
 		t.Fatalf("validate: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{

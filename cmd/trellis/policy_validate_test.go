@@ -127,7 +127,7 @@ func TestPolicyValidateCommand(t *testing.T) {
 		{
 			name:    "file flag required",
 			args:    []string{},
-			wantErr: `required flag(s) "file" not set`,
+			wantErr: `-f FILE or --consul is required`,
 		},
 	}
 	for _, tt := range tests {

@@ -40,6 +40,7 @@ type serverOptions struct {
 	logLevel       string
 	logFormat      string
 	policy         policyOptions
+	consulConfig   consulConfigOptions
 	security       securityOptions
 	tls            serverTLSOptions
 	ha             haOptions
@@ -95,6 +96,7 @@ dns://127.0.0.1:8600/trellis-xds.service.consul:18000.`,
 	f.StringVar(&opts.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&opts.logFormat, "log-format", "text", "log format: text or json")
 	addPolicyServerFlags(f, &opts.policy)
+	addConsulConfigFlags(f, &opts.consulConfig)
 	addSecurityServerFlags(f, &opts.security)
 	addServerTLSFlags(f, &opts.tls)
 	addHAServerFlags(f, &opts.ha)
@@ -124,6 +126,9 @@ func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Cli
 	cfg := consulAPIConfig(opts)
 	if opts.consulMaxConns < 4 {
 		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+	}
+	if opts.consulConfig.enabled && opts.consulMaxConns < 10 {
+		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 10 or more (the catalog's two detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
 	}
 	client, err := consulwatch.NewClient(consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg})
 	if err != nil {
@@ -247,12 +252,17 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	if err != nil {
 		return err
 	}
+	consulConfig, err := newConsulConfigServer(opts.consulConfig, client, logger, registry, consulMetrics, acl, policies.watcher.Snapshots(), knownService)
+	if err != nil {
+		return err
+	}
 	base := security.base
 	xdsScope.follow(base, security.watcher.Latest)
 	loadReports.identifyBy(base)
 	// The catalog joined with the failover datacenters' instances of the
-	// services whose policies ask for them.
-	tee := newPolicyTee(policies.watcher.Snapshots())
+	// services whose policies (Trellis's and those from Consul's config
+	// entries) ask for them.
+	tee := newPolicyTee(consulConfig.snapshots())
 	remote, err := catalog.NewRemote(catalog.RemoteConfig{
 		Client:       client,
 		Catalogs:     watcher.Snapshots(),
@@ -305,6 +315,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 			detail.WriteString("serving the last good configuration until Consul is reachable again\n")
 		}
 		policies.readyDetail(&detail)
+		consulConfig.readyDetail(&detail)
 		security.readyDetail(&detail)
 		stls.readyDetail(&detail)
 		if ps := pipe.Status(); !ps.Applied.IsZero() {
@@ -371,6 +382,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	g.Go(func() error { return tee.run(ctx) })
 	g.Go(func() error { acl.Run(ctx); return nil })
 	g.Go(func() error { return policies.run(ctx) })
+	g.Go(func() error { return consulConfig.run(ctx) })
 	g.Go(func() error { return stls.serveAPI(ctx, adminServer) })
 	g.Go(func() error { return security.run(ctx) })
 	g.Go(func() error { return registration.run(ctx) })

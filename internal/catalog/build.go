@@ -34,6 +34,10 @@ func buildService(name string, entries []*api.ServiceEntry, zoneKeys []string) *
 			Zone:       zone(zoneKeys, e.Service.Meta, node.Meta),
 			Tags:       copyTags(e.Service.Tags),
 			Meta:       copyMeta(e.Service.Meta),
+
+			ServiceAddress: e.Service.Address,
+			NodeAddress:    node.Address,
+			NodeMeta:       copyMeta(node.Meta),
 		}
 		if inst.Address == "" {
 			inst.Address = node.Address

@@ -51,15 +51,15 @@ func TestBuildService(t *testing.T) {
 		want     []model.Instance
 	}{
 		{
-			name:     "address falls back to the node address",
+			name:     "address falls back to the node address; the node address is kept apart",
 			zoneKeys: []string{"zone"},
 			entries: []*api.ServiceEntry{
 				{Node: node("n1", "10.0.0.1", nil), Service: &api.AgentService{ID: "a1", Port: 80}, Checks: passing},
 				{Node: node("n2", "10.0.0.2", nil), Service: &api.AgentService{ID: "a2", Address: "192.168.1.9", Port: 81}, Checks: passing},
 			},
 			want: []model.Instance{
-				{ID: "a1", Node: "n1", Address: "10.0.0.1", Port: 80, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
-				{ID: "a2", Node: "n2", Address: "192.168.1.9", Port: 81, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
+				{ID: "a1", Node: "n1", Address: "10.0.0.1", Port: 80, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", NodeAddress: "10.0.0.1"},
+				{ID: "a2", Node: "n2", Address: "192.168.1.9", Port: 81, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", ServiceAddress: "192.168.1.9", NodeAddress: "10.0.0.2"},
 			},
 		},
 		{
@@ -70,8 +70,8 @@ func TestBuildService(t *testing.T) {
 				{Node: node("n1", "10.0.0.1", nil), Service: &api.AgentService{ID: "c", Port: 2, Tags: []string{}, Meta: map[string]string{}}, Checks: api.HealthChecks{{CheckID: "service:c", Status: api.HealthWarning}}},
 			},
 			want: []model.Instance{
-				{ID: "c", Node: "n1", Address: "10.0.0.1", Port: 2, Health: model.HealthWarning, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
-				{ID: "b", Node: "n2", Address: "10.0.0.2", Port: 1, Weights: model.Weights{Passing: 10, Warning: 0}, Datacenter: "dc1", Tags: []string{"a", "z"}, Meta: map[string]string{"v": "2"}},
+				{ID: "c", Node: "n1", Address: "10.0.0.1", Port: 2, Health: model.HealthWarning, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", NodeAddress: "10.0.0.1"},
+				{ID: "b", Node: "n2", Address: "10.0.0.2", Port: 1, Weights: model.Weights{Passing: 10, Warning: 0}, Datacenter: "dc1", Tags: []string{"a", "z"}, Meta: map[string]string{"v": "2"}, NodeAddress: "10.0.0.2"},
 			},
 		},
 		{
@@ -84,10 +84,10 @@ func TestBuildService(t *testing.T) {
 				{Node: node("n1", "10.0.0.1", map[string]string{"zone": ""}), Service: &api.AgentService{ID: "s-empty", Meta: map[string]string{"rack": ""}}},
 			},
 			want: []model.Instance{
-				{ID: "s-empty", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Meta: map[string]string{"rack": ""}},
-				{ID: "s-none", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "node-rack"},
-				{ID: "s-rack", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "svc-rack", Meta: map[string]string{"rack": "svc-rack", "zone": "svc-zone"}},
-				{ID: "s-zone", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "svc-zone", Meta: map[string]string{"zone": "svc-zone"}},
+				{ID: "s-empty", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Meta: map[string]string{"rack": ""}, NodeAddress: "10.0.0.1", NodeMeta: map[string]string{"zone": ""}},
+				{ID: "s-none", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "node-rack", NodeAddress: "10.0.0.1", NodeMeta: map[string]string{"rack": "node-rack"}},
+				{ID: "s-rack", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "svc-rack", Meta: map[string]string{"rack": "svc-rack", "zone": "svc-zone"}, NodeAddress: "10.0.0.1", NodeMeta: map[string]string{"zone": "node-zone"}},
+				{ID: "s-zone", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", Zone: "svc-zone", Meta: map[string]string{"zone": "svc-zone"}, NodeAddress: "10.0.0.1", NodeMeta: map[string]string{"rack": "node-rack"}},
 			},
 		},
 		{
@@ -99,8 +99,8 @@ func TestBuildService(t *testing.T) {
 				{Node: node("n3", "", nil), Service: &api.AgentService{ID: "noaddr", Port: 70000}},
 			},
 			want: []model.Instance{
-				{ID: "dup", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
-				{ID: "odd id/!", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
+				{ID: "dup", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", NodeAddress: "10.0.0.1"},
+				{ID: "odd id/!", Node: "n1", Address: "10.0.0.1", Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1", NodeAddress: "10.0.0.1"},
 				{ID: "noaddr", Node: "n3", Port: 70000, Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"},
 			},
 		},
@@ -113,7 +113,7 @@ func TestBuildService(t *testing.T) {
 				{Service: &api.AgentService{ID: "x", Address: "10.9.9.9", Port: 5}},
 			},
 			want: []model.Instance{
-				{ID: "x", Address: "10.9.9.9", Port: 5, Weights: model.Weights{Passing: 1, Warning: 1}},
+				{ID: "x", Address: "10.9.9.9", Port: 5, Weights: model.Weights{Passing: 1, Warning: 1}, ServiceAddress: "10.9.9.9"},
 			},
 		},
 		{

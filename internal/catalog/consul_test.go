@@ -96,17 +96,21 @@ func TestWatchConsulAgent(t *testing.T) {
 	if _, ok := first.Services["consul"]; !ok {
 		t.Errorf("first snapshot lacks the consul service: %v", first.ServiceNames())
 	}
+	// The agent's node meta: its own, and what Consul adds.
+	agentNodeMeta := map[string]string{"zone": "z-node", "consul-network-segment": "", "consul-version": "1.16.1"}
 	wantAlpha := []model.Instance{
 		{
 			ID: "alpha-1", Node: "node-1", Address: "127.0.0.2", Port: 9001,
 			Health: model.HealthPassing, Weights: model.Weights{Passing: 5, Warning: 2},
 			Datacenter: "dc1", Zone: "z-svc", Tags: []string{"a", "b"},
-			Meta: map[string]string{"zone": "z-svc", "version": "v1"},
+			Meta:           map[string]string{"zone": "z-svc", "version": "v1"},
+			ServiceAddress: "127.0.0.2", NodeAddress: "127.0.0.1", NodeMeta: agentNodeMeta,
 		},
 		{
 			ID: "alpha-2", Node: "node-1", Address: "127.0.0.1", Port: 9002,
 			Health: model.HealthPassing, Weights: model.Weights{Passing: 1, Warning: 1},
 			Datacenter: "dc1", Zone: "z-node",
+			NodeAddress: "127.0.0.1", NodeMeta: agentNodeMeta,
 		},
 	}
 	if diff := cmp.Diff(wantAlpha, instancesOf(first, "alpha")); diff != "" {
@@ -188,6 +192,7 @@ func TestWatchConsulAgent(t *testing.T) {
 					ID: "beta-1", Node: "ext-1", Address: "10.1.2.3", Port: 7000,
 					Health: model.HealthPassing, Weights: model.Weights{Passing: 1, Warning: 1},
 					Datacenter: "dc1", Zone: "z-ext",
+					NodeAddress: "10.1.2.3", NodeMeta: map[string]string{"zone": "z-ext"},
 				}}
 				if diff := cmp.Diff(want, got); diff != "" {
 					return fmt.Errorf("beta (-want +got):\n%s", diff)

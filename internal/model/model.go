@@ -74,6 +74,13 @@ type Instance struct {
 	Tags []string
 	// Meta is the service metadata.
 	Meta map[string]string
+	// ServiceAddress is the address registered with the service, empty
+	// when it has none (Address is then NodeAddress).
+	ServiceAddress string
+	// NodeAddress is the address of the instance's node.
+	NodeAddress string
+	// NodeMeta is the metadata of the instance's node.
+	NodeMeta map[string]string
 }
 
 // Key identifies an instance uniquely within a service.

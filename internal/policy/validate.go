@@ -233,8 +233,13 @@ func (v *validator) subsetList() {
 				v.subsets = append(v.subsets, s.Name)
 			}
 		}
-		if len(s.Tags) == 0 && len(s.Meta) == 0 {
-			v.errorf(f, "a subset selects instances by tags, meta or both, and this one sets neither; to address every instance, leave the destination's subset empty")
+		if len(s.Tags) == 0 && len(s.Meta) == 0 && s.Filter == "" && !s.OnlyPassing {
+			v.errorf(f, "a subset selects instances by tags, meta, filter or only_passing, and this one sets none; to address every instance, leave the destination's subset empty")
+		}
+		if s.Filter != "" {
+			if _, err := CompileFilter(s.Filter); err != nil {
+				v.errorf(field(f, "filter"), "%v", err)
+			}
 		}
 		for j, tag := range s.Tags {
 			if strings.TrimSpace(tag) == "" {

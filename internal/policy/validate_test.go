@@ -247,6 +247,12 @@ func TestValidateAcceptsVariants(t *testing.T) {
 		{"subset by tags only", func(p *policyv1.ServicePolicy) {
 			addSubset(p, &policyv1.Subset{Name: "tagged_1-x", Tags: []string{"a", "b"}})
 		}},
+		{"subset by filter only", func(p *policyv1.ServicePolicy) {
+			addSubset(p, &policyv1.Subset{Name: "f", Filter: `Service.Meta.version == v2 and "canary" in Service.Tags and Node.Meta.rack != r1`})
+		}},
+		{"subset of passing instances only", func(p *policyv1.ServicePolicy) {
+			addSubset(p, &policyv1.Subset{Name: "passing", OnlyPassing: true})
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -316,7 +322,16 @@ func TestValidateViolations(t *testing.T) {
 		{name: "subset name duplicate", mutate: func(p *policyv1.ServicePolicy) { addSubset(p, &policyv1.Subset{Name: "v1", Tags: []string{"x"}}) },
 			wantField: "subsets[2].name", wantDesc: "already defined by subsets[0]"},
 		{name: "subset without selector", mutate: func(p *policyv1.ServicePolicy) { addSubset(p, &policyv1.Subset{Name: "v3"}) },
-			wantField: "subsets[2]", wantDesc: "tags, meta or both"},
+			wantField: "subsets[2]", wantDesc: "tags, meta, filter or only_passing"},
+		{name: "subset filter unparsable", mutate: func(p *policyv1.ServicePolicy) {
+			addSubset(p, &policyv1.Subset{Name: "v3", Filter: "Service.Meta.version =="})
+		}, wantField: "subsets[2].filter", wantDesc: "not a filter expression"},
+		{name: "subset filter unknown selector", mutate: func(p *policyv1.ServicePolicy) {
+			addSubset(p, &policyv1.Subset{Name: "v3", Filter: `Checks.Status == "passing"`})
+		}, wantField: "subsets[2].filter", wantDesc: "Service.Tags"},
+		{name: "subset filter too long", mutate: func(p *policyv1.ServicePolicy) {
+			addSubset(p, &policyv1.Subset{Name: "v3", Filter: "Service.Meta.v == " + strings.Repeat("a", 4096)})
+		}, wantField: "subsets[2].filter", wantDesc: "at most 4096"},
 		{name: "subset nil", mutate: func(p *policyv1.ServicePolicy) { addSubset(p, nil) },
 			wantField: "subsets[2]", wantDesc: "empty subset"},
 		{name: "subset empty tag", mutate: func(p *policyv1.ServicePolicy) { addSubset(p, &policyv1.Subset{Name: "v3", Tags: []string{"a", " "}}) },

@@ -503,13 +503,34 @@ func outlierDetection(od *policyv1.OutlierDetection) *clusterv3.OutlierDetection
 }
 
 // subsetInstances selects the instances of a service that belong to a
-// subset: every listed tag, and every listed meta key with its value.
+// subset: every listed tag, every listed meta key with its value, and a
+// match of the filter expression (evaluated as Consul evaluates a
+// service-resolver subset's Filter, see policy.CompileFilter). With
+// only_passing, a warning instance counts as critical within the subset,
+// so that it receives calls only when the server would send calls to
+// critical instances (panic routing), as Consul's OnlyPassing treats it as
+// unhealthy. A filter that does not compile (which a validated policy
+// cannot have) selects no instance.
 func subsetInstances(svc *model.Service, subset *policyv1.Subset) *model.Service {
 	out := &model.Service{Name: SubsetClusterName(svc.Name, subset.GetName())}
-	for _, inst := range svc.Instances {
-		if hasTags(inst.Tags, subset.GetTags()) && hasMeta(inst.Meta, subset.GetMeta()) {
-			out.Instances = append(out.Instances, inst)
+	var filter *policy.Filter
+	if expr := subset.GetFilter(); expr != "" {
+		var err error
+		if filter, err = policy.CompileFilter(expr); err != nil {
+			return out
 		}
+	}
+	for _, inst := range svc.Instances {
+		if !hasTags(inst.Tags, subset.GetTags()) || !hasMeta(inst.Meta, subset.GetMeta()) {
+			continue
+		}
+		if filter != nil && !filter.Match(svc.Name, inst) {
+			continue
+		}
+		if subset.GetOnlyPassing() && inst.Health == model.HealthWarning {
+			inst.Health = model.HealthCritical
+		}
+		out.Instances = append(out.Instances, inst)
 	}
 	return out
 }

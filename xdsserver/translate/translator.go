@@ -666,14 +666,11 @@ func changedDestinations(a, b *model.Intentions) map[string]bool {
 	return out
 }
 
-// serviceEqual reports whether a and b hold the same service.
+// serviceEqual reports whether a and b hold the same service: every field
+// of every instance, so that a field added to the model is never missed.
 func serviceEqual(a, b *model.Service) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return a.Name == b.Name && slices.EqualFunc(a.Instances, b.Instances, func(x, y model.Instance) bool {
-		return x.ID == y.ID && x.Node == y.Node && x.Address == y.Address && x.Port == y.Port &&
-			x.Health == y.Health && x.Weights == y.Weights && x.Datacenter == y.Datacenter && x.Zone == y.Zone &&
-			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
-	})
+	return a.Name == b.Name && reflect.DeepEqual(a.Instances, b.Instances)
 }

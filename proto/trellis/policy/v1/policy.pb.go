@@ -253,16 +253,28 @@ func (x *Locality) GetMinHealthyPercent() uint32 {
 	return 0
 }
 
-// Subset selects instances of the service by tags and metadata. An instance
-// belongs to the subset when it has every listed tag and every listed
-// metadata key with the given value.
+// Subset selects instances of the service by tags, metadata and a filter
+// expression. An instance belongs to the subset when it has every listed
+// tag, every listed metadata key with the given value, and matches the
+// filter.
 type Subset struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name, unique within the policy: 1 to 63 letters, digits, '-' and '_'.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// A subset needs at least one tag or metadata entry.
-	Tags          []string          `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
-	Meta          map[string]string `protobuf:"bytes,3,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// A subset needs at least one tag, metadata entry or filter.
+	Tags []string          `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	Meta map[string]string `protobuf:"bytes,3,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// A Consul filter expression (go-bexpr, as in a service-resolver's subset
+	// Filter) over the instance as Consul's health API shows it:
+	// Service.ID, Service.Service, Service.Tags, Service.Address,
+	// Service.Port, Service.Meta, Node.Node, Node.Address, Node.Datacenter,
+	// Node.Meta. Example: `Service.Meta.version == v2 and "canary" in
+	// Service.Tags`. At most 4096 bytes.
+	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Only instances whose checks all pass belong to the subset: warning
+	// instances are left out even when the server sends them otherwise (as
+	// a service-resolver subset's OnlyPassing). Default: false.
+	OnlyPassing   bool `protobuf:"varint,5,opt,name=only_passing,json=onlyPassing,proto3" json:"only_passing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +328,20 @@ func (x *Subset) GetMeta() map[string]string {
 		return x.Meta
 	}
 	return nil
+}
+
+func (x *Subset) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *Subset) GetOnlyPassing() bool {
+	if x != nil {
+		return x.OnlyPassing
+	}
+	return false
 }
 
 type Route struct {
@@ -2686,11 +2712,13 @@ const file_trellis_policy_v1_policy_proto_rawDesc = "" +
 	"\vdatacenters\x18\x01 \x03(\tR\vdatacenters\"W\n" +
 	"\bLocality\x123\n" +
 	"\x13min_healthy_percent\x18\x01 \x01(\rH\x00R\x11minHealthyPercent\x88\x01\x01B\x16\n" +
-	"\x14_min_healthy_percent\"\xa2\x01\n" +
+	"\x14_min_healthy_percent\"\xdd\x01\n" +
 	"\x06Subset\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x127\n" +
-	"\x04meta\x18\x03 \x03(\v2#.trellis.policy.v1.Subset.MetaEntryR\x04meta\x1a7\n" +
+	"\x04meta\x18\x03 \x03(\v2#.trellis.policy.v1.Subset.MetaEntryR\x04meta\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\x12!\n" +
+	"\fonly_passing\x18\x05 \x01(\bR\vonlyPassing\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x96\x02\n" +

@@ -53,9 +53,11 @@ type ProfileCaches struct {
 	caches   map[string]*xdscache.Cache
 	logger   *slog.Logger
 
-	// activeMu guards active.
+	// activeMu guards active and applied.
 	activeMu sync.Mutex
 	active   map[string]bool
+	// applied has, per profile, a channel closed by its first Apply.
+	applied map[string]chan struct{}
 	// activated is signalled (capacity 1) when a profile becomes active.
 	activated chan struct{}
 
@@ -84,6 +86,7 @@ func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
 	p := &ProfileCaches{profiles: profiles, caches: make(map[string]*xdscache.Cache, len(profiles)), logger: logger,
 		shared:    map[string]map[string]map[string]sharedEntry{},
 		active:    map[string]bool{profiles[0].Name: true},
+		applied:   map[string]chan struct{}{},
 		activated: make(chan struct{}, 1)}
 	for _, pr := range profiles {
 		if pr.Name == "" {
@@ -92,6 +95,7 @@ func NewProfileCaches(cfg ProfileCachesConfig) (*ProfileCaches, error) {
 		if _, dup := p.caches[pr.Name]; dup {
 			return nil, fmt.Errorf("xdsserver: ProfileCachesConfig.Profiles: profile %q listed twice", pr.Name)
 		}
+		p.applied[pr.Name] = make(chan struct{})
 		p.caches[pr.Name] = xdscache.New(xdscache.Config{
 			Logger:     logger.With("profile", pr.Name),
 			MaxAliases: cfg.MaxAliases,
@@ -129,6 +133,26 @@ func (p *ProfileCaches) Active(profile string) bool {
 // merge: read Active for each profile).
 func (p *ProfileCaches) Activated() <-chan struct{} { return p.activated }
 
+// Prepare activates the named profile, as a client of it connecting does,
+// and waits until its translation is served (its first Apply), or ctx is
+// done: what the status API answers about a profile is then what its
+// clients would get.
+func (p *ProfileCaches) Prepare(ctx context.Context, profile string) error {
+	p.activeMu.Lock()
+	applied, ok := p.applied[profile]
+	p.activeMu.Unlock()
+	if !ok {
+		return fmt.Errorf("xdsserver: profile %q is not served", profile)
+	}
+	p.activate(profile)
+	select {
+	case <-applied:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("xdsserver: the translation for profile %q is not served yet: %w", profile, ctx.Err())
+	}
+}
+
 // activate marks the named profile active.
 func (p *ProfileCaches) activate(profile string) {
 	p.activeMu.Lock()
@@ -163,8 +187,20 @@ func (p *ProfileCaches) Apply(next map[string]xdscache.Change) map[string]xdscac
 			ch = p.share(pr.Name, p.caches[baseName], ch)
 		}
 		out[pr.Name] = p.caches[pr.Name].ApplyChange(ch)
+		p.markApplied(pr.Name)
 	}
 	return out
+}
+
+// markApplied records the first Apply of the named profile.
+func (p *ProfileCaches) markApplied(profile string) {
+	p.activeMu.Lock()
+	defer p.activeMu.Unlock()
+	select {
+	case <-p.applied[profile]:
+	default:
+		close(p.applied[profile])
+	}
 }
 
 // share returns ch with every resource equal to base's current resource of

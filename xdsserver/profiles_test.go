@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -391,4 +392,31 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestProfilePrepare: Prepare activates a profile and returns once its
+// first translation is applied, and fails when ctx ends before.
+func TestProfilePrepare(t *testing.T) {
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Profiles: []clients.Profile{clients.Widest, clients.Go}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := pc.Prepare(short, clients.GoName); err == nil {
+		t.Fatal("Prepare returned before any Apply")
+	}
+	if !pc.Active(clients.GoName) {
+		t.Fatal("Prepare did not activate the profile")
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	done := make(chan error, 1)
+	go func() { done <- pc.Prepare(context.Background(), clients.GoName) }()
+	pc.Apply(whole(map[string]xdscache.Resources{clients.GoName: clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)}))
+	if err := <-done; err != nil {
+		t.Fatalf("Prepare after the first Apply: %v", err)
+	}
+	if err := pc.Prepare(context.Background(), "no-such-profile"); err == nil {
+		t.Error("Prepare of an unknown profile: no error")
+	}
 }

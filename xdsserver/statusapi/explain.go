@@ -85,7 +85,7 @@ func (s Skip) text() string {
 }
 
 // Explain implements statusv1.StatusServiceServer.
-func (s *Server) Explain(_ context.Context, req *statusv1.ExplainRequest) (*statusv1.ExplainResponse, error) {
+func (s *Server) Explain(ctx context.Context, req *statusv1.ExplainRequest) (*statusv1.ExplainResponse, error) {
 	if s.served == nil || s.inputs == nil {
 		return nil, status.Error(codes.Unimplemented, "Explain: this server was started without its resource caches or inputs")
 	}
@@ -98,6 +98,9 @@ func (s *Server) Explain(_ context.Context, req *statusv1.ExplainRequest) (*stat
 		resp: &statusv1.ExplainResponse{Target: req.GetTarget(), Listener: listener, Service: service, Replica: s.replica},
 	}
 	if err := e.pickClient(strings.TrimSpace(req.GetClient()), req.GetProfile()); err != nil {
+		return nil, err
+	}
+	if err := s.prepare(ctx, e.resp.Profile); err != nil {
 		return nil, err
 	}
 	e.cache = s.served.Cache(e.resp.Profile)

@@ -2,6 +2,7 @@ package statusapi
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,6 +30,26 @@ type Served interface {
 	ProfileOf(node *corev3.Node) clients.Profile
 	// Cache returns the cache of a profile, nil when it is not served.
 	Cache(profile string) *xdscache.Cache
+	// Prepare makes sure the profile's translation is served (a profile
+	// is translated once a client of it connects), waiting for it.
+	Prepare(ctx context.Context, profile string) error
+}
+
+// prepareTimeout bounds the wait for a profile's first translation.
+const prepareTimeout = 20 * time.Second
+
+// prepare waits for profile's translation to be served, unless the
+// server has not synced with Consul yet (nothing is served then).
+func (s *Server) prepare(ctx context.Context, profile string) error {
+	if s.inputs != nil && !s.inputs.Synced() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+	defer cancel()
+	if err := s.served.Prepare(ctx, profile); err != nil {
+		return status.Errorf(codes.Unavailable, "%v; try again", err)
+	}
+	return nil
 }
 
 var _ Served = (*xdsserver.ProfileCaches)(nil)
@@ -47,7 +68,7 @@ var knownTypes = map[string]bool{
 }
 
 // GetResources implements statusv1.StatusServiceServer.
-func (s *Server) GetResources(_ context.Context, req *statusv1.GetResourcesRequest) (*statusv1.GetResourcesResponse, error) {
+func (s *Server) GetResources(ctx context.Context, req *statusv1.GetResourcesRequest) (*statusv1.GetResourcesResponse, error) {
 	if s.served == nil {
 		return nil, status.Error(codes.Unimplemented, "GetResources: this server was started without its resource caches")
 	}
@@ -74,6 +95,9 @@ func (s *Server) GetResources(_ context.Context, req *statusv1.GetResourcesReque
 	}
 	profile, source, err := s.profileFor(req.GetProfile(), req.GetNodeId(), node)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.prepare(ctx, profile); err != nil {
 		return nil, err
 	}
 	c := s.served.Cache(profile)

@@ -268,10 +268,10 @@ type coordinator struct {
 	published                          bool
 	// last is the last published snapshot; touched names the services
 	// whose entry changed since (model.Snapshot.Next).
-	last    *model.Snapshot
-	touched map[string]bool
-	pending                            time.Time // first unpublished change
-	quietUntil                         time.Time
+	last       *model.Snapshot
+	touched    map[string]bool
+	pending    time.Time // first unpublished change
+	quietUntil time.Time
 }
 
 func newCoordinator(w *Watcher) *coordinator {

@@ -101,8 +101,10 @@ const (
 const (
 	// maxCoalesceFactor bounds how long a stream of changes can delay a
 	// snapshot: at most maxCoalesceFactor*Coalesce after the first
-	// unpublished change.
-	maxCoalesceFactor = 10
+	// unpublished change (200 ms by default), so that sustained churn
+	// (changes closer together than Coalesce) still reaches clients within
+	// the push budget, while a burst is still batched.
+	maxCoalesceFactor = 4
 	// probeTag is a tag no instance carries: a health read narrowed by it
 	// answers an empty list with the service's own index.
 	probeTag = "trellis.index-probe.none"

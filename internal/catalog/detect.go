@@ -707,6 +707,7 @@ func (c *coordinator) publish() {
 		}
 	}
 	c.last = c.last.Next(next, slices.Sorted(maps.Keys(c.touched)))
+	c.last.ObservedAt = c.pending
 	clear(c.touched)
 	c.w.publish(c.last)
 }

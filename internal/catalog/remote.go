@@ -146,8 +146,10 @@ func (r *Remote) Run(ctx context.Context) error {
 		gens    = map[string]uint64{} // per service, bumped on every remote change
 		memo    = map[string]joined{}
 		changed bool
-		// published is the last snapshot published.
+		// published is the last snapshot published; observed is when the
+		// first change not published yet arrived.
 		published *model.Snapshot
+		observed  time.Time
 	)
 	for {
 		retarget := false
@@ -156,6 +158,7 @@ func (r *Remote) Run(ctx context.Context) error {
 			return nil
 		case s := <-r.cfg.Catalogs:
 			snap, changed = s, true
+			observed = s.ObservedAt
 			if local == "" {
 				local, retarget = localDatacenter(s), true
 			}
@@ -167,6 +170,9 @@ func (r *Remote) Run(ctx context.Context) error {
 			}
 			remote[rd.target] = rd.instances
 			gens[rd.target.Service]++
+			if !changed {
+				observed = time.Now()
+			}
 			changed = true
 		}
 		if retarget && local != "" {
@@ -178,7 +184,7 @@ func (r *Remote) Run(ctx context.Context) error {
 			continue
 		}
 		changed = false
-		published = follow(published, join(snap, remote, gens, memo))
+		published = follow(published, join(snap, remote, gens, memo), observed)
 		r.snapshots.Publish(published)
 	}
 }
@@ -187,7 +193,7 @@ func (r *Remote) Run(ctx context.Context) error {
 // the services that differ (model.Snapshot.Next): what Remote publishes
 // is a lineage of its own, joined or not, so that a consumer comparing
 // with the snapshot before is never told too little.
-func follow(prev, next *model.Snapshot) *model.Snapshot {
+func follow(prev, next *model.Snapshot, observed time.Time) *model.Snapshot {
 	var changed []string
 	if prev != nil {
 		for name, svc := range next.Services {
@@ -201,7 +207,9 @@ func follow(prev, next *model.Snapshot) *model.Snapshot {
 			}
 		}
 	}
-	return prev.Next(next.Services, changed)
+	out := prev.Next(next.Services, changed)
+	out.ObservedAt = observed
+	return out
 }
 
 // retarget starts the queries of the targets not running yet and stops

@@ -10,6 +10,7 @@ package model
 import (
 	"slices"
 	"sort"
+	"time"
 )
 
 // Health is the aggregated health of one service instance: the worst status of
@@ -105,6 +106,11 @@ type Service struct {
 type Snapshot struct {
 	// Services by name.
 	Services map[string]*Service
+	// ObservedAt is when the source first saw a change this snapshot
+	// holds and its predecessor did not (for the catalog: when Consul's
+	// answer carrying it arrived); zero when unknown. It measures how long
+	// a change takes to reach clients.
+	ObservedAt time.Time
 
 	// lineage is shared by the snapshots made from one another with Next;
 	// nil for a snapshot made otherwise.

@@ -133,6 +133,7 @@ type metrics struct {
 	clientAdapted *prometheus.GaugeVec
 	applyErrors   prometheus.Counter
 	duration      prometheus.Histogram
+	changeToPush  prometheus.Histogram
 }
 
 // New checks cfg and registers the metrics.
@@ -183,6 +184,11 @@ func New(cfg Config) (*Pipeline, error) {
 			Help:    "Time to translate a new input and apply it to the xDS caches.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		changeToPush: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "trellis_pipeline_change_to_push_seconds",
+			Help:    "Time from Consul's answer carrying a catalog change to the xDS caches handing the changed resources to every stream watching them (batching of bursts included).",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1, 2, 5, 10},
+		}),
 	}
 	for _, k := range []translate.SkipKind{translate.SkipLeftOut, translate.SkipWarning} {
 		p.metrics.skipped.WithLabelValues(k.String())
@@ -192,7 +198,7 @@ func New(cfg Config) (*Pipeline, error) {
 	}
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{p.metrics.skipped, p.metrics.applies, p.metrics.panicking,
-			p.metrics.clientAdapted, p.metrics.applyErrors, p.metrics.duration} {
+			p.metrics.clientAdapted, p.metrics.applyErrors, p.metrics.duration, p.metrics.changeToPush} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("pipeline: register metrics: %w", err)
 			}
@@ -232,6 +238,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		in           translate.Input
 		havePolicies bool
 		haveSecurity = !p.needsSecurity()
+		// observed is when the oldest catalog change not applied yet
+		// arrived from Consul (model.Snapshot.ObservedAt).
+		observed time.Time
 	)
 	in.Security = p.cfg.BaseSecurity
 	if in.Security == nil {
@@ -243,6 +252,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			return nil
 		case snap := <-p.cfg.Catalogs:
 			in.Catalog = snap
+			if observed.IsZero() {
+				observed = snap.ObservedAt
+			}
 		case ps := <-p.cfg.Policies:
 			in.Policies = ps.Policies
 			havePolicies = true
@@ -255,7 +267,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		if in.Catalog == nil || !havePolicies || !haveSecurity {
 			continue
 		}
-		p.apply(in)
+		changed := p.apply(in)
+		if changed && !observed.IsZero() && p.isSynced.Load() {
+			p.metrics.changeToPush.Observe(time.Since(observed).Seconds())
+		}
+		observed = time.Time{}
 		if !p.isSynced.Swap(true) {
 			close(p.synced)
 		}
@@ -263,7 +279,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 }
 
 // apply translates in for every profile and applies the result.
-func (p *Pipeline) apply(in translate.Input) {
+func (p *Pipeline) apply(in translate.Input) (changed bool) {
 	start := time.Now()
 	next := make(map[string]xdscache.Change, len(p.translators))
 	var (
@@ -310,6 +326,7 @@ func (p *Pipeline) apply(in translate.Input) {
 
 	st := &Status{Applied: time.Now(), Services: len(in.Catalog.Services), Policies: len(in.Policies), Skipped: skips}
 	for profile, r := range results {
+		changed = changed || r.Changed()
 		if r.Err == nil {
 			continue
 		}
@@ -328,6 +345,7 @@ func (p *Pipeline) apply(in translate.Input) {
 	p.latest.Store(st)
 	p.logger.Debug("applied snapshot", "services", len(in.Catalog.Services), "policies", len(in.Policies),
 		"duration", time.Since(start), "result", results[p.cfg.Profiles[0].Name])
+	return changed
 }
 
 func (p *Pipeline) logPanics(clusters []string) {

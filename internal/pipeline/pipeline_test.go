@@ -74,8 +74,16 @@ func (c *fakeCache) Apply(next map[string]xdscache.Change) map[string]xdscache.A
 	c.mu.Unlock()
 	c.notify <- struct{}{}
 	out := map[string]xdscache.ApplyResult{}
-	for name := range next {
-		out[name] = xdscache.ApplyResult{Err: err}
+	for name, ch := range next {
+		// What a cache would report, roughly: how much the change holds.
+		n := 0
+		for _, m := range ch.Full {
+			n += len(m)
+		}
+		for _, m := range ch.Updated {
+			n += len(m)
+		}
+		out[name] = xdscache.ApplyResult{Err: err, Types: map[string]xdscache.TypeChange{"all": {Updated: n}}}
 	}
 	return out
 }
@@ -295,6 +303,53 @@ func TestChangesFollowTheCatalog(t *testing.T) {
 	waitApplies(t, cache, 3)
 	if _, ok := cache.changes[2]["widest"]; ok {
 		t.Error("a change handed over for an input that changed nothing")
+	}
+}
+
+// TestChangeToPushObserved: a catalog change is timed from when it was
+// observed to its apply; the first sync and an apply that changes nothing
+// are not.
+func TestChangeToPushObserved(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, cache, in, _ := start(t, Config{Registerer: reg})
+	first := catalog(8080)
+	first.ObservedAt = time.Now().Add(-time.Hour)
+	in.catalogs <- first
+	in.policies <- &store.Snapshot{}
+	waitApplies(t, cache, 1)
+	count := func() uint64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "trellis_pipeline_change_to_push_seconds" {
+				h := mf.GetMetric()[0].GetHistogram()
+				if h.GetSampleCount() > 0 && h.GetSampleSum() < 0.2 {
+					t.Errorf("change to push: %v s over %d, want at least 0.2 s each", h.GetSampleSum(), h.GetSampleCount())
+				}
+				return h.GetSampleCount()
+			}
+		}
+		t.Fatal("trellis_pipeline_change_to_push_seconds not registered")
+		return 0
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("first sync observed: %d", n)
+	}
+	next := catalog(8080, 8081)
+	next.ObservedAt = time.Now().Add(-200 * time.Millisecond)
+	in.catalogs <- next
+	waitApplies(t, cache, 2)
+	if n := count(); n != 1 {
+		t.Fatalf("after a change: %d observations, want 1", n)
+	}
+	same := catalog(8080, 8081)
+	same.ObservedAt = time.Now().Add(-200 * time.Millisecond)
+	in.catalogs <- same
+	waitApplies(t, cache, 3)
+	if n := count(); n != 1 {
+		t.Fatalf("after an apply that changed nothing: %d observations, want 1", n)
 	}
 }
 

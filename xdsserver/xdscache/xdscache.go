@@ -5,6 +5,10 @@
 // deterministic encoding (Any payloads included), and Apply forwards to the per-type
 // go-control-plane LinearCache only the resources whose hash changed plus the
 // deletions, so an unchanged resource is never pushed to a client again.
+// ApplyDelta takes only what changed (a translate.Delta, as the pipeline
+// hands it over), so that an update costs what it holds, not what the
+// cache serves; LinearCache notifies only the watches of the names it
+// touches.
 // Resources are immutable once applied: a resource applied again as the
 // same value is neither encoded nor hashed again, and the LinearCache
 // encodes each version once, lazily, for every stream it is sent on. It

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -133,6 +134,14 @@ func New(cfg Config) *Server {
 		s.mux.Handle("GET /ui/", s.debug(cfg.UI.ServeHTTP))
 		s.mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	}
+	// Go's profiles, behind the same authentication as the debug views:
+	// CPU and heap profiles of a running server are how its cost is found.
+	endpoints = append(endpoints, "/debug/pprof/")
+	s.mux.HandleFunc("GET /debug/pprof/", s.debug(pprof.Index))
+	s.mux.HandleFunc("GET /debug/pprof/cmdline", s.debug(pprof.Cmdline))
+	s.mux.HandleFunc("GET /debug/pprof/profile", s.debug(pprof.Profile))
+	s.mux.HandleFunc("GET /debug/pprof/symbol", s.debug(pprof.Symbol))
+	s.mux.HandleFunc("GET /debug/pprof/trace", s.debug(pprof.Trace))
 	index := strings.Join(endpoints, "\n") + "\n"
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, index)

@@ -366,6 +366,10 @@ func TestDebugAuth(t *testing.T) {
 		{name: "remote healthz", cfg: cfg, remote: "192.0.2.7:4000", path: "/healthz", wantCode: http.StatusOK, wantBody: "ok"},
 		{name: "remote readyz", cfg: cfg, remote: "192.0.2.7:4000", path: "/readyz", wantCode: http.StatusOK, wantBody: "ready"},
 		{name: "remote metrics", cfg: cfg, remote: "192.0.2.7:4000", path: "/metrics", wantCode: http.StatusOK},
+		{name: "loopback profiles", cfg: cfg, remote: "127.0.0.1:4000", path: "/debug/pprof/", wantCode: http.StatusOK, wantBody: "goroutine"},
+		{name: "loopback heap profile", cfg: cfg, remote: "127.0.0.1:4000", path: "/debug/pprof/heap?debug=1", wantCode: http.StatusOK, wantBody: "heap profile"},
+		{name: "remote profiles without credentials", cfg: cfg, remote: "192.0.2.7:4000", path: "/debug/pprof/goroutine", wantCode: http.StatusUnauthorized, wantBody: "send a bearer token"},
+		{name: "remote profiles and no DebugAuth", cfg: noAuth, remote: "192.0.2.7:4000", path: "/debug/pprof/", token: "Bearer good", wantCode: http.StatusForbidden, wantBody: "loopback callers only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -76,12 +76,22 @@ integration/peers/node/node_modules/.package-lock.json: integration/peers/node/p
 		{ echo "test-deps: the Node peer needs node and npm: install Debian's nodejs and npm" >&2; exit 1; }
 	cd integration/peers/node && npm ci --no-audit --no-fund
 
-## bench: benchmarks, reported as ratios against a baseline in the same run.
-## The data-plane benchmark (3 rounds of 5 configurations, ~7 minutes) and
-## BENCHMARKS.md with its plots, from bench/*.json and bench/analysis.md.
+## bench: benchmarks, reported as ratios against a baseline in the same run
+## (about 20 minutes on a quiet 2-core machine): the Go benchmarks of the
+## packages that have any (~2 minutes), the control-plane run with
+## $(BENCH_CONTROLPLANE_FLAGS) (~12 minutes), the data-plane benchmark
+## (3 rounds of 5 configurations, ~5 minutes), then BENCHMARKS.md with its
+## plots, from bench/*.json and bench/analysis.md.
+# Packages with Go benchmarks: listing them spares building the test
+# binaries of every other package.
+BENCH_PKGS ?= $(sort $(dir $(shell grep -rl --include='*_test.go' --exclude-dir=node_modules --exclude-dir=.git '^func Benchmark' .)))
+# Fewer single changes, fan-out changes and shorter idle and churn windows
+# than the control-plane run's defaults (20, 10, 10 s, 15 s), which take
+# ~17 minutes here: the same steps (100 / 1,000 / 10,000), in ~12.
+BENCH_CONTROLPLANE_FLAGS ?= -changes 10 -fanout-changes 6 -idle 6s -churn-duration 10s
 bench: tools build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
-	$(MAKE) bench-controlplane
+	$(GO) test -run '^$$' -bench . -benchmem $(BENCH_PKGS)
+	$(MAKE) bench-controlplane CONTROLPLANE_FLAGS="$(BENCH_CONTROLPLANE_FLAGS)"
 	bin/trellis-bench dataplane -o bench/dataplane.json -profile-dir bench/profiles
 	bin/trellis-bench report
 

@@ -76,10 +76,10 @@ type Config struct {
 	// Rounds is the number of rounds. Default: 3.
 	Rounds int
 	// Loads are the measured phases of every configuration in every round.
-	// Default: DefaultLoads(4s).
+	// Default: DefaultLoads(3s).
 	Loads []Load
 	// Warmup is a closed loop of 16 calls in flight run before the loads,
-	// and not measured. Default: 1s.
+	// and not measured. Default: 500ms.
 	Warmup time.Duration
 	// ProfileDir, when set, receives CPU profiles of the client and the
 	// server of every configuration during ProfileLoad of the first round.
@@ -144,7 +144,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("dataplane: Config.Rounds %d: want at least 1", c.Rounds)
 	}
 	if len(c.Loads) == 0 {
-		c.Loads = DefaultLoads(4 * time.Second)
+		c.Loads = DefaultLoads(3 * time.Second)
 	}
 	for _, l := range c.Loads {
 		if err := l.validate(); err != nil {
@@ -152,7 +152,7 @@ func (c *Config) setDefaults() error {
 		}
 	}
 	if c.Warmup == 0 {
-		c.Warmup = time.Second
+		c.Warmup = 500 * time.Millisecond
 	}
 	if c.ProfileLoad == "" {
 		for _, l := range c.Loads {

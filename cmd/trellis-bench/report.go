@@ -97,8 +97,8 @@ func render(in reportInputs, plotDir string) (string, map[string]string) {
 
 	p("## Run\n\n")
 	p("- Started %s, took %s; %d rounds.\n", r.Started.Format(time.RFC3339), r.Duration.Round(time.Second), r.Rounds)
-	p("- Machine: %d CPUs (%s), Linux %s, %s. Load average (1 min) %.2f before, %.2f after.\n",
-		r.Machine.CPUs, orUnknown(r.Machine.CPUModel), orUnknown(r.Machine.Kernel), r.Machine.GoVersion, r.Machine.LoadBefore, r.Machine.LoadAfter)
+	p("- Machine: %d CPUs (%s), Linux %s, %s. %s\n",
+		r.Machine.CPUs, orUnknown(r.Machine.CPUModel), orUnknown(r.Machine.Kernel), r.Machine.GoVersion, machineLoad(r))
 	p("- Noise: %s\n\n", noise(s))
 
 	p("## Method\n\n")
@@ -233,6 +233,32 @@ func render(in reportInputs, plotDir string) (string, map[string]string) {
 	}
 	p("\n")
 	return b.String(), files
+}
+
+// quietLoad is the 1-minute load average of a 2-core machine below which
+// a run counts as made on a quiet machine.
+const quietLoad = 1.5
+
+// machineLoad states the load averages the run recorded and whether the
+// machine was quiet.
+func machineLoad(r *dataplane.Report) string {
+	m := r.Machine
+	out := fmt.Sprintf("Load average (1 min) %.2f before, %.2f after", m.LoadBefore, m.LoadAfter)
+	var during []float64
+	for _, run := range r.Runs {
+		if run.LoadAfter > 0 {
+			during = append(during, run.LoadAfter)
+		}
+	}
+	if len(during) == 0 {
+		return out + "."
+	}
+	sort.Float64s(during)
+	out += fmt.Sprintf(", %.2f-%.2f (median %.2f) at the end of the configurations' runs", during[0], during[len(during)-1], during[len(during)/2])
+	if highest := max(m.LoadMax, during[len(during)-1]); highest < quietLoad {
+		return out + fmt.Sprintf(": a quiet machine (below %.1f throughout).", quietLoad)
+	}
+	return out + fmt.Sprintf(": **not a quiet machine** (%.1f or more at some point): other processes competed for the cores, so calls/s and latency moved with them; the per-CPU-second ratios are the more trustworthy.", quietLoad)
 }
 
 func orUnknown(s string) string {

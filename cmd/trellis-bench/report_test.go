@@ -163,3 +163,35 @@ func TestWideTablesAreTransposed(t *testing.T) {
 		t.Errorf("a 12-column table is not drawn one field per line:\n%s", got)
 	}
 }
+
+func TestMachineLoadSaysWhetherTheMachineWasQuiet(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		before, after float64
+		during        []float64
+		want          []string
+		notWant       string
+	}{
+		{"quiet throughout", 0.3, 0.9, []float64{0.5, 1.2, 0.8}, []string{"0.30 before, 0.90 after", "0.50-1.20 (median 0.80)", "a quiet machine"}, "not a quiet"},
+		{"loaded during one run", 0.3, 0.9, []float64{0.5, 3.4, 0.8}, []string{"0.50-3.40", "**not a quiet machine**"}, "a quiet machine (below"},
+		{"loaded before", 2.1, 0.9, []float64{0.5, 1.0, 0.8}, []string{"2.10 before", "**not a quiet machine**"}, "a quiet machine (below"},
+		{"older report without per-run loads", 0.3, 0.4, nil, []string{"0.30 before, 0.40 after."}, "quiet"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &dataplane.Report{Machine: dataplane.Machine{LoadBefore: tt.before, LoadAfter: tt.after, LoadMax: max(tt.before, tt.after)}}
+			for _, l := range tt.during {
+				r.Runs = append(r.Runs, dataplane.RunResult{LoadAfter: l})
+				r.Machine.LoadMax = max(r.Machine.LoadMax, l)
+			}
+			got := machineLoad(r)
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("machineLoad = %q, want it to contain %q", got, w)
+				}
+			}
+			if strings.Contains(got, tt.notWant) {
+				t.Errorf("machineLoad = %q, want it not to contain %q", got, tt.notWant)
+			}
+		})
+	}
+}

@@ -190,9 +190,12 @@ type Machine struct {
 	CPUModel  string `json:"cpu_model"`
 	Kernel    string `json:"kernel"`
 	GoVersion string `json:"go_version"`
-	// LoadBefore and LoadAfter are the 1-minute load averages.
+	// LoadBefore and LoadAfter are the 1-minute load averages before the
+	// mesh starts and after the last run; LoadMax is the highest of them
+	// and of every run's RunResult.LoadAfter.
 	LoadBefore float64 `json:"load_before"`
 	LoadAfter  float64 `json:"load_after"`
+	LoadMax    float64 `json:"load_max,omitempty"`
 }
 
 // RunResult is one configuration in one round, with its own client process.
@@ -205,6 +208,9 @@ type RunResult struct {
 	ClientPeakRSS int64         `json:"client_peak_rss"`
 	ServerPeakRSS int64         `json:"server_peak_rss"`
 	Phases        []PhaseResult `json:"phases"`
+	// LoadAfter is the 1-minute load average at the end of the run: what
+	// else the machine was doing while it ran.
+	LoadAfter float64 `json:"load_after,omitempty"`
 }
 
 // PhaseResult is one load of one run.
@@ -285,10 +291,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if err != nil {
 				return nil, fmt.Errorf("dataplane: round %d, configuration %s: %w", round, c, err)
 			}
+			run.LoadAfter = loadAverage()
+			rep.Machine.LoadMax = max(rep.Machine.LoadMax, run.LoadAfter)
 			rep.Runs = append(rep.Runs, run)
 		}
 	}
 	rep.Machine.LoadAfter = loadAverage()
+	rep.Machine.LoadMax = max(rep.Machine.LoadMax, rep.Machine.LoadBefore, rep.Machine.LoadAfter)
 	rep.Duration = time.Since(rep.Started)
 	rep.Summary = Summarize(rep)
 	return rep, nil

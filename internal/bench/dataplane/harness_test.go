@@ -114,6 +114,9 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s round %d: client peak RSS %d, server peak RSS %d, heap %d: want measured", run.Config, run.Round,
 				run.ClientPeakRSS, run.ServerPeakRSS, run.Ready.HeapAfter)
 		}
+		if run.LoadAfter > decoded.Machine.LoadMax {
+			t.Errorf("%s round %d: load average %.2f at its end, above the run's highest %.2f", run.Config, run.Round, run.LoadAfter, decoded.Machine.LoadMax)
+		}
 		if len(run.Phases) != len(loads) {
 			t.Errorf("%s round %d: %d phases, want %d", run.Config, run.Round, len(run.Phases), len(loads))
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,7 +64,8 @@ const (
 // Config configures Run.
 type Config struct {
 	// TrellisBin, ConsulBin, SPIREServerBin and SPIREAgentBin are the
-	// binaries of the mesh. Required.
+	// binaries of the mesh. Required; the SPIRE ones only when Configs
+	// include (d) or (e), the others need no SVIDs and run without SPIRE.
 	TrellisBin, ConsulBin, SPIREServerBin, SPIREAgentBin string
 	// Worker is the command line of a worker process, to which the harness
 	// appends "server ..." or "client ..." (see WorkerMain), and WorkerEnv
@@ -112,8 +114,20 @@ func DefaultLoads(d time.Duration) []Load {
 	}
 }
 
+// needsSPIRE reports whether a configuration of c uses SVIDs.
+func (c *Config) needsSPIRE() bool {
+	return slices.Contains(c.Configs, ConfigXDSMTLS) || slices.Contains(c.Configs, ConfigXDSMTLSPolicy)
+}
+
 func (c *Config) setDefaults() error {
-	for name, v := range map[string]string{"TrellisBin": c.TrellisBin, "ConsulBin": c.ConsulBin, "SPIREServerBin": c.SPIREServerBin, "SPIREAgentBin": c.SPIREAgentBin} {
+	if len(c.Configs) == 0 {
+		c.Configs = AllConfigs
+	}
+	bins := map[string]string{"TrellisBin": c.TrellisBin, "ConsulBin": c.ConsulBin}
+	if c.needsSPIRE() {
+		bins["SPIREServerBin"], bins["SPIREAgentBin"] = c.SPIREServerBin, c.SPIREAgentBin
+	}
+	for name, v := range bins {
 		if v == "" {
 			return fmt.Errorf("dataplane: Config.%s is required", name)
 		}
@@ -123,9 +137,6 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Worker) == 0 {
 		return errors.New("dataplane: Config.Worker is required")
-	}
-	if len(c.Configs) == 0 {
-		c.Configs = AllConfigs
 	}
 	seen := map[string]bool{}
 	for _, cfg := range c.Configs {
@@ -266,7 +277,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Rounds: cfg.Rounds, Configs: cfg.Configs, Loads: cfg.Loads, Warmup: cfg.Warmup, ServerStreamWorkers: cfg.ServerStreamWorkers}
 	h := &harness{cfg: cfg, log: cfg.Logger}
-	h.log.Info("starting consul, spire and trellis", "dir", cfg.Dir)
+	h.log.Info("starting the mesh", "dir", cfg.Dir, "spire", cfg.needsSPIRE())
 	m, err := startMesh(ctx, cfg, cfg.Dir)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -162,5 +163,34 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, g := range s.Goals {
 		t.Log(g)
+	}
+}
+
+// TestConfigNeedsSPIREOnlyForXDSMTLS checks that configurations without
+// SVIDs run without SPIRE binaries, and that (d) and (e) require them by
+// name.
+func TestConfigNeedsSPIREOnlyForXDSMTLS(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	if err := os.WriteFile(bin, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		configs []string
+		wantErr string
+	}{
+		{[]string{ConfigDirect, ConfigXDS, ConfigTLS}, ""},
+		{[]string{ConfigTLS, ConfigXDSMTLS}, "Config.SPIRE"},
+		{[]string{ConfigXDSMTLSPolicy}, "Config.SPIRE"},
+		{nil, "Config.SPIRE"}, // the default: every configuration
+	} {
+		cfg := Config{TrellisBin: bin, ConsulBin: bin, Worker: []string{bin}, Configs: tt.configs}
+		err := cfg.setDefaults()
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("configs %v without SPIRE binaries: %v, want accepted", tt.configs, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("configs %v without SPIRE binaries: error %v, want one naming %s", tt.configs, err, tt.wantErr)
+		}
 	}
 }

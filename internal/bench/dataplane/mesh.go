@@ -32,7 +32,8 @@ import (
 const startTimeout = 90 * time.Second
 
 // mesh is the control plane of the benchmark: a Consul dev agent, a SPIRE
-// server with one agent, and `trellis server` watching that Consul.
+// server with one agent (when a configuration uses mTLS through xDS), and
+// `trellis server` watching that Consul.
 type mesh struct {
 	dir         string
 	consulAddr  string
@@ -60,8 +61,10 @@ func startMesh(ctx context.Context, cfg Config, dir string) (m *mesh, err error)
 	if err := m.startConsul(ctx, cfg.ConsulBin); err != nil {
 		return m, err
 	}
-	if err := m.startSPIRE(ctx, cfg.SPIREServerBin, cfg.SPIREAgentBin); err != nil {
-		return m, err
+	if cfg.needsSPIRE() {
+		if err := m.startSPIRE(ctx, cfg.SPIREServerBin, cfg.SPIREAgentBin); err != nil {
+			return m, err
+		}
 	}
 	if err := m.startTrellis(ctx, cfg.TrellisBin); err != nil {
 		return m, err

@@ -80,7 +80,7 @@ integration/peers/node/node_modules/.package-lock.json: integration/peers/node/p
 ## (about 20 minutes on a quiet 2-core machine): the Go benchmarks of the
 ## packages that have any (~2 minutes), the control-plane run with
 ## $(BENCH_CONTROLPLANE_FLAGS) (~12 minutes), the data-plane benchmark
-## (3 rounds of 5 configurations, ~5 minutes), then BENCHMARKS.md with its
+## (3 rounds of 5 configurations, ~4.5 minutes), then BENCHMARKS.md with its
 ## plots, from bench/*.json and bench/analysis.md.
 # Packages with Go benchmarks: listing them spares building the test
 # binaries of every other package.

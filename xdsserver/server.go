@@ -127,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 	if tr.versions == nil && cfg.Watcher == nil {
 		tr.versions = CacheVersions{Cache: cfg.Cache}
 	}
-	if rc := newResourcesCollector(tr.versions); rc != nil {
+	if rc := newResources(tr.versions); rc != nil {
 		if err := reg.Register(rc); err != nil {
 			return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
 		}

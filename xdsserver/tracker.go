@@ -181,7 +181,7 @@ func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error
 			Buckets: ackLatencyBuckets,
 		}, []string{"type"}),
 	}
-	for _, c := range []prometheus.Collector{t.streamsGauge, t.responses, t.acks, t.nacks, t.ackLatency, &subscriptionsCollector{t: t}} {
+	for _, c := range []prometheus.Collector{t.streamsGauge, t.responses, t.acks, t.nacks, t.ackLatency, newSubscriptions(t)} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -201,59 +201,67 @@ func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error
 // to one that is overloaded or waits for a dependent resource (seconds).
 var ackLatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
-// subscriptionsDesc describes trellis_xds_subscriptions.
-var subscriptionsDesc = prometheus.NewDesc("trellis_xds_subscriptions",
-	"Open ADS streams subscribed to a resource type, by type and client implementation (the client profile of its user agent; \"unidentified\" before its first request names its node).",
-	[]string{"type", "implementation"}, nil)
+// scrapeGauges is a GaugeVec refilled by fill at every scrape, for
+// gauges computed from state rather than kept up to date as it changes.
+type scrapeGauges struct {
+	mu   sync.Mutex
+	vec  *prometheus.GaugeVec
+	fill func(*prometheus.GaugeVec)
+}
 
-// subscriptionsCollector computes trellis_xds_subscriptions from the open
-// streams at scrape time: one pass over the streams under the tracker's
-// lock, so that a stream's requests cost nothing more, however many
-// streams there are.
-type subscriptionsCollector struct{ t *tracker }
+func (g *scrapeGauges) Describe(ch chan<- *prometheus.Desc) { g.vec.Describe(ch) }
 
-func (c *subscriptionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- subscriptionsDesc }
+func (g *scrapeGauges) Collect(ch chan<- prometheus.Metric) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.vec.Reset()
+	g.fill(g.vec)
+	g.vec.Collect(ch)
+}
 
-func (c *subscriptionsCollector) Collect(ch chan<- prometheus.Metric) {
-	type key struct{ typ, impl string }
-	counts := make(map[key]int)
-	c.t.mu.Lock()
-	for _, st := range c.t.streams {
-		impl := st.status.Profile
-		if impl == "" {
-			impl = "unidentified"
-		}
-		for typeURL, ts := range st.types {
-			// A type whose last request names nothing is unsubscribed.
-			if len(ts.status.ResourceNames) > 0 {
-				counts[key{typeLabel(typeURL), impl}]++
+// newSubscriptions returns trellis_xds_subscriptions, computed from the
+// open streams at scrape time: one pass over the streams under the
+// tracker's lock, so that a stream's requests cost nothing more, however
+// many streams there are.
+func newSubscriptions(t *tracker) *scrapeGauges {
+	return &scrapeGauges{
+		vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trellis_xds_subscriptions",
+			Help: "Open ADS streams subscribed to a resource type, by type and client implementation (the client profile of its user agent; \"unidentified\" before its first request names its node).",
+		}, []string{"type", "implementation"}),
+		fill: func(vec *prometheus.GaugeVec) {
+			type key struct{ typ, impl string }
+			counts := make(map[key]int)
+			t.mu.Lock()
+			for _, st := range t.streams {
+				impl := st.status.Profile
+				if impl == "" {
+					impl = "unidentified"
+				}
+				for typeURL, ts := range st.types {
+					// A type whose last request names nothing is unsubscribed.
+					if len(ts.status.ResourceNames) > 0 {
+						counts[key{typeLabel(typeURL), impl}]++
+					}
+				}
 			}
-		}
-	}
-	c.t.mu.Unlock()
-	for k, n := range counts {
-		ch <- prometheus.MustNewConstMetric(subscriptionsDesc, prometheus.GaugeValue, float64(n), k.typ, k.impl)
+			t.mu.Unlock()
+			for k, n := range counts {
+				vec.WithLabelValues(k.typ, k.impl).Set(float64(n))
+			}
+		},
 	}
 }
 
-// resourcesDesc describes trellis_xds_resources.
-var resourcesDesc = prometheus.NewDesc("trellis_xds_resources",
-	"Resources the xDS cache serves, by resource type and client profile (Listener aliases included; only the profiles translated for).",
-	[]string{"type", "profile"}, nil)
-
-// resourcesCollector computes trellis_xds_resources from the caches at
-// scrape time, so that applying a change costs nothing more.
-type resourcesCollector struct {
-	// caches returns the caches to count, by profile.
-	caches func() map[string]*xdscache.Cache
-}
-
-// newResourcesCollector returns the collector for the caches behind v, or
-// nil when v is not one that knows them (*ProfileCaches, CacheVersions).
-func newResourcesCollector(v ContentVersioner) *resourcesCollector {
+// newResources returns trellis_xds_resources for the caches behind v,
+// computed from them at scrape time so that applying a change costs
+// nothing more; nil when v is not one that knows its caches
+// (*ProfileCaches, CacheVersions).
+func newResources(v ContentVersioner) *scrapeGauges {
+	var caches func() map[string]*xdscache.Cache
 	switch v := v.(type) {
 	case *ProfileCaches:
-		return &resourcesCollector{caches: func() map[string]*xdscache.Cache {
+		caches = func() map[string]*xdscache.Cache {
 			out := make(map[string]*xdscache.Cache)
 			for _, p := range v.Profiles() {
 				if v.Active(p.Name) {
@@ -261,25 +269,27 @@ func newResourcesCollector(v ContentVersioner) *resourcesCollector {
 				}
 			}
 			return out
-		}}
+		}
 	case CacheVersions:
 		if v.Cache == nil {
 			return nil
 		}
-		return &resourcesCollector{caches: func() map[string]*xdscache.Cache {
-			return map[string]*xdscache.Cache{"": v.Cache}
-		}}
+		caches = func() map[string]*xdscache.Cache { return map[string]*xdscache.Cache{"": v.Cache} }
+	default:
+		return nil
 	}
-	return nil
-}
-
-func (c *resourcesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- resourcesDesc }
-
-func (c *resourcesCollector) Collect(ch chan<- prometheus.Metric) {
-	for profile, cache := range c.caches() {
-		for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
-			ch <- prometheus.MustNewConstMetric(resourcesDesc, prometheus.GaugeValue, float64(len(cache.Names(typeURL))), typeLabel(typeURL), profile)
-		}
+	return &scrapeGauges{
+		vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trellis_xds_resources",
+			Help: "Resources the xDS cache serves, by resource type and client profile (Listener aliases included; only the profiles translated for).",
+		}, []string{"type", "profile"}),
+		fill: func(vec *prometheus.GaugeVec) {
+			for profile, cache := range caches() {
+				for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
+					vec.WithLabelValues(typeLabel(typeURL), profile).Set(float64(len(cache.Names(typeURL))))
+				}
+			}
+		},
 	}
 }
 

@@ -30,11 +30,6 @@ type Metrics struct {
 	trackers []*Tracker
 }
 
-// lastContactAgeDesc describes trellis_consul_last_contact_age_seconds.
-var lastContactAgeDesc = prometheus.NewDesc("trellis_consul_last_contact_age_seconds",
-	"Seconds since Consul last answered a query or probe of the component (since the component started when it never did); with several watchers of one component, the oldest.",
-	[]string{"component"}, nil)
-
 // NewMetrics registers trellis_consul_errors_total{component,kind} and
 // trellis_consul_last_contact_age_seconds{component} with reg. The age is
 // computed at scrape time from each Tracker's LastContact, so that it
@@ -44,8 +39,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name: "trellis_consul_errors_total",
 		Help: "Failed Consul requests (blocking queries, reads and probes), by component and by what the failure means (kind).",
 	}, []string{"component", "kind"})}
+	age := &lastContactCollector{m: m, vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "trellis_consul_last_contact_age_seconds",
+		Help: "Seconds since Consul last answered a query or probe of the component (since the component started when it never did); with several watchers of one component, the oldest.",
+	}, []string{"component"})}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.errors, lastContactCollector{m}} {
+		for _, c := range []prometheus.Collector{m.errors, age} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("consulwatch: register metrics: %w", err)
 			}
@@ -54,12 +53,18 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// lastContactCollector computes trellis_consul_last_contact_age_seconds.
-type lastContactCollector struct{ m *Metrics }
+// lastContactCollector computes trellis_consul_last_contact_age_seconds
+// at every scrape into vec.
+type lastContactCollector struct {
+	m *Metrics
+	// mu serializes scrapes, each of which refills vec.
+	mu  sync.Mutex
+	vec *prometheus.GaugeVec
+}
 
-func (c lastContactCollector) Describe(ch chan<- *prometheus.Desc) { ch <- lastContactAgeDesc }
+func (c *lastContactCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
 
-func (c lastContactCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *lastContactCollector) Collect(ch chan<- prometheus.Metric) {
 	c.m.mu.Lock()
 	trackers := slices.Clone(c.m.trackers)
 	c.m.mu.Unlock()
@@ -77,9 +82,13 @@ func (c lastContactCollector) Collect(ch chan<- prometheus.Metric) {
 			oldest[t.cfg.Component] = age
 		}
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.vec.Reset()
 	for component, age := range oldest {
-		ch <- prometheus.MustNewConstMetric(lastContactAgeDesc, prometheus.GaugeValue, age.Seconds(), component)
+		c.vec.WithLabelValues(component).Set(age.Seconds())
 	}
+	c.vec.Collect(ch)
 }
 
 // TrackerConfig configures a Tracker.

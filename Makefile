@@ -9,7 +9,7 @@ export TRELLIS_SPIRE_AGENT_BIN ?= $(TRELLIS_TOOLS_DIR)/spire-agent-v1.13.3
 
 TEST_TIMEOUT ?= 40m
 # Packages quick enough to run again under the race detector in make test.
-RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/
+RACE_PKGS ?= ./internal/consulwatch/ ./internal/catalog/ ./internal/pipeline/ ./internal/model/ ./internal/policy/ ./xdsserver/xdscache/ ./xdsserver/lrs/ ./internal/consulconfig/
 
 .PHONY: all build tools test test-deps bench bench-quick bench-controlplane fuzz demo generate check-generated vet clean
 
@@ -116,6 +116,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseValidateTranslate$$' -fuzztime $(FUZZTIME) ./internal/policy
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./xdsserver/translate
 	$(GO) test -run '^$$' -fuzz '^FuzzGenerate$$' -fuzztime $(FUZZTIME) ./internal/bootstrap
+	$(GO) test -run '^$$' -fuzz '^FuzzConvert$$' -fuzztime $(FUZZTIME) ./internal/consulconfig
 
 ## demo: run the mesh locally: Consul, the xDS server, three echo servers and a client.
 demo: tools build

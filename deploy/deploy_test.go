@@ -522,9 +522,15 @@ func sharesVolume(a, b []string, dir string) bool {
 	return va != "" && va == at(b)
 }
 
-// TestGrafanaDashboard: the dashboard is valid JSON with unique panel ids,
-// and every metric its queries use is in the README's Metrics table
-// (histograms through their _bucket series).
+// TestGrafanaDashboard: the dashboard is valid JSON with unique panel ids
+// and panels that do not overlap, every metric its queries use is in the
+// README's Metrics table (histograms through their _bucket series, counters
+// through rate or increase), every family operators need is shown (the
+// metrics of issue "Operating the mesh": streams by type and
+// implementation, pushes, ACKs and NACKs, push-to-ACK and change-to-push
+// latency, Consul errors, contact age and ACL problems, resources, policy
+// store errors, LRS traffic), and the LRS panels give call rates and error
+// ratios per edge (source, destination).
 func TestGrafanaDashboard(t *testing.T) {
 	raw, err := os.ReadFile("grafana/trellis-dashboard.json")
 	if err != nil {
@@ -536,6 +542,9 @@ func TestGrafanaDashboard(t *testing.T) {
 		Panels []struct {
 			ID      int    `json:"id"`
 			Title   string `json:"title"`
+			GridPos struct {
+				H, W, X, Y int
+			} `json:"gridPos"`
 			Targets []struct {
 				Expr string `json:"expr"`
 			} `json:"targets"`
@@ -588,9 +597,45 @@ func TestGrafanaDashboard(t *testing.T) {
 			}
 		}
 	}
-	for _, must := range []string{"trellis_xds_streams", "trellis_xds_acks_total", "trellis_xds_nacks_total", "trellis_catalog_consul_reachable"} {
+	for _, must := range []string{
+		"trellis_xds_streams", "trellis_xds_subscriptions", "trellis_xds_responses_total", "trellis_xds_acks_total", "trellis_xds_nacks_total",
+		"trellis_xds_ack_latency_seconds", "trellis_xds_resources", "trellis_pipeline_change_to_push_seconds",
+		"trellis_catalog_consul_reachable", "trellis_consul_errors_total", "trellis_consul_last_contact_age_seconds", "trellis_consul_acl_problems",
+		"trellis_policy_errors_total", "trellis_lrs_requests_total", "trellis_lrs_requests_in_progress",
+	} {
 		if !used[must] {
 			t.Errorf("dashboard does not show %s", must)
+		}
+	}
+	// Per edge: grouped by source and destination; the error ratio divides
+	// the error results by all of them.
+	var rate, ratio bool
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, "trellis_lrs_requests_total") || !strings.Contains(tg.Expr, "by (source, destination)") {
+				continue
+			}
+			if strings.Contains(tg.Expr, `result="error"`) && strings.Contains(tg.Expr, ") / sum") {
+				ratio = true
+			} else if !strings.Contains(tg.Expr, "result=") {
+				rate = true
+			}
+		}
+	}
+	if !rate || !ratio {
+		t.Errorf("dashboard shows LRS call rate per edge: %v, error ratio per edge: %v; want both", rate, ratio)
+	}
+	// Grafana lays panels out on a 24-column grid; overlapping panels hide
+	// one another.
+	for i, a := range dash.Panels {
+		if a.GridPos.W <= 0 || a.GridPos.H <= 0 || a.GridPos.X < 0 || a.GridPos.X+a.GridPos.W > 24 {
+			t.Errorf("panel %q: gridPos %+v is outside the 24-column grid", a.Title, a.GridPos)
+		}
+		for _, b := range dash.Panels[i+1:] {
+			if a.GridPos.X < b.GridPos.X+b.GridPos.W && b.GridPos.X < a.GridPos.X+a.GridPos.W &&
+				a.GridPos.Y < b.GridPos.Y+b.GridPos.H && b.GridPos.Y < a.GridPos.Y+a.GridPos.H {
+				t.Errorf("panels %q and %q overlap", a.Title, b.Title)
+			}
 		}
 	}
 	t.Logf("dashboard: %d panels over %d of the %d documented metrics", len(dash.Panels), len(used), len(table))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -17,6 +18,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
+	"github.com/trellis-mesh/trellis/xdsserver"
+	"github.com/trellis-mesh/trellis/xdsserver/dashboard"
+	"github.com/trellis-mesh/trellis/xdsserver/statusapi"
 )
 
 var dashboardScreenshot = flag.String("dashboard-screenshot", "", "write the dashboard browser test's screenshot to this PNG file (e.g. ../docs/dashboard.png)")
@@ -64,8 +68,9 @@ func browser(t testing.TB) context.Context {
 // TestDashboard loads the dashboard of a running mesh in a real headless
 // browser: it lists the services with their instances and the clients, shows
 // a client that NACKs in red, draws the service graph from what the clients
-// report over LRS, and follows an instance going away without being
-// reloaded.
+// report over LRS, follows an instance going away without being reloaded,
+// shows a client's NACKs with their texts and times, and Consul going
+// unreachable (with the error) and coming back.
 func TestDashboard(t *testing.T) {
 	consul := consultest.Start(t, consultest.Options{})
 	startBackend(t, consul, "echo", "echo-1", backendOptions{tags: []string{"blue"}})
@@ -167,6 +172,155 @@ func TestDashboard(t *testing.T) {
 	}
 	if marker != 42 {
 		t.Fatalf("the page was reloaded (marker %d) instead of updating itself", marker)
+	}
+
+	// A client picked in the list shows its detail: every NACK with its
+	// text and time. (A click in the page itself: the list is redrawn
+	// every poll, so a node found first may be replaced before a click
+	// from outside lands.)
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector('tr[data-node="dash-nacker"] button.client-link').click(), true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`#client-detail table.nacks tr[data-nack="LDS"]`))); err != nil {
+		t.Fatalf("no NACK in the client's detail: %v\n%s", err, pageText(ctx))
+	}
+	if nackText := text(`#client-detail table.nacks tr[data-nack="LDS"] td.error`); !strings.Contains(nackText, "listener echo: rejected by the dashboard test") {
+		t.Errorf("client detail NACK text %q, want the client's error detail", nackText)
+	}
+	if at := text(`#client-detail table.nacks tr[data-nack="LDS"] td.at`); at == "" || at == "-" {
+		t.Errorf("client detail NACK time %q, want when it came", at)
+	}
+	if why := text(`#client-detail table.types tr[data-type="LDS"] td.why`); !strings.Contains(why, "rejected") {
+		t.Errorf("client detail LDS row says %q, want why it is NACKED", why)
+	}
+
+	// Consul goes silent: the badge says so and the problems say why;
+	// once it answers again, so does the badge.
+	consul.Pause(t)
+	paused := true
+	defer func() {
+		if paused {
+			consul.Resume(t)
+		}
+	}()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("consul").textContent === "Consul: unreachable" &&
+		!document.getElementById("problems").hidden && document.getElementById("problems").textContent.includes("Consul: ")`,
+		chromedp.WithPollingTimeout(45*time.Second))); err != nil {
+		t.Fatalf("a paused Consul is not shown as unreachable with its error: %v\n%s", err, pageText(ctx))
+	}
+	consul.Resume(t)
+	paused = false
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.getElementById("consul").textContent === "Consul: reachable"`,
+		chromedp.WithPollingTimeout(45*time.Second))); err != nil {
+		t.Fatalf("Consul not shown as reachable again after it resumed: %v\n%s", err, pageText(ctx))
+	}
+}
+
+// TestDashboardTenThousandClients loads, in a real headless browser, the
+// dashboard of a server with 10,000 clients and 10,000 services (stream
+// statuses made up in the test: 10,000 real xDS clients do not fit the
+// machine running it) and Consul ACL problems: the page shows one page of
+// clients with the summary of all, pages forward, filters the NACKed ones,
+// counts the services it does not list, and shows the ACL problems.
+func TestDashboardTenThousandClients(t *testing.T) {
+	const n = 10_000
+	now := time.Now()
+	services := make([]dashboard.Service, 0, n)
+	streams := make([]xdsserver.StreamStatus, 0, n)
+	for i := range n {
+		name := fmt.Sprintf("svc-%05d", i)
+		services = append(services, dashboard.Service{Name: name, Instances: []dashboard.Instance{{ID: name + "-1", Address: "10.0.0.1", Port: 8080, Health: "passing"}}})
+		st := xdsserver.StreamStatus{ID: int64(i + 1), NodeID: fmt.Sprintf("node-%05d", i), UserAgent: "gRPC Go 1.85.0", Profile: "grpc-go", OpenedAt: now}
+		for _, typeURL := range []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType} {
+			ts := xdsserver.TypeStatus{TypeURL: typeURL, ResourceNames: []string{name}, SentVersion: "v1", SentAt: now, AckedVersion: "v1", ACKs: 1}
+			if typeURL == resource.ListenerType && i%10 == 0 {
+				ts.AckedVersion, ts.NACKs, ts.LastNACKVersion, ts.LastNACKError, ts.LastNACKAt = "", 1, "v1", "listener "+name+": bad", now
+			}
+			st.Types = append(st.Types, ts)
+		}
+		streams = append(streams, st)
+	}
+	api, err := statusapi.New(statusapi.Config{Streams: func() []xdsserver.StreamStatus { return streams }, Replica: "r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := dashboard.New(dashboard.Config{
+		Services: func() []dashboard.Service { return services },
+		Clients:  api.ListClients,
+		Client:   api.GetClient,
+		Consul: func() dashboard.Consul {
+			return dashboard.Consul{Reachable: true, Synced: true, LastContact: time.Now(), Problems: []string{
+				"ACL: catalog lacks node:read (instances of other nodes are hidden)",
+				"ACL: policy lacks key:write on trellis/policies/",
+			}}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+
+	ctx := browser(t)
+	start := time.Now()
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(srv.URL+"/ui/"),
+		chromedp.WaitVisible(chromedp.CSS(`body[data-loaded="true"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-node="node-00000"][data-state="NACKED"]`)),
+	); err != nil {
+		t.Fatalf("dashboard: %v\n%s", err, pageText(ctx))
+	}
+	t.Logf("page of 10,000 clients loaded in %s", time.Since(start).Round(time.Millisecond))
+	text := func(sel string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return v
+	}
+	rows := func() int {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#clients tbody tr").length`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got, want := text("#clients-summary"), "(10000: 9000 synced, 0 stale, 1000 nacked)"; got != want {
+		t.Errorf("clients summary %q, want %q", got, want)
+	}
+	if got := rows(); got != dashboard.DefaultClientsPerPage {
+		t.Errorf("%d client rows, want one page of %d", got, dashboard.DefaultClientsPerPage)
+	}
+	if got, want := text("#services-more"), fmt.Sprintf("and %d more services", n-dashboard.DefaultMaxServices); got != want {
+		t.Errorf("services note %q, want %q", got, want)
+	}
+	if got := text("#services-count"); got != "(10000)" {
+		t.Errorf("services count %q, want (10000)", got)
+	}
+	problems := text("#problems")
+	for _, want := range []string{"catalog lacks node:read", "policy lacks key:write"} {
+		if !strings.Contains(problems, want) {
+			t.Errorf("problems %q lack the ACL problem %q", problems, want)
+		}
+	}
+
+	// The next page, in the page itself (see TestDashboard).
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("next-page").click(), true`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(fmt.Sprintf(`tr[data-node="node-%05d"]`, dashboard.DefaultClientsPerPage)))); err != nil {
+		t.Fatalf("second page: %v\n%s", err, pageText(ctx))
+	}
+	// The NACKed clients alone.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const s = document.getElementById("state-filter"); s.value = "nacked"; s.dispatchEvent(new Event("change")); return true; })()`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`(() => { const r = [...document.querySelectorAll("#clients tbody tr")];
+		return r.length === 50 && r.every((e) => e.dataset.state === "NACKED") && r[0].dataset.node === "node-00000"; })()`,
+		chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		t.Fatalf("NACKed filter: %v\n%s", err, pageText(ctx))
 	}
 }
 

@@ -46,7 +46,8 @@ func TestMetricsDocumented(t *testing.T) {
 		seen[name] = metricsdoc.Metric{Name: name, Type: familyType(fam.GetType()), Pos: "/metrics of trellis server"}
 	}
 	// The scrape must see the pipeline's metrics, or it proves nothing.
-	for _, name := range []string{"trellis_xds_streams", "trellis_xds_acks_total", "trellis_catalog_services"} {
+	for _, name := range []string{"trellis_xds_streams", "trellis_xds_acks_total", "trellis_catalog_services",
+		"trellis_xds_subscriptions", "trellis_xds_resources", "trellis_xds_ack_latency_seconds", "trellis_consul_last_contact_age_seconds"} {
 		if _, ok := seen[name]; !ok {
 			t.Errorf("/metrics has no %s", name)
 		}

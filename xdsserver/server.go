@@ -53,6 +53,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the server's metrics (trellis_xds_*). Default: a
 	// private registry, so the metrics are not exported.
+	// trellis_xds_resources is registered when Versions (or its default)
+	// is a *ProfileCaches or CacheVersions, whose caches it counts.
 	Registerer prometheus.Registerer
 	// ServerOptions are added after the defaults (keepalive enforcement
 	// and pings, maximum concurrent streams), e.g. transport credentials.
@@ -124,6 +126,11 @@ func New(cfg Config) (*Server, error) {
 	tr.versions = cfg.Versions
 	if tr.versions == nil && cfg.Watcher == nil {
 		tr.versions = CacheVersions{Cache: cfg.Cache}
+	}
+	if rc := newResources(tr.versions); rc != nil {
+		if err := reg.Register(rc); err != nil {
+			return nil, fmt.Errorf("xdsserver: register metrics: %w", err)
+		}
 	}
 	grace := cfg.ShutdownGrace
 	if grace <= 0 {

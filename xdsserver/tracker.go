@@ -19,6 +19,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	"github.com/trellis-mesh/trellis/internal/clients"
+	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
 )
 
 // StreamStatus is what the server knows of one open ADS stream.
@@ -131,6 +132,9 @@ type tracker struct {
 	responses    *prometheus.CounterVec
 	acks         *prometheus.CounterVec
 	nacks        *prometheus.CounterVec
+	// ackLatency observes, per type, the time from a response's sending
+	// to its ACK.
+	ackLatency *prometheus.HistogramVec
 
 	mu      sync.Mutex
 	streams map[int64]*streamState
@@ -171,8 +175,13 @@ func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error
 			Name: "trellis_xds_nacks_total",
 			Help: "xDS responses rejected by clients, by resource type.",
 		}, []string{"type"}),
+		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "trellis_xds_ack_latency_seconds",
+			Help:    "Time from sending an xDS response to the client's ACK of it, by resource type.",
+			Buckets: ackLatencyBuckets,
+		}, []string{"type"}),
 	}
-	for _, c := range []prometheus.Collector{t.streamsGauge, t.responses, t.acks, t.nacks} {
+	for _, c := range []prometheus.Collector{t.streamsGauge, t.responses, t.acks, t.nacks, t.ackLatency, newSubscriptions(t)} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -183,8 +192,105 @@ func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error
 		t.responses.WithLabelValues(l)
 		t.acks.WithLabelValues(l)
 		t.nacks.WithLabelValues(l)
+		t.ackLatency.WithLabelValues(l)
 	}
 	return t, nil
+}
+
+// ackLatencyBuckets span a client on the same host (about a millisecond)
+// to one that is overloaded or waits for a dependent resource (seconds).
+var ackLatencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// scrapeGauges is a GaugeVec refilled by fill at every scrape, for
+// gauges computed from state rather than kept up to date as it changes.
+type scrapeGauges struct {
+	mu   sync.Mutex
+	vec  *prometheus.GaugeVec
+	fill func(*prometheus.GaugeVec)
+}
+
+func (g *scrapeGauges) Describe(ch chan<- *prometheus.Desc) { g.vec.Describe(ch) }
+
+func (g *scrapeGauges) Collect(ch chan<- prometheus.Metric) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.vec.Reset()
+	g.fill(g.vec)
+	g.vec.Collect(ch)
+}
+
+// newSubscriptions returns trellis_xds_subscriptions, computed from the
+// open streams at scrape time: one pass over the streams under the
+// tracker's lock, so that a stream's requests cost nothing more, however
+// many streams there are.
+func newSubscriptions(t *tracker) *scrapeGauges {
+	return &scrapeGauges{
+		vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trellis_xds_subscriptions",
+			Help: "Open ADS streams subscribed to a resource type, by type and client implementation (the client profile of its user agent; \"unidentified\" before its first request names its node).",
+		}, []string{"type", "implementation"}),
+		fill: func(vec *prometheus.GaugeVec) {
+			type key struct{ typ, impl string }
+			counts := make(map[key]int)
+			t.mu.Lock()
+			for _, st := range t.streams {
+				impl := st.status.Profile
+				if impl == "" {
+					impl = "unidentified"
+				}
+				for typeURL, ts := range st.types {
+					// A type whose last request names nothing is unsubscribed.
+					if len(ts.status.ResourceNames) > 0 {
+						counts[key{typeLabel(typeURL), impl}]++
+					}
+				}
+			}
+			t.mu.Unlock()
+			for k, n := range counts {
+				vec.WithLabelValues(k.typ, k.impl).Set(float64(n))
+			}
+		},
+	}
+}
+
+// newResources returns trellis_xds_resources for the caches behind v,
+// computed from them at scrape time so that applying a change costs
+// nothing more; nil when v is not one that knows its caches
+// (*ProfileCaches, CacheVersions).
+func newResources(v ContentVersioner) *scrapeGauges {
+	var caches func() map[string]*xdscache.Cache
+	switch v := v.(type) {
+	case *ProfileCaches:
+		caches = func() map[string]*xdscache.Cache {
+			out := make(map[string]*xdscache.Cache)
+			for _, p := range v.Profiles() {
+				if v.Active(p.Name) {
+					out[p.Name] = v.Cache(p.Name)
+				}
+			}
+			return out
+		}
+	case CacheVersions:
+		if v.Cache == nil {
+			return nil
+		}
+		caches = func() map[string]*xdscache.Cache { return map[string]*xdscache.Cache{"": v.Cache} }
+	default:
+		return nil
+	}
+	return &scrapeGauges{
+		vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "trellis_xds_resources",
+			Help: "Resources the xDS cache serves, by resource type and client profile (Listener aliases included; only the profiles translated for).",
+		}, []string{"type", "profile"}),
+		fill: func(vec *prometheus.GaugeVec) {
+			for profile, cache := range caches() {
+				for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
+					vec.WithLabelValues(typeLabel(typeURL), profile).Set(float64(len(cache.Names(typeURL))))
+				}
+			}
+		},
+	}
 }
 
 // typeLabel is the metric label of a type URL.
@@ -300,6 +406,9 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		return nil
 	}
 	ts.status.ACKs++
+	if !ts.status.SentAt.IsZero() {
+		t.ackLatency.WithLabelValues(label).Observe(now.Sub(ts.status.SentAt).Seconds())
+	}
 	ts.status.AckedVersion = req.GetVersionInfo()
 	ts.status.AckedAt = now
 	t.totals.ACKs++

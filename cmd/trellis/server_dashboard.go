@@ -19,6 +19,7 @@ func newDashboard(watcher *catalog.Watcher, policies *store.Watcher, acl *consul
 	return dashboard.New(dashboard.Config{
 		Services: func() []dashboard.Service { return dashboardServices(watcher, policies) },
 		Clients:  status.ListClients,
+		Client:   status.GetClient,
 		Graph:    graph,
 		Consul: func() dashboard.Consul {
 			st := watcher.Status()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,20 +23,72 @@ const (
 // Metrics are the collectors shared by every Tracker of a process.
 type Metrics struct {
 	errors *prometheus.CounterVec
+
+	// mu guards trackers: the Trackers made with these Metrics, whose
+	// last contact is read at scrape time.
+	mu       sync.Mutex
+	trackers []*Tracker
 }
 
-// NewMetrics registers trellis_consul_errors_total{component,kind} with reg.
+// NewMetrics registers trellis_consul_errors_total{component,kind} and
+// trellis_consul_last_contact_age_seconds{component} with reg. The age is
+// computed at scrape time from each Tracker's LastContact, so that it
+// grows while Consul is silent without anything updating it.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "trellis_consul_errors_total",
 		Help: "Failed Consul requests (blocking queries, reads and probes), by component and by what the failure means (kind).",
 	}, []string{"component", "kind"})}
+	age := &lastContactCollector{m: m, vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "trellis_consul_last_contact_age_seconds",
+		Help: "Seconds since Consul last answered a query or probe of the component (since the component started when it never did); with several watchers of one component, the oldest.",
+	}, []string{"component"})}
 	if reg != nil {
-		if err := reg.Register(m.errors); err != nil {
-			return nil, fmt.Errorf("consulwatch: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{m.errors, age} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("consulwatch: register metrics: %w", err)
+			}
 		}
 	}
 	return m, nil
+}
+
+// lastContactCollector computes trellis_consul_last_contact_age_seconds
+// at every scrape into vec.
+type lastContactCollector struct {
+	m *Metrics
+	// mu serializes scrapes, each of which refills vec.
+	mu  sync.Mutex
+	vec *prometheus.GaugeVec
+}
+
+func (c *lastContactCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
+
+func (c *lastContactCollector) Collect(ch chan<- prometheus.Metric) {
+	c.m.mu.Lock()
+	trackers := slices.Clone(c.m.trackers)
+	c.m.mu.Unlock()
+	now := time.Now()
+	oldest := map[string]time.Duration{}
+	for _, t := range trackers {
+		t.mu.Lock()
+		since := t.reach.LastContact
+		t.mu.Unlock()
+		if since.IsZero() {
+			since = t.created
+		}
+		age := max(now.Sub(since), 0)
+		if prev, ok := oldest[t.cfg.Component]; !ok || age > prev {
+			oldest[t.cfg.Component] = age
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.vec.Reset()
+	for component, age := range oldest {
+		c.vec.WithLabelValues(component).Set(age.Seconds())
+	}
+	c.vec.Collect(ch)
 }
 
 // TrackerConfig configures a Tracker.
@@ -48,7 +101,8 @@ type TrackerConfig struct {
 	Component string
 	// Logger receives the reachability transitions. Default: discarded.
 	Logger *slog.Logger
-	// Metrics counts errors by kind. Default: nil, not counted.
+	// Metrics counts errors by kind and exports the age of the last
+	// contact. Default: nil, not counted.
 	Metrics *Metrics
 	// Reachable, when set, is kept at 1 while Consul answers, 0 otherwise.
 	Reachable prometheus.Gauge
@@ -85,6 +139,8 @@ type Reach struct {
 type Tracker struct {
 	cfg    TrackerConfig
 	logger *slog.Logger
+	// created stands for LastContact until Consul first answers.
+	created time.Time
 
 	mu         sync.Mutex
 	reach      Reach
@@ -120,8 +176,13 @@ func NewTracker(cfg TrackerConfig) (*Tracker, error) {
 			cfg.Metrics.errors.WithLabelValues(cfg.Component, string(k))
 		}
 	}
-	t := &Tracker{cfg: cfg, logger: cfg.Logger, probeOK: true, failing: map[*watchKey]*Error{}}
+	t := &Tracker{cfg: cfg, logger: cfg.Logger, created: time.Now(), probeOK: true, failing: map[*watchKey]*Error{}}
 	t.wake, t.cancelWake = context.WithCancel(context.Background())
+	if cfg.Metrics != nil {
+		cfg.Metrics.mu.Lock()
+		cfg.Metrics.trackers = append(cfg.Metrics.trackers, t)
+		cfg.Metrics.mu.Unlock()
+	}
 	return t, nil
 }
 

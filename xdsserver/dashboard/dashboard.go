@@ -4,7 +4,15 @@
 // Consul's connectivity, and the service graph: which service calls which,
 // at what rate and with what error ratio, from what gRPC clients report
 // over LRS (package lrs). The page (embedded, no build step) polls
-// /ui/api/state and redraws itself without reloading.
+// /ui/api/state and redraws itself without reloading; a client picked in
+// the list is read from /ui/api/client, with every NACK's text and time and
+// what differs from what is served now.
+//
+// A state read stays the same size however many clients and services
+// there are: clients come a page at a time (ClientsPerPage) with a
+// summary of all of them by sync state, services and graph edges are cut
+// at MaxServices and MaxEdges and the rest counted, so that a mesh of
+// 10,000 clients costs the page what one of fifty does.
 //
 // It owns the page and the JSON it reads. What it shows is injected: the
 // services, Consul's state and the graph as functions, the clients through
@@ -27,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -107,12 +116,19 @@ type Consul struct {
 // (*statusapi.Server).ListClients.
 type ListClients func(context.Context, *statusv1.ListClientsRequest) (*statusv1.ListClientsResponse, error)
 
+// GetClient is the status API's GetClient, e.g.
+// (*statusapi.Server).GetClient.
+type GetClient func(context.Context, *statusv1.GetClientRequest) (*statusv1.GetClientResponse, error)
+
 // Config configures a Handler.
 type Config struct {
 	// Services returns the services, sorted by name. Required.
 	Services func() []Service
 	// Clients lists the clients. Required.
 	Clients ListClients
+	// Client reads one client's detail for /ui/api/client. Default: the
+	// page offers no detail.
+	Client GetClient
 	// Consul returns Consul's state. Default: not shown.
 	Consul func() Consul
 	// Graph returns the service graph. Default: not shown (load
@@ -198,6 +214,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == "/ui/api/state":
 		h.state(w, r)
+	case r.URL.Path == "/ui/api/client":
+		h.client(w, r)
 	case strings.HasPrefix(r.URL.Path, "/ui/"):
 		w.Header().Set("Cache-Control", "no-cache")
 		w.Header().Set("Content-Security-Policy", "default-src 'self'")
@@ -255,6 +273,39 @@ func (h *Handler) state(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if err := json.NewEncoder(w).Encode(st); err != nil {
 		h.logger.Debug("dashboard state write failed", "error", err)
+	}
+}
+
+// client serves one client's detail: GetClient's answer in protojson,
+// for ?client= a node id or a stream id.
+func (h *Handler) client(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Client == nil {
+		http.NotFound(w, r)
+		return
+	}
+	req := &statusv1.GetClientRequest{Client: r.URL.Query().Get("client")}
+	if h.cfg.StaleAfter > 0 {
+		req.StaleAfter = durationpb.New(h.cfg.StaleAfter)
+	}
+	resp, err := h.cfg.Client(r.Context(), req)
+	if err != nil {
+		st := status.Convert(err)
+		code := http.StatusBadRequest
+		if st.Code() == codes.NotFound {
+			code = http.StatusNotFound
+		}
+		http.Error(w, st.Message(), code)
+		return
+	}
+	raw, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(resp)
+	if err != nil {
+		http.Error(w, "encode client: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if _, err := w.Write(raw); err != nil {
+		h.logger.Debug("dashboard client write failed", "error", err)
 	}
 }
 

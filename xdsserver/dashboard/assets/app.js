@@ -11,6 +11,8 @@ const TYPES = [
 
 let pageToken = "";
 let nextToken = "";
+// selected is the stream id of the client whose detail is shown, or "".
+let selected = "";
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -116,8 +118,10 @@ function renderClients(clients) {
     });
     const overall = word(c.state);
     const why = (c.types || []).filter((t) => t.reason).map((t) => t.reason).join("; ");
+    const pick = el("button", { type: "button", class: "client-link", "data-client": String(c.streamId) }, c.nodeId || "-");
+    pick.addEventListener("click", () => { selected = String(c.streamId); pollClient(); });
     return el("tr", { class: overall.toLowerCase(), "data-node": c.nodeId, "data-state": overall },
-      el("td", {}, c.nodeId || "-"), el("td", {}, String(c.streamId)), el("td", {}, c.userAgent || "-"),
+      el("td", {}, pick), el("td", {}, String(c.streamId)), el("td", {}, c.userAgent || "-"),
       ...cells, el("td", { class: "state-" + overall }, overall), el("td", { class: "why" }, why));
   });
   body.replaceChildren(...rows);
@@ -127,6 +131,71 @@ function renderClients(clients) {
   nextToken = clients.nextPageToken || "";
   document.getElementById("next-page").disabled = !nextToken;
   document.getElementById("replica").textContent = clients.replica ? `replica ${clients.replica}` : "";
+}
+
+function shortType(url) {
+  const t = TYPES.find(([, u]) => u === url);
+  return t ? t[0] : url;
+}
+
+function when(ts) { return ts ? new Date(ts).toLocaleString() : "-"; }
+
+// renderClient shows one client's detail as GetClient returns it: per
+// type its state, versions and counts, every NACK kept with its text and
+// time, and the resources that differ from what is served now.
+function renderClient(detail, error) {
+  const section = document.getElementById("client-detail");
+  section.hidden = !selected;
+  if (!selected) return;
+  const body = document.getElementById("client-body");
+  if (error) {
+    body.replaceChildren(el("p", { class: "gone" }, error));
+    return;
+  }
+  const parts = [];
+  for (const c of detail.clients || []) {
+    const facts = [
+      ["Node", c.nodeId || "-"], ["Stream", String(c.streamId)], ["User agent", c.userAgent || "-"],
+      ["Profile", c.profile || "-"], ["SPIFFE ID", c.spiffeId || "-"], ["Peer", c.peer || "-"],
+      ["Locality", c.locality ? [c.locality.region, c.locality.zone, c.locality.subZone].filter(Boolean).join("/") : "-"],
+      ["Connected", when(c.connectedAt)], ["Replica", c.replica || "-"], ["State", word(c.state)],
+    ];
+    parts.push(el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
+    const types = c.types || [];
+    parts.push(el("table", { class: "types" },
+      el("thead", {}, el("tr", {}, ...["Type", "State", "Resources", "Sent", "ACKed", "ACKs", "NACKs", "Why"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...types.map((t) => el("tr", { class: word(t.state).toLowerCase(), "data-type": shortType(t.typeUrl) },
+        el("td", {}, shortType(t.typeUrl)), el("td", { class: "state-" + word(t.state) }, word(t.state)),
+        el("td", {}, String(t.resourceCount)), el("td", {}, t.sentVersion || "-"), el("td", {}, t.ackedVersion || "-"),
+        el("td", {}, String(t.acks)), el("td", {}, String(t.nacks)), el("td", { class: "why" }, t.reason || ""))))));
+    const nacks = types.flatMap((t) => (t.nackHistory || []).map((n) => ({ type: shortType(t.typeUrl), ...n })));
+    if (nacks.length) {
+      parts.push(el("h3", {}, "NACKs"));
+      parts.push(el("table", { class: "nacks" },
+        el("thead", {}, el("tr", {}, el("th", {}, "At"), el("th", {}, "Type"), el("th", {}, "Version"), el("th", {}, "Error"))),
+        el("tbody", {}, ...nacks.map((n) => el("tr", { "data-nack": n.type },
+          el("td", { class: "at" }, when(n.at)), el("td", {}, n.type), el("td", {}, n.version || "-"), el("td", { class: "error" }, n.error || ""))))));
+    }
+    const diffs = types.flatMap((t) => (t.outOfDate || []).map((d) => ({ type: shortType(t.typeUrl), ...d })));
+    if (diffs.length) {
+      parts.push(el("h3", {}, "Differs from what is served now"));
+      parts.push(el("ul", { class: "diffs" }, ...diffs.map((d) => el("li", { "data-diff": d.name },
+        `${d.type} ${d.name}: sent ${d.sentContentVersion || "(not served then)"}, now ${d.currentContentVersion || "(not served)"}`))));
+    }
+  }
+  body.replaceChildren(...parts);
+}
+
+async function pollClient() {
+  if (!selected) { renderClient(null); return; }
+  try {
+    const resp = await fetch("api/client?client=" + encodeURIComponent(selected), { cache: "no-store" });
+    if (resp.status === 404) { renderClient(null, `stream ${selected} is no longer connected`); return; }
+    if (!resp.ok) throw new Error(await resp.text());
+    renderClient(await resp.json());
+  } catch (err) {
+    renderClient(null, "client read failed: " + err.message);
+  }
 }
 
 function renderConsul(consul) {
@@ -156,6 +225,7 @@ async function poll() {
     renderGraph(state.graph);
     renderClients(state.clients);
     renderConsul(state.consul);
+    if (selected) pollClient();
     document.getElementById("updated").textContent = "updated " + new Date(state.generated_at).toLocaleTimeString();
     document.body.dataset.loaded = "true";
   } catch (err) {
@@ -163,6 +233,7 @@ async function poll() {
   }
 }
 
+document.getElementById("close-client").addEventListener("click", () => { selected = ""; renderClient(null); });
 document.getElementById("next-page").addEventListener("click", () => { if (nextToken) { pageToken = nextToken; poll(); } });
 document.getElementById("first-page").addEventListener("click", () => { pageToken = ""; poll(); });
 document.getElementById("state-filter").addEventListener("change", () => { pageToken = ""; poll(); });

@@ -105,6 +105,9 @@ const (
 	// (changes closer together than Coalesce) still reaches clients within
 	// the push budget, while a burst is still batched.
 	maxCoalesceFactor = 4
+	// maxUnexplained bounds the registration changes looked for at once
+	// before a sweep looks at everything instead.
+	maxUnexplained = 64
 	// probeTag is a tag no instance carries: a health read narrowed by it
 	// answers an empty list with the service's own index.
 	probeTag = "trellis.index-probe.none"

@@ -252,7 +252,12 @@ type coordinator struct {
 	readQueue   []string
 	inflight    int
 	retryAt     map[string]time.Time
-	unexplained uint64   // list index no read has accounted for yet; 0: none
+	// unexplained are the list indexes no read has accounted for yet,
+	// each with the generation of the sweeps it was recorded in (see
+	// sweepGen): a sweep of a later generation looked at every service
+	// after it was written.
+	unexplained map[uint64]uint64
+	sweepGen    uint64 // counts the sweeps started
 	sweepQueue  []string // services left to probe in the running sweep
 	sweeping    bool
 	sweepAgain  bool
@@ -286,6 +291,8 @@ func newCoordinator(w *Watcher) *coordinator {
 		nodeIndex: map[string]map[string]bool{},
 		retryAt:   map[string]time.Time{},
 		touched:   map[string]bool{},
+
+		unexplained: map[uint64]uint64{},
 	}
 }
 
@@ -396,7 +403,7 @@ func (c *coordinator) onList(ev listEvent) {
 			c.queueRead(name, reasonList)
 		}
 	}
-	hiddenGone := false
+	hiddenGone, removed := false, false
 	for name, e := range c.services {
 		if _, ok := ev.tags[name]; ok || ev.filtered {
 			// A list filtered by ACLs cannot tell a deregistered
@@ -408,6 +415,7 @@ func (c *coordinator) onList(ev listEvent) {
 		delete(c.services, name)
 		delete(c.retryAt, name)
 		c.touched[name] = true
+		removed = true
 		c.changed()
 	}
 	if hiddenGone {
@@ -415,18 +423,21 @@ func (c *coordinator) onList(ev listEvent) {
 	}
 	switch {
 	case first || ev.index <= c.listIndex:
-	case c.unexplained != 0:
-		// Two registration changes in a row and the first one still
-		// unaccounted for: one index cannot account for both.
-		c.w.logger.Debug("registration changes not accounted for; full sweep", "index", ev.index, "unexplained", c.unexplained)
-		c.unexplained = 0
+	case removed:
+		// The write at this index removed a service's last instance: the
+		// list itself accounts for it.
+	case len(c.unexplained) >= maxUnexplained:
+		// Too many registration changes unaccounted for at once: look at
+		// every service, and forget them.
+		c.w.logger.Debug("registration changes not accounted for; full sweep", "index", ev.index, "unexplained", len(c.unexplained))
+		clear(c.unexplained)
 		c.requestSweep(false)
 	default:
 		// A registration changed somewhere. A sweep looks for it at
 		// once; the reads just queued, or the health detector's, may
 		// account for it first, and then the sweep stops.
 		c.w.logger.Debug("registration change somewhere; looking for it", "index", ev.index)
-		c.unexplained = ev.index
+		c.unexplained[ev.index] = c.sweepGen
 		c.requestSweep(true)
 	}
 	c.listIndex = ev.index
@@ -514,6 +525,14 @@ func (c *coordinator) dispatch() {
 	}
 	if c.sweeping && len(c.sweepQueue) == 0 && c.inflight == 0 {
 		c.sweeping = false
+		// Every service was looked at after the indexes recorded before
+		// this sweep began: what no probe accounted for (a write that
+		// left no trace in any service's index) is not looked for again.
+		for idx, gen := range c.unexplained {
+			if gen < c.sweepGen {
+				delete(c.unexplained, idx)
+			}
+		}
 	}
 }
 
@@ -530,7 +549,7 @@ func (c *coordinator) onResult(r result) {
 		if r.index != e.index {
 			c.queueRead(r.name, reasonSweep)
 		}
-		if r.index == c.unexplained {
+		if _, ok := c.unexplained[r.index]; ok {
 			c.explained(r.name, r.index)
 		}
 		return
@@ -566,8 +585,20 @@ func (c *coordinator) onResult(r result) {
 		defer c.reportHidden()
 	}
 	e.retries = 0
-	if c.unexplained != 0 && (r.index == c.unexplained || r.index > c.unexplained && e.svc != nil && !sameRegistrations(e.svc, r.svc)) {
+	if _, ok := c.unexplained[r.index]; ok {
 		c.explained(r.name, r.index)
+	} else if e.svc != nil && len(c.unexplained) > 0 && !sameRegistrations(e.svc, r.svc) {
+		// Written again since: it accounts for one earlier index, the
+		// latest (a read accounting for too few only costs a sweep).
+		var latest uint64
+		for idx := range c.unexplained {
+			if idx < r.index && idx > latest {
+				latest = idx
+			}
+		}
+		if latest != 0 {
+			c.explained(r.name, latest)
+		}
 	}
 	e.index = r.index
 	if e.svc == nil || !reflect.DeepEqual(e.svc, r.svc) {
@@ -595,8 +626,11 @@ func (c *coordinator) onResult(r result) {
 // raft index of its last write), or a read found its registrations changed
 // since. A sweep looking only for that index stops.
 func (c *coordinator) explained(name string, index uint64) {
-	c.w.logger.Debug("registration change accounted for", "service", name, "index", index, "list_index", c.unexplained)
-	c.unexplained = 0
+	c.w.logger.Debug("registration change accounted for", "service", name, "index", index, "still_unexplained", len(c.unexplained)-1)
+	delete(c.unexplained, index)
+	if len(c.unexplained) > 0 {
+		return // the sweep goes on for the others
+	}
 	if c.sweeping && c.sweepCancellable {
 		c.sweepQueue = nil
 	}
@@ -637,6 +671,7 @@ func (c *coordinator) requestSweep(cancellable bool) {
 func (c *coordinator) startSweep(now time.Time) {
 	c.sweepAgain = false
 	c.sweeping = true
+	c.sweepGen++
 	c.sweepCancellable = c.againCancellable
 	c.lastSweep = now
 	c.sweepQueue = slices.Collect(maps.Keys(c.services))

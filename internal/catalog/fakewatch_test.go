@@ -565,3 +565,59 @@ func TestRateLimitIsReportedAsSuch(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRegistrationChangesInARowAccountedForByReads: two registration
+// changes in a row, the second seen while the first is still unaccounted
+// for, are both accounted for by the reads of their services once the
+// health detector names them: no service is probed, where one unaccounted
+// index at a time meant probing every service.
+func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
+	f := newFakeConsul(t)
+	var names []string
+	for i := range 20 {
+		n := fmt.Sprintf("s%02d", i)
+		names = append(names, n)
+		f.setInstances(n, 10, 1)
+	}
+	f.setServices(10, names...)
+	cfg := fakeConfig(t, f)
+	cfg.MinInterval = 250 * time.Millisecond // the sweep's grace: 500 ms
+	w := startWatcher(t, cfg)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"s00": {1}, "s19": {1}}))
+	probes := metricValue(t, w, "trellis_catalog_index_probes_total")
+
+	// seen waits until the list detector asks for changes after index.
+	seen := func(index uint64) {
+		waitFor(t, 5*time.Second, func() bool { return slices.Contains(f.requestsTo(fakeListPath), index) })
+	}
+	check := func(name string) *api.HealthCheck {
+		return &api.HealthCheck{Node: "n1", CheckID: "service:" + name + "-1", ServiceID: name + "-1", ServiceName: name, Status: api.HealthCritical}
+	}
+	critical := func(name string, index uint64) {
+		f.mu.Lock()
+		entries := f.resources[fakeHealthPath(name)].body.([]*api.ServiceEntry)
+		f.mu.Unlock()
+		e := *entries[0]
+		e.Checks = api.HealthChecks{check(name)}
+		f.set(fakeHealthPath(name), index, []*api.ServiceEntry{&e})
+	}
+	// The list moves to 11, then 12, before the health detector names
+	// s03 and s11, written at those indexes.
+	f.setServices(11, names...)
+	seen(11)
+	f.setServices(12, names...)
+	seen(12)
+	critical("s03", 11)
+	critical("s11", 12)
+	f.setNonPassing(12, check("s03"), check("s11"))
+	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
+		if err := instanceIs("s03", "s03-1", healthIs(model.HealthCritical))(s); err != nil {
+			return err
+		}
+		return instanceIs("s11", "s11-1", healthIs(model.HealthCritical))(s)
+	})
+	time.Sleep(600 * time.Millisecond) // past the grace
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got != 0 {
+		t.Errorf("%v services probed for two changes the reads accounted for, want none", got)
+	}
+}

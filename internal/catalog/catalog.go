@@ -37,7 +37,15 @@
 //     runs on the same bounded pool, at most one at a time (changes arriving
 //     meanwhile are covered by the next), and a slow background sweep every
 //     Config.SweepInterval catches anything a race between the detectors
-//     could hide.
+//     could hide. Several unaccounted list indexes are looked for together
+//     (up to 64; a sweep then looks at everything): each is dropped when a
+//     read or probe lands on it, so registration changes that the health
+//     detector also names (most of them) never cost a sweep, even when they
+//     come faster than the reads; and a list that lost a service accounts
+//     for its own index. Publishing waits at most 4*Config.Coalesce after
+//     the first change, so sustained churn still reaches clients quickly;
+//     every snapshot names the services it changed (model.Snapshot.Next)
+//     and when the first of its changes arrived (ObservedAt).
 //
 // Connections: at most Config's client bound (consulwatch.NewClient, default
 // 16) shared by the two detectors, the readers and the probe. Work per change:

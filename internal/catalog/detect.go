@@ -243,21 +243,21 @@ type coordinator struct {
 	jobs    chan job
 	results chan result
 
-	services    map[string]*entry
-	nodeIndex   map[string]map[string]bool // node -> services with instances on it
-	checks      map[checkKey]checkState
-	haveList    bool
-	haveHealth  bool
-	listIndex   uint64
-	readQueue   []string
-	inflight    int
-	retryAt     map[string]time.Time
+	services   map[string]*entry
+	nodeIndex  map[string]map[string]bool // node -> services with instances on it
+	checks     map[checkKey]checkState
+	haveList   bool
+	haveHealth bool
+	listIndex  uint64
+	readQueue  []string
+	inflight   int
+	retryAt    map[string]time.Time
 	// unexplained are the list indexes no read has accounted for yet,
 	// each with the generation of the sweeps it was recorded in (see
 	// sweepGen): a sweep of a later generation looked at every service
 	// after it was written.
 	unexplained map[uint64]uint64
-	sweepGen    uint64 // counts the sweeps started
+	sweepGen    uint64   // counts the sweeps started
 	sweepQueue  []string // services left to probe in the running sweep
 	sweeping    bool
 	sweepAgain  bool

@@ -47,6 +47,7 @@ type Converted struct {
 	// so that a part refused by validation is reported against it.
 	routes  []origin
 	lbFrom  origin
+	foFrom  origin
 	unsupp  []Unsupported
 	service string
 }
@@ -88,6 +89,7 @@ type converter struct {
 	subsets map[string]map[string]*policyv1.Subset
 	routes  []origin
 	lbFrom  origin
+	foFrom  origin
 	unsupp  []Unsupported
 	// reported de-duplicates reports about shared nodes.
 	reported map[string]bool
@@ -129,7 +131,7 @@ func Convert(chains map[string]*Chain) map[string]*Converted {
 			}
 			p.Subsets = append(p.Subsets, subsets[name][s])
 		}
-		out[name] = &Converted{Policy: p, routes: c.routes, lbFrom: c.lbFrom, unsupp: c.unsupp, service: name}
+		out[name] = &Converted{Policy: p, routes: c.routes, lbFrom: c.lbFrom, foFrom: c.foFrom, unsupp: c.unsupp, service: name}
 	}
 	// Subsets of services without a chain of their own (which Consul's
 	// compiler only produces for a service with a resolver entry, so
@@ -231,8 +233,9 @@ func (c *converter) convert() {
 		}
 	}
 	c.loadBalancer()
+	c.failover()
 	c.trimDefaultRoute()
-	if len(p.Routes) == 0 && p.LoadBalancing == nil && p.Defaults == nil {
+	if len(p.Routes) == 0 && p.LoadBalancing == nil && p.Defaults == nil && p.Failover == nil {
 		c.out = nil
 	}
 }
@@ -531,9 +534,6 @@ func (c *converter) resolver(node *Node) (*policyv1.Destination, bool) {
 		c.report(entry, "", "target %q is not in the chain: not sent", r.Target)
 		return nil, false
 	}
-	if r.Failover != nil {
-		c.report(entry, "Failover", "handled by failover support, which this server does not have yet: calls go to the primary target only")
-	}
 	if ct := time.Duration(r.ConnectTimeout); ct != 0 && ct != consulDefaultConnectTimeout {
 		c.report(entry, "ConnectTimeout", "gRPC clients set their connect timeout themselves: not sent")
 	}
@@ -633,4 +633,99 @@ func (c *converter) loadBalancer() {
 			c.report(entry, field+".Field", "%q hashing is not something gRPC clients do (they hash headers or the channel): not sent", h.Field)
 		}
 	}
+}
+
+// failover converts the Failover of the service's own resolvers (one node
+// per subset the chain uses) into the policy's failover datacenters: a
+// failover target that is the same service and subset in another
+// datacenter of the default namespace and partition is a datacenter to
+// fail over to, in the resolver's order. Trellis fails a service over as a
+// whole (every subset keeps its filter in the other datacenter), so the
+// resolvers must agree; per-subset failovers that differ are reported and
+// none is sent. Other services, subsets, peers, namespaces and partitions
+// as failover targets, and failover policies and regions, are reported;
+// the datacenters that are expressible are still sent. Resolvers of other
+// services are converted in those services' own chains.
+func (c *converter) failover() {
+	type nodeFailover struct {
+		entry, subset string
+		dcs           []string
+	}
+	var found []nodeFailover
+	for _, name := range sortedKeys(c.chain.Nodes) {
+		n := c.chain.Nodes[name]
+		if n.Type != nodeResolver || n.Resolver == nil {
+			continue
+		}
+		t := c.chain.Targets[n.Resolver.Target]
+		if t == nil || t.Service != c.svc {
+			continue
+		}
+		entry := c.entryOf(n)
+		found = append(found, nodeFailover{entry: entry, subset: t.ServiceSubset, dcs: c.failoverDatacenters(entry, t, n.Resolver.Failover)})
+	}
+	if len(found) == 0 {
+		return
+	}
+	for _, f := range found[1:] {
+		if !slices.Equal(f.dcs, found[0].dcs) {
+			var each []string
+			for _, f := range found {
+				each = append(each, fmt.Sprintf("%s: %v", subsetLabel(f.subset), f.dcs))
+			}
+			c.report(found[0].entry, "Failover", "the subsets fail over to different datacenters (%s); Trellis fails a service over as a whole, with every subset's filter applied in the other datacenter: not sent, calls stay in the local datacenter", strings.Join(each, ", "))
+			return
+		}
+	}
+	if len(found[0].dcs) > 0 {
+		c.out.Failover = &policyv1.Failover{Datacenters: found[0].dcs}
+		c.foFrom = origin{found[0].entry, "Failover"}
+	}
+}
+
+func subsetLabel(s string) string {
+	if s == "" {
+		return "(no subset)"
+	}
+	return "subset " + s
+}
+
+// failoverDatacenters lists the datacenters the resolver of target t fails
+// over to, reporting the failover targets that are not a datacenter.
+func (c *converter) failoverDatacenters(entry string, t *Target, fo *Failover) []string {
+	if fo == nil {
+		return nil
+	}
+	field := "Failover"
+	if t.ServiceSubset != "" {
+		field = fmt.Sprintf("Failover[%q]", t.ServiceSubset)
+	}
+	if fo.Policy != nil && string(*fo.Policy) != "null" && string(*fo.Policy) != "{}" {
+		c.report(entry, field+".Policy", "failover policies (order by locality) are not translated: the targets are failed over to in the order listed")
+	}
+	if len(fo.Regions) > 0 {
+		c.report(entry, field+".Regions", "failover by region is not translated: not sent")
+	}
+	var dcs []string
+	for _, id := range fo.Targets {
+		ft := c.chain.Targets[id]
+		switch {
+		case ft == nil:
+			c.report(entry, field, "failover target %q is not in the chain: not sent", id)
+		case ft.Peer != "":
+			c.report(entry, field, "failover target %s is in cluster peer %q, which Trellis does not serve: not sent", ft.ID, ft.Peer)
+		case ft.Namespace != "" && ft.Namespace != "default" || ft.Partition != "" && ft.Partition != "default":
+			c.report(entry, field, "failover target %s is in another namespace or partition, which Trellis does not serve: not sent", ft.ID)
+		case ft.Service != t.Service:
+			c.report(entry, field, "failover target %s is another service; Trellis fails a service over to its own instances in other datacenters only: not sent", ft.ID)
+		case ft.ServiceSubset != t.ServiceSubset:
+			c.report(entry, field, "failover target %s is another subset; Trellis fails a subset over to the same subset in other datacenters only: not sent", ft.ID)
+		case ft.Datacenter == "" || ft.Datacenter == c.chain.Datacenter:
+			c.report(entry, field, "failover target %s is in the local datacenter: not sent", ft.ID)
+		case slices.Contains(dcs, strings.ToLower(ft.Datacenter)):
+		default:
+			dcs = append(dcs, strings.ToLower(ft.Datacenter))
+		}
+	}
+	return dcs
 }

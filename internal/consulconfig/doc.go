@@ -45,10 +45,19 @@
 // over the same fields Consul uses, and OnlyPassing), and the service's own
 // resolver's LoadBalancer becomes the policy's load balancing.
 //
+// A resolver's Failover to the same service (and subset) in other
+// datacenters becomes the policy's failover datacenters, in order (the
+// catalog then reads those datacenters and translation puts their healthy
+// instances at later EDS priorities). Trellis fails a service over as a
+// whole, so the service's resolvers (one per subset the chain uses) must
+// agree; failover to other services, subsets, peers, namespaces or
+// partitions, failover policies and regions, and per-subset failovers that
+// differ are reported, and only the datacenters are sent.
+//
 // What a chain expresses that gRPC clients cannot honour (query parameter
 // matches, method lists without POST, prefix rewrites, header modifiers,
 // idle timeouts, HTTP status code retries, non-gRPC retry conditions,
-// cookie and source-IP hashing, maglev and random balancing, failover,
+// cookie and source-IP hashing, maglev and random balancing, redirects to
 // other datacenters, peers, namespaces and partitions) is not sent and is
 // reported as an Unsupported naming the entry and its field. Where leaving
 // a field out changes what matches, the whole route is left out (a query

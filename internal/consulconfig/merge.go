@@ -32,8 +32,9 @@ type Merged struct {
 
 // routeField reads the route index of a violation's field path.
 var (
-	routeField  = regexp.MustCompile(`^routes\[(\d+)\]`)
-	subsetField = regexp.MustCompile(`^subsets\[(\d+)\]`)
+	routeField    = regexp.MustCompile(`^routes\[(\d+)\]`)
+	failoverField = regexp.MustCompile(`^failover\b`)
+	subsetField   = regexp.MustCompile(`^subsets\[(\d+)\]`)
 )
 
 // maxFixups bounds the rounds of dropping refused parts of one policy;
@@ -140,6 +141,9 @@ func fixup(c *Converted, env policy.Env) (*policyv1.ServicePolicy, []Unsupported
 					refused = append(refused, Unsupported{Service: c.service, Entry: "service-resolver/" + c.service,
 						Field: "Subsets[" + strconv.Quote(p.Subsets[i].GetName()) + "]", Reason: reason})
 				}
+			case failoverField.MatchString(v.Field) && p.Failover != nil:
+				p.Failover = nil
+				refused = append(refused, Unsupported{Service: c.service, Entry: c.foFrom.entry, Field: c.foFrom.field, Reason: reason})
 			case p.LoadBalancing != nil || p.Defaults != nil:
 				p.LoadBalancing, p.Defaults = nil, nil
 				refused = append(refused, Unsupported{Service: c.service, Entry: c.lbFrom.entry, Field: c.lbFrom.field, Reason: reason})
@@ -154,7 +158,7 @@ func fixup(c *Converted, env policy.Env) (*policyv1.ServicePolicy, []Unsupported
 		p.Routes = dropIndexes(p.Routes, dropRoutes)
 		routes = dropIndexes(routes, dropRoutes)
 		p.Subsets = dropIndexes(p.Subsets, dropSubsets)
-		if len(p.Routes) == 0 && len(p.Subsets) == 0 && p.LoadBalancing == nil && p.Defaults == nil {
+		if len(p.Routes) == 0 && len(p.Subsets) == 0 && p.LoadBalancing == nil && p.Defaults == nil && p.Failover == nil {
 			return nil, refused
 		}
 	}

@@ -37,7 +37,16 @@ import (
 
 // serviceLoadAssignment is loadAssignment for a service (or subset) whose
 // policy may list failover datacenters.
+// It also reports the service's zone threshold meta that is ignored or
+// overridden (ZoneMinHealthyMetaKey), once per service: the callers keep
+// only the service cluster's skips, not its subsets'.
 func serviceLoadAssignment(svc *model.Service, clusterName string, fo *policyv1.Failover, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip, bool) {
+	cla, skips, panicking := failoverLoadAssignment(svc, clusterName, fo, opts)
+	_, _, metaSkips := metaMinHealthyPercent(svc)
+	return cla, append(skips, metaSkips...), panicking
+}
+
+func failoverLoadAssignment(svc *model.Service, clusterName string, fo *policyv1.Failover, opts Options) (*endpointv3.ClusterLoadAssignment, []Skip, bool) {
 	dcs := fo.GetDatacenters()
 	if len(dcs) == 0 {
 		return loadAssignment(svc, clusterName, opts)

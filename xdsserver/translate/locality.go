@@ -1,7 +1,10 @@
 package translate
 
 import (
+	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -13,8 +16,18 @@ import (
 
 // DefaultMinHealthyPercent is the share of a zone's instances that must be
 // healthy for its clients to keep their calls in it, unless the service's
-// policy sets locality.min_healthy_percent.
+// policy sets locality.min_healthy_percent or its instances carry
+// ZoneMinHealthyMetaKey.
 const DefaultMinHealthyPercent = 50
+
+// ZoneMinHealthyMetaKey is the service meta key by which a service's
+// instances set its zone spill threshold (an integer percentage, 0 to
+// 100) when no policy sets locality.min_healthy_percent: the policy wins
+// over the meta, the meta over DefaultMinHealthyPercent. When instances
+// disagree, the highest value wins (the zone spills sooner rather than
+// concentrating calls on too few instances) and the others are reported;
+// a value that is not a percentage is ignored and reported.
+const ZoneMinHealthyMetaKey = "trellis-zone-min-healthy-percent"
 
 // ZoneAssignments are the per-zone variants of ClusterLoadAssignments: by
 // client zone (node.locality.zone), then by cluster name, the assignment
@@ -116,7 +129,7 @@ func (z *ZoneSplitter) cluster(cname string, base *endpointv3.ClusterLoadAssignm
 	if subset != nil {
 		instances = subsetInstances(svc, subset)
 	}
-	z.setVariants(cname, m, zoneVariants(base, instances, minHealthyPercent(pol)))
+	z.setVariants(cname, m, zoneVariants(base, instances, minHealthyPercent(pol, svc)))
 }
 
 // setVariants replaces m's variants of cluster cname in z.out; z.mu is
@@ -139,11 +152,54 @@ func (z *ZoneSplitter) setVariants(cname string, m *zoneMemo, variants map[strin
 	m.variants = variants
 }
 
-func minHealthyPercent(pol *policyv1.ServicePolicy) uint32 {
+// minHealthyPercent is the zone spill threshold of svc: its policy's,
+// else its instances' meta, else the default.
+func minHealthyPercent(pol *policyv1.ServicePolicy, svc *model.Service) uint32 {
 	if l := pol.GetLocality(); l != nil && l.MinHealthyPercent != nil {
 		return min(*l.MinHealthyPercent, 100)
 	}
+	if p, ok, _ := metaMinHealthyPercent(svc); ok {
+		return p
+	}
 	return DefaultMinHealthyPercent
+}
+
+// metaMinHealthyPercent reads ZoneMinHealthyMetaKey from the instances of
+// svc: the highest valid value, whether one was set, and warnings for the
+// values ignored (not a percentage) or overridden (lower than another
+// instance's).
+func metaMinHealthyPercent(svc *model.Service) (uint32, bool, []Skip) {
+	var (
+		skips []Skip
+		best  uint32
+		found bool
+		by    = map[string]uint32{}
+		order []string
+	)
+	for _, inst := range svc.Instances {
+		v, ok := inst.Meta[ZoneMinHealthyMetaKey]
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil || n > 100 {
+			skips = append(skips, Skip{Kind: SkipWarning, Service: svc.Name, Instance: inst.Key(), Reason: fmt.Sprintf(
+				"meta %s=%q of instance %q ignored; accepted: an integer percentage from 0 to 100", ZoneMinHealthyMetaKey, v, inst.Key())})
+			continue
+		}
+		by[inst.Key()] = uint32(n)
+		order = append(order, inst.Key())
+		if !found || uint32(n) > best {
+			best, found = uint32(n), true
+		}
+	}
+	for _, key := range order {
+		if by[key] < best {
+			skips = append(skips, Skip{Kind: SkipWarning, Service: svc.Name, Instance: key, Reason: fmt.Sprintf(
+				"meta %s=%d of instance %q overridden: another instance of the service sets %d, the highest wins", ZoneMinHealthyMetaKey, by[key], key, best)})
+		}
+	}
+	return best, found, skips
 }
 
 // zoneVariants computes the variants of base, the assignment of the

@@ -58,6 +58,14 @@ func layout(t *testing.T, in Input, zone string) []string {
 
 func u32p(n uint32) *uint32 { return &n }
 
+// withThreshold sets ZoneMinHealthyMetaKey to value on every instance of svc.
+func withThreshold(svc *model.Service, value string) *model.Service {
+	for i := range svc.Instances {
+		svc.Instances[i].Meta = map[string]string{ZoneMinHealthyMetaKey: value}
+	}
+	return svc
+}
+
 func TestZoneVariants(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -76,6 +84,14 @@ func TestZoneVariants(t *testing.T) {
 			zone: "a", want: []string{"dc1/a@0:1", "dc1/b@1:3"}},
 		{name: "threshold 100 spills at the first loss", svc: zoned(1, 0), pol: &policyv1.ServicePolicy{Service: "echo", Locality: &policyv1.Locality{MinHealthyPercent: u32p(100)}},
 			zone: "a", want: []string{"dc1/a@0:2", "dc1/b@0:3"}},
+		{name: "meta threshold keeps the last instance", svc: withThreshold(zoned(2, 0), "30"),
+			zone: "a", want: []string{"dc1/a@0:1", "dc1/b@1:3"}},
+		{name: "policy threshold wins over meta", svc: withThreshold(zoned(2, 0), "30"), pol: &policyv1.ServicePolicy{Service: "echo", Locality: &policyv1.Locality{MinHealthyPercent: u32p(50)}},
+			zone: "a", want: []string{"dc1/a@0:1", "dc1/b@0:3"}},
+		{name: "meta threshold 100 spills at the first loss", svc: withThreshold(zoned(1, 0), " 100 "),
+			zone: "a", want: []string{"dc1/a@0:2", "dc1/b@0:3"}},
+		{name: "invalid meta threshold leaves the default", svc: withThreshold(zoned(2, 0), "30%"),
+			zone: "a", want: []string{"dc1/a@0:1", "dc1/b@0:3"}},
 		{name: "zone with every instance down", svc: zoned(3, 0), zone: "a", want: []string{"dc1/b@0:3"}},
 		{name: "unknown zone gets the shared assignment", svc: zoned(0, 0), zone: "c", want: []string{"dc1/a@0:3", "dc1/b@0:3"}},
 		{name: "failover priorities move down", svc: zoned(0, 2), pol: &policyv1.ServicePolicy{Service: "echo", Failover: &policyv1.Failover{Datacenters: []string{"dc2"}}},
@@ -91,6 +107,46 @@ func TestZoneVariants(t *testing.T) {
 				t.Errorf("localities (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestZoneThresholdMetaReported: instances whose threshold meta is not a
+// percentage are reported by name with the accepted values; when valid
+// values differ, the highest wins and the lower ones are reported; the
+// reports come once per service, not once per subset cluster.
+func TestZoneThresholdMetaReported(t *testing.T) {
+	svc := zoned(2, 0)
+	for i, v := range []string{"lots", "30", "40", "101", "40"} {
+		svc.Instances[i].Meta = map[string]string{ZoneMinHealthyMetaKey: v}
+	}
+	pol := &policyv1.ServicePolicy{Service: "echo", Subsets: []*policyv1.Subset{{Name: "all", Filter: `Service.Port == 8080`}}}
+	in := Input{Catalog: model.NewSnapshot([]*model.Service{svc}), Policies: map[string]*policyv1.ServicePolicy{"echo": pol}}
+	res := Translate(in, Options{})
+	var got []string
+	for _, sk := range res.Skipped {
+		if sk.Kind != SkipWarning {
+			t.Errorf("left out: %+v", sk)
+			continue
+		}
+		got = append(got, sk.Instance+": "+sk.Reason)
+	}
+	want := []string{
+		`n/echo-0: meta trellis-zone-min-healthy-percent="lots" of instance "n/echo-0" ignored; accepted: an integer percentage from 0 to 100`,
+		`n/echo-3: meta trellis-zone-min-healthy-percent="101" of instance "n/echo-3" ignored; accepted: an integer percentage from 0 to 100`,
+		`n/echo-1: meta trellis-zone-min-healthy-percent=30 of instance "n/echo-1" overridden: another instance of the service sets 40, the highest wins`,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("skips (-want +got):\n%s", diff)
+	}
+	// 40 %: zone a (1 of 3 healthy) spills, for the service and its subset.
+	variants := (&ZoneSplitter{}).Split(in, res)
+	for _, cname := range []string{"echo", SubsetClusterName("echo", "all")} {
+		if _, ok := variants["a"][cname]; ok {
+			t.Errorf("cluster %s: zone a has a variant at 33 %% healthy with threshold 40", cname)
+		}
+		if _, ok := variants["b"][cname]; !ok {
+			t.Errorf("cluster %s: zone b has no variant", cname)
+		}
 	}
 }
 

@@ -111,3 +111,70 @@ func TestZoneAwareRouting(t *testing.T) {
 		}
 	}
 }
+
+// TestZoneThresholdFromMeta: the zone spill threshold set by the
+// instances' meta (trellis-zone-min-healthy-percent=30) keeps zone a's
+// client in zone a with one of its three instances healthy, where the
+// default 50 % would spill; an instance with a meta value that is not a
+// percentage is reported by name with the accepted values; a policy's
+// threshold wins over the meta.
+func TestZoneThresholdFromMeta(t *testing.T) {
+	consul := consultest.Start(t, consultest.Options{})
+	checks := map[string]string{}
+	for _, zone := range []string{"a", "b"} {
+		for i := 1; i <= 3; i++ {
+			id := fmt.Sprintf("%s-echo-%d", zone, i)
+			threshold := "30"
+			if id == "b-echo-3" {
+				threshold = "most"
+			}
+			_, checks[id] = startBackend(t, consul, "echo", id, backendOptions{meta: map[string]string{"zone": zone, "trellis-zone-min-healthy-percent": threshold}})
+		}
+	}
+	trellis := startTrellisWithAPI(t, consul)
+	eds := watchEDS(t, trellis, "eds-watch-a", "a", "echo")
+	eds.waitLayout(t, 15*time.Second, "dc1/a@0:3 dc1/b@1:3")
+	waitFor(t, 5*time.Second, "the invalid meta reported", func() error {
+		for _, l := range strings.Split(trellis.Log(), "\n") {
+			if strings.Contains(l, `trellis-zone-min-healthy-percent=\"most\"`) && strings.Contains(l, "b-echo-3") && strings.Contains(l, "accepted: an integer percentage from 0 to 100") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no warning about b-echo-3's meta in the server log")
+	})
+
+	raw, err := bootstrap.Generate(bootstrap.Config{Servers: []string{trellis.xdsAddr}, NodeID: "client-a", Zone: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inA := dialXDS(t, raw, "xds:///echo")
+	waitForInstances(t, inA, 30*time.Second, "a-echo-1", "a-echo-2", "a-echo-3")
+
+	// Two of zone a's three instances turn critical: 33 % healthy, above
+	// the meta's 30 %.
+	consul.SetTTL(t, checks["a-echo-1"], api.HealthCritical)
+	consul.SetTTL(t, checks["a-echo-2"], api.HealthCritical)
+	eds.waitLayout(t, 10*time.Second, "dc1/a@0:1 dc1/b@1:3")
+	var home callResult
+	waitFor(t, 10*time.Second, "zone a's client on a-echo-3 only", func() error {
+		home = callEcho(t, inA, 300)
+		if n := home.byInstance["a-echo-3"]; n != 300 {
+			return fmt.Errorf("answered by %v, failures %v", home.byInstance, firstErr(home.failures))
+		}
+		return nil
+	})
+
+	// A policy's threshold wins over the meta: 50 % spills.
+	putPolicy(t, trellis.policyClient(t), `{"service": "echo", "locality": {"min_healthy_percent": 50}}`)
+	eds.waitLayout(t, 10*time.Second, "dc1/a@0:1 dc1/b@0:3")
+	var spilled callResult
+	waitFor(t, 10*time.Second, "zone a's client spilling to zone b", func() error {
+		spilled = callEcho(t, inA, 400)
+		if share := zoneShare(spilled, "b"); share < 0.6 || share > 0.9 {
+			return fmt.Errorf("%.1f %% in zone b (%v)", 100*share, spilled.byInstance)
+		}
+		return nil
+	})
+	t.Logf("meta 30 %%: %v; policy 50 %%: %.1f %% of %d calls in zone b", home.byInstance, 100*zoneShare(spilled, "b"), spilled.ok())
+	trellis.requireAllACKed(t)
+}

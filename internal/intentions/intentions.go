@@ -14,8 +14,11 @@
 // Intentions that cannot concern a workload Trellis serves are left out and
 // counted: sources in cluster peers, sameness groups, other partitions or
 // namespaces, destinations in other partitions or namespaces. Intentions
-// with HTTP permissions or JWT requirements are kept with those listed as
-// Conditions, which the translator treats as a deny. Intentions that name
+// with L7 (HTTP) permissions keep them, in order, as Permissions, which
+// the translator turns into RBAC permissions where gRPC can express them
+// (their Action is deny, so that a reader ignoring them denies); JWT
+// requirements and unknown actions are kept as Conditions, which make the
+// whole intention a deny. Intentions that name
 // a service not in the catalog are kept and logged at debug level: the
 // service may appear later, and callers are often not registered at all.
 //
@@ -30,6 +33,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,7 +57,6 @@ const (
 
 // Conditions an intention can carry (model.Intention.Conditions).
 const (
-	ConditionHTTP    = "HTTP permissions"
 	ConditionJWT     = "JWT requirements"
 	conditionUnknown = "unknown action"
 )
@@ -357,14 +360,9 @@ func Convert(entries []api.ConfigEntry) ([]model.Intention, []Ignored) {
 			}
 			switch {
 			case len(src.Permissions) > 0:
+				// Deny for any reader that ignores the permissions.
 				in.Action = model.IntentionDeny
-				in.Conditions = append(in.Conditions, ConditionHTTP)
-				for _, p := range src.Permissions {
-					if p != nil && p.JWT != nil {
-						in.Conditions = append(in.Conditions, ConditionJWT)
-						break
-					}
-				}
+				in.Permissions, in.Conditions = permissions(src.Permissions)
 			case src.Action == api.IntentionActionAllow:
 				in.Action = model.IntentionAllow
 			case src.Action == api.IntentionActionDeny:
@@ -390,6 +388,50 @@ func Convert(entries []api.ConfigEntry) ([]model.Intention, []Ignored) {
 		return a.Reason < b.Reason
 	})
 	return out, ignored
+}
+
+// permissions converts an intention's L7 permissions, and lists the
+// conditions among them that Trellis does not enforce (JWT requirements,
+// unknown actions), which make the whole intention deny.
+func permissions(in []*api.IntentionPermission) ([]model.IntentionPermission, []string) {
+	var (
+		out        []model.IntentionPermission
+		conditions []string
+	)
+	for _, p := range in {
+		if p == nil {
+			continue
+		}
+		mp := model.IntentionPermission{}
+		switch p.Action {
+		case api.IntentionActionAllow:
+			mp.Action = model.IntentionAllow
+		case api.IntentionActionDeny:
+			mp.Action = model.IntentionDeny
+		default:
+			if c := fmt.Sprintf("permission with %s %q", conditionUnknown, p.Action); !contains(conditions, c) {
+				conditions = append(conditions, c)
+			}
+		}
+		if p.JWT != nil && !contains(conditions, ConditionJWT) {
+			conditions = append(conditions, ConditionJWT)
+		}
+		if h := p.HTTP; h != nil {
+			m := &model.IntentionHTTPMatch{PathExact: h.PathExact, PathPrefix: h.PathPrefix, PathRegex: h.PathRegex}
+			for _, method := range h.Methods {
+				m.Methods = append(m.Methods, strings.ToUpper(method))
+			}
+			for _, hd := range h.Header {
+				m.Headers = append(m.Headers, model.IntentionHeaderMatch{
+					Name: strings.ToLower(hd.Name), Present: hd.Present, Exact: hd.Exact, Prefix: hd.Prefix, Suffix: hd.Suffix,
+					Contains: hd.Contains, Regex: hd.Regex, Invert: hd.Invert, IgnoreCase: hd.IgnoreCase,
+				})
+			}
+			mp.HTTP = m
+		}
+		out = append(out, mp)
+	}
+	return out, conditions
 }
 
 func contains(list []string, s string) bool {

@@ -60,16 +60,33 @@ func TestConvert(t *testing.T) {
 			want: []model.Intention{{Source: "web", Destination: "api", Action: model.IntentionAllow, Precedence: 9}},
 		},
 		{
-			name: "HTTP permissions and JWT requirements become conditions and deny",
+			name: "HTTP permissions kept in order, JWT requirements and unknown permission actions become conditions",
 			entries: []api.ConfigEntry{
 				entry("api", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{
 					{Action: allow, HTTP: &api.IntentionHTTPPermission{PathPrefix: "/x"}},
 					{Action: allow, JWT: &api.IntentionJWTRequirement{}},
 				}}),
+				entry("auth", &api.SourceIntention{Name: "web", Permissions: []*api.IntentionPermission{
+					{Action: deny, HTTP: &api.IntentionHTTPPermission{PathExact: "/a.B/C", Methods: []string{"post", "GET"},
+						Header: []api.IntentionHTTPHeaderPermission{{Name: "X-Role", Exact: "admin", Invert: true, IgnoreCase: true}, {Name: "X-Trace", Present: true}}}},
+					{Action: allow, HTTP: &api.IntentionHTTPPermission{PathRegex: "/a[.]B/.*"}},
+					{Action: "maybe"},
+				}}),
 				&api.ServiceIntentionsConfigEntry{Name: "db", JWT: &api.IntentionJWTRequirement{}, Sources: []*api.SourceIntention{src("api", allow)}},
 			},
 			want: []model.Intention{
-				{Source: "web", Destination: "api", Action: model.IntentionDeny, Precedence: 9, Conditions: []string{intentions.ConditionHTTP, intentions.ConditionJWT}},
+				{Source: "web", Destination: "api", Action: model.IntentionDeny, Precedence: 9, Conditions: []string{intentions.ConditionJWT},
+					Permissions: []model.IntentionPermission{
+						{Action: model.IntentionAllow, HTTP: &model.IntentionHTTPMatch{PathPrefix: "/x"}},
+						{Action: model.IntentionAllow},
+					}},
+				{Source: "web", Destination: "auth", Action: model.IntentionDeny, Precedence: 9, Conditions: []string{`permission with unknown action "maybe"`},
+					Permissions: []model.IntentionPermission{
+						{Action: model.IntentionDeny, HTTP: &model.IntentionHTTPMatch{PathExact: "/a.B/C", Methods: []string{"POST", "GET"},
+							Headers: []model.IntentionHeaderMatch{{Name: "x-role", Exact: "admin", Invert: true, IgnoreCase: true}, {Name: "x-trace", Present: true}}}},
+						{Action: model.IntentionAllow, HTTP: &model.IntentionHTTPMatch{PathRegex: "/a[.]B/.*"}},
+						{Action: model.IntentionDeny},
+					}},
 				{Source: "api", Destination: "db", Action: model.IntentionAllow, Precedence: 9, Conditions: []string{intentions.ConditionJWT}},
 			},
 		},
@@ -240,8 +257,9 @@ func TestWatcherFollowsConsul(t *testing.T) {
 		}
 	}
 	ghost := snap.For("ghost")
-	if in, ok := ghost.Decide("web"); !ok || in.Action != model.IntentionDeny || !cmp.Equal(in.Conditions, []string{intentions.ConditionHTTP}) {
-		t.Errorf("L7 intention web -> ghost evaluates to %+v, %t; want a deny with HTTP conditions", in, ok)
+	wantPerms := []model.IntentionPermission{{Action: model.IntentionAllow, HTTP: &model.IntentionHTTPMatch{PathPrefix: "/x"}}}
+	if in, ok := ghost.Decide("web"); !ok || in.Action != model.IntentionDeny || len(in.Conditions) > 0 || !cmp.Equal(in.Permissions, wantPerms) {
+		t.Errorf("L7 intention web -> ghost evaluates to %+v, %t; want a deny carrying its permission %+v", in, ok, wantPerms)
 	}
 	if !strings.Contains(logs.String(), "an intention names a service not in the catalog") || !strings.Contains(logs.String(), "service=ghost") {
 		t.Errorf("no debug log about the unknown service ghost:\n%s", logs.String())

@@ -46,9 +46,89 @@ type Intention struct {
 	// for any to any).
 	Precedence int
 	// Conditions lists, sorted, what the intention requires of a call
-	// beyond the caller's identity (HTTP permissions, JWT requirements).
-	// Empty for an identity-only intention.
+	// beyond the caller's identity that Trellis does not enforce (JWT
+	// requirements, unknown actions). An intention with conditions denies
+	// every call from its source. Empty for an identity-only intention.
 	Conditions []string
+	// Permissions are the intention's L7 permissions (Consul's
+	// Permissions), in order: the first that matches a call decides it,
+	// and a call that none matches gets the default action. An intention
+	// with permissions has Action IntentionDeny, so that a reader that
+	// does not look at them denies rather than allows its calls.
+	Permissions []IntentionPermission
+}
+
+// IntentionPermission is one L7 permission of an intention.
+type IntentionPermission struct {
+	// Action is what the permission does with the calls it matches.
+	Action IntentionAction
+	// HTTP is what a call must match; nil matches every call.
+	HTTP *IntentionHTTPMatch
+}
+
+// IntentionHTTPMatch is the request a permission matches: every field
+// set must match (at most one of the paths is set).
+type IntentionHTTPMatch struct {
+	// PathExact, PathPrefix and PathRegex match the request path (for gRPC,
+	// "/package.Service/Method"); PathRegex is an RE2 expression matching
+	// the whole path.
+	PathExact, PathPrefix, PathRegex string
+	// Methods are HTTP methods, upper case; the call's method must be one
+	// of them. Empty: any method.
+	Methods []string
+	// Headers must all match.
+	Headers []IntentionHeaderMatch
+}
+
+// IntentionHeaderMatch matches one request header.
+type IntentionHeaderMatch struct {
+	// Name is the header name, lower case.
+	Name string
+	// Present, or one of the value operators, is set.
+	Present                                bool
+	Exact, Prefix, Suffix, Contains, Regex string
+	// Invert inverts the match; IgnoreCase compares values without case.
+	Invert, IgnoreCase bool
+}
+
+// equalPermissions reports whether a and b are the same permissions.
+func equalPermissions(a, b []IntentionPermission) bool {
+	return slices.EqualFunc(a, b, func(x, y IntentionPermission) bool {
+		if x.Action != y.Action || (x.HTTP == nil) != (y.HTTP == nil) {
+			return false
+		}
+		if x.HTTP == nil {
+			return true
+		}
+		hx, hy := x.HTTP, y.HTTP
+		return hx.PathExact == hy.PathExact && hx.PathPrefix == hy.PathPrefix && hx.PathRegex == hy.PathRegex &&
+			slices.Equal(hx.Methods, hy.Methods) && slices.Equal(hx.Headers, hy.Headers)
+	})
+}
+
+// SameDecision reports whether a and b decide calls alike: the same
+// action, precedence, conditions and permissions (source and destination
+// are not compared).
+func (a Intention) SameDecision(b Intention) bool {
+	return a.Action == b.Action && a.Precedence == b.Precedence && slices.Equal(a.Conditions, b.Conditions) &&
+		equalPermissions(a.Permissions, b.Permissions)
+}
+
+func clonePermissions(ps []IntentionPermission) []IntentionPermission {
+	if ps == nil {
+		return nil
+	}
+	out := make([]IntentionPermission, len(ps))
+	for i, p := range ps {
+		out[i] = p
+		if p.HTTP != nil {
+			h := *p.HTTP
+			h.Methods = slices.Clone(h.Methods)
+			h.Headers = slices.Clone(h.Headers)
+			out[i].HTTP = &h
+		}
+	}
+	return out
 }
 
 // Intentions is an immutable set of intentions, one per (source,
@@ -64,6 +144,7 @@ func NewIntentions(list []Intention) *Intentions {
 	sorted := slices.Clone(list)
 	for i := range sorted {
 		sorted[i].Conditions = slices.Clone(sorted[i].Conditions)
+		sorted[i].Permissions = clonePermissions(sorted[i].Permissions)
 		sort.Strings(sorted[i].Conditions)
 	}
 	sort.SliceStable(sorted, func(a, b int) bool {
@@ -110,8 +191,7 @@ func (s *Intentions) Len() int { return len(s.All()) }
 // Equal reports whether s and o hold the same intentions.
 func (s *Intentions) Equal(o *Intentions) bool {
 	return slices.EqualFunc(s.All(), o.All(), func(a, b Intention) bool {
-		return a.Source == b.Source && a.Destination == b.Destination && a.Action == b.Action &&
-			a.Precedence == b.Precedence && slices.Equal(a.Conditions, b.Conditions)
+		return a.Source == b.Source && a.Destination == b.Destination && a.SameDecision(b)
 	})
 }
 

@@ -109,3 +109,32 @@ func TestNewIntentionsSortsAndCopies(t *testing.T) {
 		t.Error("a nil set is not empty")
 	}
 }
+
+// TestIntentionsEqualComparesPermissions: two sets that differ only in an
+// L7 permission (its action, a path or a header) are not equal, and a set
+// does not share its permissions with the list it was built from.
+func TestIntentionsEqualComparesPermissions(t *testing.T) {
+	perm := func(action IntentionAction, path, header string) []IntentionPermission {
+		return []IntentionPermission{{Action: action, HTTP: &IntentionHTTPMatch{PathExact: path, Headers: []IntentionHeaderMatch{{Name: header, Present: true}}}}}
+	}
+	base := []Intention{{Source: "web", Destination: "api", Precedence: 9, Permissions: perm(IntentionAllow, "/a.B/C", "x")}}
+	a := NewIntentions(base)
+	for name, other := range map[string][]IntentionPermission{
+		"action": perm(IntentionDeny, "/a.B/C", "x"),
+		"path":   perm(IntentionAllow, "/a.B/D", "x"),
+		"header": perm(IntentionAllow, "/a.B/C", "y"),
+		"none":   nil,
+	} {
+		b := NewIntentions([]Intention{{Source: "web", Destination: "api", Precedence: 9, Permissions: other}})
+		if a.Equal(b) {
+			t.Errorf("%s differs, yet the sets are equal", name)
+		}
+	}
+	if !a.Equal(NewIntentions([]Intention{{Source: "web", Destination: "api", Precedence: 9, Permissions: perm(IntentionAllow, "/a.B/C", "x")}})) {
+		t.Errorf("equal permissions, yet the sets differ")
+	}
+	base[0].Permissions[0].HTTP.Headers[0].Name = "changed"
+	if got := a.All()[0].Permissions[0].HTTP.Headers[0].Name; got != "x" {
+		t.Errorf("the set shares its permissions with its input: header %q", got)
+	}
+}

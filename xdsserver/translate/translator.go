@@ -655,7 +655,7 @@ func changedDestinations(a, b *model.Intentions) map[string]bool {
 	for _, in := range b.All() {
 		k := pair{in.Source, in.Destination}
 		p, ok := prev[k]
-		if !ok || p.Action != in.Action || p.Precedence != in.Precedence || !slices.Equal(p.Conditions, in.Conditions) {
+		if !ok || !p.SameDecision(in) {
 			out[in.Destination] = true
 		}
 		delete(prev, k)

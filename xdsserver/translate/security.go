@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -84,9 +86,13 @@ const inboundName = "inbound"
 // Authorization follows Consul's intention semantics: among the intentions
 // matching a call (its source or "*", its destination or "*"), the one of
 // highest precedence decides; when none matches, DefaultDeny does. An
-// intention with conditions Trellis does not enforce (HTTP permissions, JWT
-// requirements) denies every call from its source: it is reported in
-// Result.Skipped. Callers are identified by their SPIFFE ID under Scheme in
+// intention with L7 permissions decides its source's calls by them, as
+// Consul's proxies do: the first permission matching the call decides, and
+// a call none matches gets DefaultDeny; they become RBAC permissions on
+// method paths and headers (see l7Permissions). Permissions that gRPC
+// servers cannot check, and conditions Trellis does not enforce (JWT
+// requirements), deny every call from the intention's source: they are
+// reported in Result.Skipped, never left out to let calls through. Callers are identified by their SPIFFE ID under Scheme in
 // the destination instance's datacenter; "*" and the default stand for any
 // workload of TrustDomain, never for another trust domain.
 type Security struct {
@@ -345,17 +351,34 @@ func (ss *serviceSecurity) deniesSome() bool {
 
 // rbac builds the RBAC filter configuration of the service's server
 // Listeners for instances in datacenter dc: one ALLOW rule set whose
-// policies are exactly the callers the intentions allow.
+// policies are exactly the calls the intentions allow.
 //
 // When calls from unnamed sources are allowed (by a wildcard intention or
 // the default), one policy "source:*" allows any workload of the trust
-// domain except the sources whose deciding intention denies. Otherwise
-// there is one policy "source:<name>" per allowed source; with none, the
-// rule set is empty and every call is denied.
+// domain except the sources whose deciding intention does not simply
+// allow. Otherwise there is one policy "source:<name>" per allowed source;
+// with none, the rule set is empty and every call is denied. A source
+// (or the wildcard) decided by an intention with L7 permissions gets a
+// policy of its own whose permissions are the calls those permissions
+// allow (see l7Permissions); when they cannot be expressed, the source is
+// denied and reported. A wildcard with L7 permissions excludes every
+// source named by an intention of its own, and the plain allowed ones get
+// a policy each.
 func (ss *serviceSecurity) rbac(dc string) (*rbacv3.RBAC, []Skip) {
 	var (
-		skips           []Skip
-		allowed, denied []string
+		skips               []Skip
+		allowed, notAllowed []string
+		l7                  = map[string][]*rbacconfigv3.Permission{}
+		defaultAllow        = !ss.sec.DefaultDeny
+		destination         = ss.intentions.Destination
+		reportInexpressible = func(src, reason string) {
+			who := fmt.Sprintf("%q", src)
+			if src == model.Wildcard {
+				who = "any source without an intention of its own"
+			}
+			skips = append(skips, Skip{Kind: SkipWarning, Service: destination, Route: fmt.Sprintf("intention from %q", src), Reason: fmt.Sprintf(
+				"intention from %q: its permissions cannot be enforced by gRPC servers (%s); treated as deny: calls from %s are denied", src, reason, who)})
+		}
 	)
 	sources := make([]string, 0, len(ss.intentions.Sources))
 	for src := range ss.intentions.Sources {
@@ -366,44 +389,268 @@ func (ss *serviceSecurity) rbac(dc string) (*rbacv3.RBAC, []Skip) {
 	for _, src := range sources {
 		id, err := ss.sec.id(src, dc)
 		if err != nil {
-			skips = append(skips, Skip{Service: ss.intentions.Destination, Route: fmt.Sprintf("intention from %q", src),
+			skips = append(skips, Skip{Service: destination, Route: fmt.Sprintf("intention from %q", src),
 				Reason: fmt.Sprintf("intention from %q ignored: the source has no SPIFFE ID, so no caller can match it: %v", src, err)})
 			continue
 		}
 		ids[src] = id.String()
-		if allows(ss.intentions.Sources[src]) {
+		in := ss.intentions.Sources[src]
+		switch {
+		case allows(in):
 			allowed = append(allowed, src)
-		} else {
-			denied = append(denied, src)
+		case isL7(in):
+			notAllowed = append(notAllowed, src)
+			perms, notes, reason := l7Permissions(in.Permissions, defaultAllow)
+			for _, n := range notes {
+				skips = append(skips, Skip{Kind: SkipWarning, Service: destination, Route: fmt.Sprintf("intention from %q", src), Reason: fmt.Sprintf("intention from %q: %s", src, n)})
+			}
+			if reason != "" {
+				reportInexpressible(src, reason)
+				continue
+			}
+			if len(perms) > 0 {
+				l7[src] = perms
+			}
+		default:
+			notAllowed = append(notAllowed, src)
 		}
 	}
 	policies := map[string]*rbacconfigv3.Policy{}
 	anyPermission := []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}}
-	if ss.wildcardAllows() {
+	anyExcept := func(excluded []string) *rbacconfigv3.Principal {
 		principal := principalPrefix(ss.sec.TrustDomain.IDString() + "/")
-		if len(denied) > 0 {
-			var not *rbacconfigv3.Principal
-			if len(denied) == 1 {
-				not = principalExact(ids[denied[0]])
-			} else {
-				set := &rbacconfigv3.Principal_Set{}
-				for _, src := range denied {
-					set.Ids = append(set.Ids, principalExact(ids[src]))
-				}
-				not = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_OrIds{OrIds: set}}
-			}
-			principal = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_AndIds{AndIds: &rbacconfigv3.Principal_Set{Ids: []*rbacconfigv3.Principal{
-				principal,
-				{Identifier: &rbacconfigv3.Principal_NotId{NotId: not}},
-			}}}}
+		if len(excluded) == 0 {
+			return principal
 		}
-		policies["source:"+model.Wildcard] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{principal}}
-	} else {
-		for _, src := range allowed {
-			policies["source:"+src] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{principalExact(ids[src])}}
+		var not *rbacconfigv3.Principal
+		if len(excluded) == 1 {
+			not = principalExact(ids[excluded[0]])
+		} else {
+			set := &rbacconfigv3.Principal_Set{}
+			for _, src := range excluded {
+				set.Ids = append(set.Ids, principalExact(ids[src]))
+			}
+			not = &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_OrIds{OrIds: set}}
+		}
+		return &rbacconfigv3.Principal{Identifier: &rbacconfigv3.Principal_AndIds{AndIds: &rbacconfigv3.Principal_Set{Ids: []*rbacconfigv3.Principal{
+			principal,
+			{Identifier: &rbacconfigv3.Principal_NotId{NotId: not}},
+		}}}}
+	}
+	switch w := ss.intentions.Wildcard; {
+	case ss.wildcardAllows():
+		policies["source:"+model.Wildcard] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{anyExcept(notAllowed)}}
+		allowed = nil // the wildcard policy covers them
+	case w != nil && isL7(*w):
+		perms, notes, reason := l7Permissions(w.Permissions, defaultAllow)
+		for _, n := range notes {
+			skips = append(skips, Skip{Kind: SkipWarning, Service: destination, Route: fmt.Sprintf("intention from %q", model.Wildcard), Reason: fmt.Sprintf("intention from %q: %s", model.Wildcard, n)})
+		}
+		if reason != "" {
+			reportInexpressible(model.Wildcard, reason)
+			break
+		}
+		if len(perms) > 0 {
+			named := slices.Concat(allowed, notAllowed)
+			sort.Strings(named)
+			policies["source:"+model.Wildcard] = &rbacconfigv3.Policy{Permissions: perms, Principals: []*rbacconfigv3.Principal{anyExcept(named)}}
 		}
 	}
+	for _, src := range allowed {
+		policies["source:"+src] = &rbacconfigv3.Policy{Permissions: anyPermission, Principals: []*rbacconfigv3.Principal{principalExact(ids[src])}}
+	}
+	for src, perms := range l7 {
+		policies["source:"+src] = &rbacconfigv3.Policy{Permissions: perms, Principals: []*rbacconfigv3.Principal{principalExact(ids[src])}}
+	}
 	return &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: policies}}, skips
+}
+
+// isL7 reports whether an intention decides by its L7 permissions: it has
+// some, and no condition that makes it deny whole.
+func isL7(in model.Intention) bool {
+	return len(in.Permissions) > 0 && len(in.Conditions) == 0
+}
+
+// l7Permissions turns an intention's L7 permissions into RBAC permissions,
+// any of which lets a call through, that allow exactly the calls Consul's
+// semantics allow: the first permission matching a call decides it, and a
+// call that none matches gets the default action (defaultAllow). Allow
+// permission i becomes "matches i and none of the deny permissions before
+// it"; with a default allow, "matches none of the deny permissions" is
+// added. A permission whose methods leave out POST never matches a gRPC
+// call (every one is a POST) and is left out, with a note; a method list
+// with POST matches every call and is dropped from the permission. When a
+// permission cannot be expressed in the RBAC gRPC servers evaluate, reason
+// says why and nothing is returned: the caller denies the source. An
+// empty result with no reason allows nothing.
+func l7Permissions(perms []model.IntentionPermission, defaultAllow bool) (out []*rbacconfigv3.Permission, notes []string, reason string) {
+	var denies []*rbacconfigv3.Permission
+	notDenied := func() *rbacconfigv3.Permission {
+		switch len(denies) {
+		case 0:
+			return nil
+		case 1:
+			return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_NotRule{NotRule: denies[0]}}
+		default:
+			return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_NotRule{NotRule: &rbacconfigv3.Permission{
+				Rule: &rbacconfigv3.Permission_OrRules{OrRules: &rbacconfigv3.Permission_Set{Rules: slices.Clone(denies)}}}}}
+		}
+	}
+	for i, p := range perms {
+		match, never, why := permissionMatch(p.HTTP)
+		if why != "" {
+			return nil, notes, fmt.Sprintf("Permissions[%d].HTTP.%s", i, why)
+		}
+		if never {
+			notes = append(notes, fmt.Sprintf("Permissions[%d] never matches a gRPC call (its Methods leave out POST, the method of every gRPC call): left out, as it decides no call", i))
+			continue
+		}
+		if p.Action == model.IntentionAllow {
+			if nd := notDenied(); nd != nil {
+				match = &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_AndRules{AndRules: &rbacconfigv3.Permission_Set{Rules: []*rbacconfigv3.Permission{match, nd}}}}
+			}
+			out = append(out, match)
+			continue
+		}
+		denies = append(denies, match)
+	}
+	if defaultAllow {
+		nd := notDenied()
+		if nd == nil {
+			nd = &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Any{Any: true}}
+		}
+		out = append(out, nd)
+	}
+	return out, notes, ""
+}
+
+// permissionMatch is the RBAC permission matching the calls an HTTP
+// permission matches; never when no gRPC call can match it; why when it
+// cannot be expressed.
+func permissionMatch(h *model.IntentionHTTPMatch) (match *rbacconfigv3.Permission, never bool, why string) {
+	if h == nil {
+		return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Any{Any: true}}, false, ""
+	}
+	if len(h.Methods) > 0 && !slices.Contains(h.Methods, "POST") {
+		return nil, true, ""
+	}
+	var rules []*rbacconfigv3.Permission
+	path := func(m *matcherv3.StringMatcher) {
+		rules = append(rules, &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_UrlPath{UrlPath: &matcherv3.PathMatcher{
+			Rule: &matcherv3.PathMatcher_Path{Path: m}}}})
+	}
+	switch {
+	case h.PathExact != "":
+		path(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: h.PathExact}})
+	case h.PathPrefix != "":
+		path(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: h.PathPrefix}})
+	case h.PathRegex != "":
+		if _, err := regexp.Compile(h.PathRegex); err != nil {
+			return nil, false, fmt.Sprintf("PathRegex: %q is not an RE2 expression (%v)", h.PathRegex, err)
+		}
+		path(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: h.PathRegex}}})
+	}
+	for i, hd := range h.Headers {
+		hm, why := headerPermission(hd)
+		if why != "" {
+			return nil, false, fmt.Sprintf("Header[%d]: %q: %s", i, hd.Name, why)
+		}
+		rules = append(rules, hm)
+	}
+	switch len(rules) {
+	case 0:
+		return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Any{Any: true}}, false, ""
+	case 1:
+		return rules[0], false, ""
+	default:
+		return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_AndRules{AndRules: &rbacconfigv3.Permission_Set{Rules: rules}}}, false, ""
+	}
+}
+
+// hopByHopHeaders are the headers gRFC A41 forbids RBAC to match.
+var hopByHopHeaders = map[string]bool{"connection": true, "keep-alive": true, "proxy-authenticate": true, "proxy-authorization": true,
+	"te": true, "trailer": true, "transfer-encoding": true, "upgrade": true, "proxy-connection": true}
+
+// headerPermission is the RBAC permission of one header condition, with
+// Envoy's semantics (which Consul's own proxies apply) in the matcher
+// fields every gRPC implementation reads (not string_match, which C-core
+// 1.51 refuses):
+//   - gRPC's matchers never match an absent header, inverted or not, where
+//     Envoy's inverted matchers do; Invert is therefore a NOT around the
+//     matcher, which holds for an absent header as Envoy's invert does;
+//   - grpc-go's present matcher does not see a header with an empty value,
+//     which Envoy's does: Present is "present or exactly empty";
+//   - IgnoreCase (Envoy: ASCII case, for exact, prefix, suffix and
+//     contains; no effect on a regex) becomes a regex with ASCII letters
+//     as both-case classes.
+func headerPermission(hd model.IntentionHeaderMatch) (*rbacconfigv3.Permission, string) {
+	switch {
+	case hd.Name == "":
+		return nil, "no header name"
+	case strings.HasPrefix(hd.Name, "grpc-") || hd.Name == ":scheme":
+		// gRFC A41: such a matcher makes the Listener invalid.
+		return nil, "gRPC servers refuse RBAC header matchers on grpc- headers and :scheme"
+	case hopByHopHeaders[hd.Name]:
+		return nil, "gRPC servers never match hop-by-hop headers"
+	}
+	header := func(m *routev3.HeaderMatcher) *rbacconfigv3.Permission {
+		m.Name = hd.Name
+		return &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Header{Header: m}}
+	}
+	folded := func(pattern string) *rbacconfigv3.Permission {
+		return header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcherv3.RegexMatcher{Regex: pattern}}})
+	}
+	var m *rbacconfigv3.Permission
+	switch {
+	case hd.Present:
+		m = &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_OrRules{OrRules: &rbacconfigv3.Permission_Set{Rules: []*rbacconfigv3.Permission{
+			header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}),
+			header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: ""}}),
+		}}}}
+	case hd.Exact != "" && hd.IgnoreCase:
+		m = folded(asciiFold(hd.Exact))
+	case hd.Exact != "":
+		m = header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: hd.Exact}})
+	case hd.Prefix != "" && hd.IgnoreCase:
+		m = folded(asciiFold(hd.Prefix) + "(?s:.*)")
+	case hd.Prefix != "":
+		m = header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_PrefixMatch{PrefixMatch: hd.Prefix}})
+	case hd.Suffix != "" && hd.IgnoreCase:
+		m = folded("(?s:.*)" + asciiFold(hd.Suffix))
+	case hd.Suffix != "":
+		m = header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_SuffixMatch{SuffixMatch: hd.Suffix}})
+	case hd.Contains != "" && hd.IgnoreCase:
+		m = folded("(?s:.*)" + asciiFold(hd.Contains) + "(?s:.*)")
+	case hd.Contains != "":
+		m = header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_ContainsMatch{ContainsMatch: hd.Contains}})
+	case hd.Regex != "":
+		if _, err := regexp.Compile(hd.Regex); err != nil {
+			return nil, fmt.Sprintf("Regex: %q is not an RE2 expression (%v)", hd.Regex, err)
+		}
+		m = header(&routev3.HeaderMatcher{HeaderMatchSpecifier: &routev3.HeaderMatcher_SafeRegexMatch{SafeRegexMatch: &matcherv3.RegexMatcher{Regex: hd.Regex}}})
+	default:
+		return nil, "no match operator (Present, Exact, Prefix, Suffix, Contains or Regex)"
+	}
+	if hd.Invert {
+		m = &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_NotRule{NotRule: m}}
+	}
+	return m, ""
+}
+
+// asciiFold is a regex matching s literally, ASCII letters in either case.
+func asciiFold(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z':
+			b.WriteString("[" + string(r) + string(r-'a'+'A') + "]")
+		case r >= 'A' && r <= 'Z':
+			b.WriteString("[" + string(r-'A'+'a') + string(r) + "]")
+		default:
+			b.WriteString(regexp.QuoteMeta(string(r)))
+		}
+	}
+	return b.String()
 }
 
 func principalExact(id string) *rbacconfigv3.Principal {

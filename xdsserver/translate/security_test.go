@@ -39,11 +39,48 @@ type goldenSecurity struct {
 }
 
 type goldenIntention struct {
-	Source      string   `json:"source"`
-	Destination string   `json:"destination"`
-	Action      string   `json:"action"`
-	Precedence  int      `json:"precedence"`
-	Conditions  []string `json:"conditions"`
+	Source      string             `json:"source"`
+	Destination string             `json:"destination"`
+	Action      string             `json:"action"`
+	Precedence  int                `json:"precedence"`
+	Conditions  []string           `json:"conditions"`
+	Permissions []goldenPermission `json:"permissions"`
+}
+
+// goldenPermission is an L7 permission; an intention with permissions has
+// no action of its own, as in Consul.
+type goldenPermission struct {
+	Action string `json:"action"`
+	HTTP   *struct {
+		PathExact  string   `json:"pathExact"`
+		PathPrefix string   `json:"pathPrefix"`
+		PathRegex  string   `json:"pathRegex"`
+		Methods    []string `json:"methods"`
+		Headers    []struct {
+			Name       string `json:"name"`
+			Present    bool   `json:"present"`
+			Exact      string `json:"exact"`
+			Prefix     string `json:"prefix"`
+			Suffix     string `json:"suffix"`
+			Contains   string `json:"contains"`
+			Regex      string `json:"regex"`
+			Invert     bool   `json:"invert"`
+			IgnoreCase bool   `json:"ignoreCase"`
+		} `json:"headers"`
+	} `json:"http"`
+}
+
+func goldenAction(t *testing.T, what, action string) model.IntentionAction {
+	t.Helper()
+	switch action {
+	case "allow":
+		return model.IntentionAllow
+	case "deny":
+		return model.IntentionDeny
+	default:
+		t.Fatalf("%s: action %q: want allow or deny", what, action)
+		return 0
+	}
 }
 
 // consulPrecedence is Consul's precedence for intentions in the default
@@ -88,13 +125,22 @@ func (g goldenSecurity) security(t *testing.T) *Security {
 	var list []model.Intention
 	for _, gi := range g.Intentions {
 		in := model.Intention{Source: gi.Source, Destination: gi.Destination, Precedence: gi.Precedence, Conditions: gi.Conditions}
-		switch gi.Action {
-		case "allow":
-			in.Action = model.IntentionAllow
-		case "deny":
-			in.Action = model.IntentionDeny
-		default:
-			t.Fatalf("intention %s -> %s: action %q: want allow or deny", gi.Source, gi.Destination, gi.Action)
+		what := fmt.Sprintf("intention %s -> %s", gi.Source, gi.Destination)
+		if len(gi.Permissions) == 0 {
+			in.Action = goldenAction(t, what, gi.Action)
+		} else if gi.Action != "" {
+			t.Fatalf("%s: an intention with permissions has no action of its own", what)
+		}
+		for i, gp := range gi.Permissions {
+			p := model.IntentionPermission{Action: goldenAction(t, fmt.Sprintf("%s permission %d", what, i), gp.Action)}
+			if h := gp.HTTP; h != nil {
+				p.HTTP = &model.IntentionHTTPMatch{PathExact: h.PathExact, PathPrefix: h.PathPrefix, PathRegex: h.PathRegex, Methods: h.Methods}
+				for _, hd := range h.Headers {
+					p.HTTP.Headers = append(p.HTTP.Headers, model.IntentionHeaderMatch{Name: hd.Name, Present: hd.Present, Exact: hd.Exact,
+						Prefix: hd.Prefix, Suffix: hd.Suffix, Contains: hd.Contains, Regex: hd.Regex, Invert: hd.Invert, IgnoreCase: hd.IgnoreCase})
+				}
+			}
+			in.Permissions = append(in.Permissions, p)
 		}
 		if in.Precedence == 0 {
 			in.Precedence = consulPrecedence(in.Source, in.Destination)

@@ -118,6 +118,13 @@ type Pipeline struct {
 	latest atomic.Pointer[Status]
 
 	// Owned by Run.
+	// lastSkipped are the last apply's Result.Skipped by profile, and
+	// lastReport what came out of them.
+	lastSkipped map[string][]translate.Skip
+	lastReport  struct {
+		skips   []translate.Skip
+		adapted map[string]int
+	}
 	lastSkips  map[string]bool
 	lastPanics map[string]bool
 }
@@ -297,6 +304,7 @@ func (p *Pipeline) apply(in translate.Input) (changed bool) {
 		panicking []string
 		seen      = map[string]bool{}
 		adapted   = map[string]int{}
+		skipped   = map[string][]translate.Skip{} // by profile
 		first     *translate.Result
 	)
 	for i, tr := range p.translators {
@@ -314,20 +322,33 @@ func (p *Pipeline) apply(in translate.Input) (changed bool) {
 		if i == 0 {
 			panicking, first = res.Panicking, res
 		}
-		for _, s := range res.Skipped {
-			if i > 0 && s.Profile == "" {
-				continue // reported by the first profile already
-			}
-			if s.Profile != "" {
-				adapted[s.Profile]++
-			}
-			if k := s.String(); !seen[k] {
-				seen[k] = true
-				skips = append(skips, s)
+		skipped[name] = res.Skipped
+	}
+	// A Translator hands back the very same Skipped slice when nothing it
+	// reports changed: then neither do the skips, and they are not gone
+	// through again (formatting thousands of them on every change would
+	// cost more than the change).
+	if sameSkipped(skipped, p.lastSkipped) {
+		skips, adapted = p.lastReport.skips, p.lastReport.adapted
+	} else {
+		for i := range p.translators {
+			name := p.cfg.Profiles[i].Name
+			for _, s := range skipped[name] {
+				if i > 0 && s.Profile == "" {
+					continue // reported by the first profile already
+				}
+				if s.Profile != "" {
+					adapted[s.Profile]++
+				}
+				if k := s.String(); !seen[k] {
+					seen[k] = true
+					skips = append(skips, s)
+				}
 			}
 		}
+		p.logSkips(skips)
+		p.lastSkipped, p.lastReport.skips, p.lastReport.adapted = skipped, skips, adapted
 	}
-	p.logSkips(skips)
 	p.logPanics(panicking)
 	p.applyZones(in, first)
 	results := p.cfg.Cache.Apply(next)
@@ -356,6 +377,21 @@ func (p *Pipeline) apply(in translate.Input) (changed bool) {
 	p.logger.Debug("applied snapshot", "services", len(in.Catalog.Services), "policies", len(in.Policies),
 		"duration", time.Since(start), "result", results[p.cfg.Profiles[0].Name])
 	return changed
+}
+
+// sameSkipped reports whether a and b hold, profile by profile, the very
+// same Skipped slices.
+func sameSkipped(a, b map[string][]translate.Skip) bool {
+	if b == nil || len(a) != len(b) {
+		return false
+	}
+	for name, x := range a {
+		y, ok := b[name]
+		if !ok || len(x) != len(y) || (len(x) > 0 && &x[0] != &y[0]) {
+			return false
+		}
+	}
+	return true
 }
 
 func (p *Pipeline) logPanics(clusters []string) {

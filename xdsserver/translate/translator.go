@@ -99,6 +99,23 @@ type memoEntry struct {
 	destHas []bool
 
 	t serviceTranslation
+	// report is what the service contributes to Result.Skipped and
+	// Result.Panicking, kept so that they are gathered again only when a
+	// service's report changed.
+	report entryReport
+}
+
+// entryReport is one service's part of a Result's skips and panicking
+// clusters.
+type entryReport struct {
+	skips     []Skip
+	panicking []string
+}
+
+func (r entryReport) empty() bool { return len(r.skips) == 0 && len(r.panicking) == 0 }
+
+func (r entryReport) equal(o entryReport) bool {
+	return slices.Equal(r.skips, o.skips) && slices.Equal(r.panicking, o.panicking)
 }
 
 // memoState is what a Translator keeps between calls.
@@ -131,6 +148,10 @@ type memoState struct {
 	// catalogSkips aside.
 	skipped   []Skip
 	panicking []string
+	// result is the previous call's Result.Skipped, catalogSkips those it
+	// added to skipped: handed back again when neither changed.
+	result       []Skip
+	catalogSkips []Skip
 
 	res    Resources
 	byType map[string]map[string]types.Resource
@@ -353,8 +374,10 @@ func (t *Translator) Translate(in Input) *Result {
 		}
 		e.t = translateEntry(name, svc, pol, in.Security, datacenters, clusters, t.opts)
 	}
+	reportsChanged := first
 	if membership {
 		for _, name := range removed {
+			reportsChanged = reportsChanged || !st.entries[name].report.empty()
 			changed = append(changed, rebuilt{name: name, old: st.entries[name].t})
 			delete(st.entries, name)
 			delete(st.withDests, name)
@@ -374,14 +397,16 @@ func (t *Translator) Translate(in Input) *Result {
 	}
 
 	// Bring the resources up to date in place, noting what changed.
-	reported := first || len(st.contested) > 0
+	// recheck are the services whose report may have changed: those
+	// translated again, and those competing for a server Listener name
+	// whose owner was settled again.
+	recheck := map[string]bool{}
 	if len(changed) > 0 {
 		affected := map[string]bool{}
 		for _, c := range changed {
-			reported = reported || c.old.reports()
+			recheck[c.name] = true
 			var cur *serviceResources
 			if e, ok := st.entries[c.name]; ok {
-				reported = reported || e.t.reports()
 				cur = e.t.out
 			}
 			if c.old.out != nil {
@@ -393,8 +418,20 @@ func (t *Translator) Translate(in Input) *Result {
 		}
 		for l := range affected {
 			st.settle(l)
+			for _, cand := range st.candidates[l] {
+				recheck[cand] = true
+			}
 		}
-		reported = reported || len(st.contested) > 0
+	}
+	for name := range recheck {
+		e, ok := st.entries[name]
+		if !ok {
+			continue // removed: accounted for above
+		}
+		if r := st.reportOf(name, e); !r.equal(e.report) {
+			e.report = r
+			reportsChanged = true
+		}
 	}
 
 	res := &Result{Resources: st.res}
@@ -403,31 +440,41 @@ func (t *Translator) Translate(in Input) *Result {
 		res.Delta = st.takeDelta()
 	}
 	st.delta = nil
-	if reported || st.skipped == nil {
+	if reportsChanged || st.skipped == nil {
 		// What the services report, in name order: gathered again only
-		// when a service that reports something changed.
+		// when a service's report changed.
 		st.skipped, st.panicking = []Skip{}, nil
 		for _, name := range st.names {
-			e := st.entries[name]
-			st.skipped = append(st.skipped, e.t.pre...)
-			if e.t.out != nil {
-				st.panicking = append(st.panicking, e.t.out.panicking...)
-				if len(st.contested) > 0 {
-					st.skipped = append(st.skipped, st.ownershipSkips(name, e.t.out.servers)...)
-				}
-			}
-			st.skipped = append(st.skipped, e.t.post...)
+			r := st.entries[name].report
+			st.skipped = append(st.skipped, r.skips...)
+			st.panicking = append(st.panicking, r.panicking...)
 		}
+		st.result = nil
 	}
 	res.Panicking = st.panicking
-	res.Skipped = append(slices.Clip(st.skipped), catalogSkips(in)...)
+	if cs := catalogSkips(in); st.result == nil || !slices.Equal(cs, st.catalogSkips) {
+		st.catalogSkips = cs
+		st.result = append(slices.Clip(st.skipped), cs...)
+	}
+	// The very slice of the previous call when nothing changed, so that a
+	// consumer can tell at a glance.
+	res.Skipped = st.result
 	return res
 }
 
-// reports tells whether the translation reports anything: skips or
-// clusters in panic routing.
-func (t serviceTranslation) reports() bool {
-	return len(t.pre) > 0 || len(t.post) > 0 || (t.out != nil && len(t.out.panicking) > 0)
+// reportOf gathers what the service's translation reports, its server
+// Listeners kept by other services included.
+func (st *memoState) reportOf(name string, e *memoEntry) entryReport {
+	var r entryReport
+	r.skips = append(r.skips, e.t.pre...)
+	if e.t.out != nil {
+		r.panicking = e.t.out.panicking
+		if len(st.contested) > 0 {
+			r.skips = append(r.skips, st.ownershipSkips(name, e.t.out.servers)...)
+		}
+	}
+	r.skips = append(r.skips, e.t.post...)
+	return r
 }
 
 // policiesChanged returns the names whose policy differs (by pointer)

@@ -489,3 +489,37 @@ func protoMapDiff[M proto.Message](want, got map[string]M) string {
 	}
 	return fmt.Sprint(diff)
 }
+
+// TestTranslatorKeepsSkippedWhenUnchanged: a change that alters no
+// service's report hands back the very same Skipped slice (consumers rely
+// on it to skip going through them again), and one that does, a new one.
+func TestTranslatorKeepsSkippedWhenUnchanged(t *testing.T) {
+	svc := func(name, addr string, port int) *model.Service {
+		return &model.Service{Name: name, Instances: []model.Instance{{ID: name + "-1", Node: "n1", Address: addr, Port: port,
+			Weights: model.Weights{Passing: 1, Warning: 1}, Datacenter: "dc1"}}}
+	}
+	// a and b register the same address and port: one keeps the server
+	// Listener, the other is reported.
+	services := map[string]*model.Service{"a": svc("a", "10.0.0.1", 80), "b": svc("b", "10.0.0.1", 80), "c": svc("c", "10.0.0.2", 80)}
+	snap := (*model.Snapshot)(nil).Next(maps.Clone(services), nil)
+	sec := &Security{}
+	tr := NewTranslator(Options{})
+	first := tr.Translate(Input{Catalog: snap, Security: sec})
+	if len(first.Skipped) == 0 {
+		t.Fatal("no skip for the contested server Listener")
+	}
+	services["c"] = svc("c", "10.0.0.2", 81)
+	snap = snap.Next(maps.Clone(services), []string{"c"})
+	second := tr.Translate(Input{Catalog: snap, Security: sec})
+	compareResults(t, "unrelated change", Translate(Input{Catalog: snap, Security: sec}, Options{}), second)
+	if &second.Skipped[0] != &first.Skipped[0] || len(second.Skipped) != len(first.Skipped) {
+		t.Error("a change that alters no report gave a new Skipped slice")
+	}
+	services["b"] = svc("b", "10.0.0.3", 80)
+	snap = snap.Next(maps.Clone(services), []string{"b"})
+	third := tr.Translate(Input{Catalog: snap, Security: sec})
+	compareResults(t, "contest over", Translate(Input{Catalog: snap, Security: sec}, Options{}), third)
+	if len(third.Skipped) == len(first.Skipped) && (len(third.Skipped) == 0 || &third.Skipped[0] == &first.Skipped[0]) {
+		t.Error("the contest ended and Skipped stayed the same slice")
+	}
+}

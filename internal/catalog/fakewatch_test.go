@@ -568,28 +568,22 @@ func TestRateLimitIsReportedAsSuch(t *testing.T) {
 
 // TestRegistrationChangesInARowAccountedForByReads: two registration
 // changes in a row, the second seen while the first is still unaccounted
-// for, are both accounted for by the reads of their services once the
-// health detector names them: no service is probed, where one unaccounted
-// index at a time meant probing every service.
+// for, are looked for together: the probes of the two services that
+// changed last (a sweep goes most recently changed first) account for
+// both and the sweep stops, where one unaccounted index at a time meant
+// probing every service.
 func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 	f := newFakeConsul(t)
 	var names []string
-	for i := range 20 {
+	for i := range 40 {
 		n := fmt.Sprintf("s%02d", i)
 		names = append(names, n)
 		f.setInstances(n, 10, 1)
 	}
 	f.setServices(10, names...)
-	cfg := fakeConfig(t, f)
-	cfg.MinInterval = 250 * time.Millisecond // the sweep's grace: 500 ms
-	w := startWatcher(t, cfg)
-	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"s00": {1}, "s19": {1}}))
-	probes := metricValue(t, w, "trellis_catalog_index_probes_total")
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"s00": {1}, "s39": {1}}))
 
-	// seen waits until the list detector asks for changes after index.
-	seen := func(index uint64) {
-		waitFor(t, 5*time.Second, func() bool { return slices.Contains(f.requestsTo(fakeListPath), index) })
-	}
 	check := func(name string) *api.HealthCheck {
 		return &api.HealthCheck{Node: "n1", CheckID: "service:" + name + "-1", ServiceID: name + "-1", ServiceName: name, Status: api.HealthCritical}
 	}
@@ -601,23 +595,30 @@ func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 		e.Checks = api.HealthChecks{check(name)}
 		f.set(fakeHealthPath(name), index, []*api.ServiceEntry{&e})
 	}
-	// The list moves to 11, then 12, before the health detector names
-	// s03 and s11, written at those indexes.
-	f.setServices(11, names...)
-	seen(11)
-	f.setServices(12, names...)
-	seen(12)
+	// s03 and s31 are written at 11 and 12, and read (the health detector
+	// names them) before the list's index moves.
 	critical("s03", 11)
-	critical("s11", 12)
-	f.setNonPassing(12, check("s03"), check("s11"))
+	critical("s31", 12)
+	f.setNonPassing(12, check("s03"), check("s31"))
 	nextSnapshot(t, w, 10*time.Second, func(s *model.Snapshot) error {
 		if err := instanceIs("s03", "s03-1", healthIs(model.HealthCritical))(s); err != nil {
 			return err
 		}
-		return instanceIs("s11", "s11-1", healthIs(model.HealthCritical))(s)
+		return instanceIs("s31", "s31-1", healthIs(model.HealthCritical))(s)
 	})
-	time.Sleep(600 * time.Millisecond) // past the grace
-	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got != 0 {
-		t.Errorf("%v services probed for two changes the reads accounted for, want none", got)
+	probes := metricValue(t, w, "trellis_catalog_index_probes_total")
+	// The list moves to 11, then to 12 while 11 is unaccounted for.
+	seen := func(index uint64) {
+		waitFor(t, 5*time.Second, func() bool { return slices.Contains(f.requestsTo(fakeListPath), index) })
+	}
+	f.setServices(11, names...)
+	seen(11)
+	f.setServices(12, names...)
+	seen(12)
+	// The sweep accounts for both, then stops.
+	waitFor(t, 5*time.Second, func() bool { return metricValue(t, w, "trellis_catalog_index_probes_total") > probes })
+	time.Sleep(300 * time.Millisecond)
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got > 2*DefaultReadConcurrency {
+		t.Errorf("%v of %d services probed for two changes the first probes account for, want at most %d", got, len(names), 2*DefaultReadConcurrency)
 	}
 }

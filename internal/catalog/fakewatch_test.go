@@ -615,10 +615,12 @@ func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 	seen(11)
 	f.setServices(12, names...)
 	seen(12)
-	// The sweep accounts for both, then stops.
+	// The sweeps account for both, then stop: at most a few rounds of
+	// probes in flight (one sweep may start for 11 and be over before 12
+	// arrives), far from every service.
 	waitFor(t, 5*time.Second, func() bool { return metricValue(t, w, "trellis_catalog_index_probes_total") > probes })
 	time.Sleep(300 * time.Millisecond)
-	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got > 2*DefaultReadConcurrency {
-		t.Errorf("%v of %d services probed for two changes the first probes account for, want at most %d", got, len(names), 2*DefaultReadConcurrency)
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got > 3*DefaultReadConcurrency {
+		t.Errorf("%v of %d services probed for two changes the first probes account for, want at most %d", got, len(names), 3*DefaultReadConcurrency)
 	}
 }

@@ -374,6 +374,13 @@ wait_for "secure-echo-1 to serve its mTLS listener" 60 "$tmp/secure-echo-1.log" 
 wait_for "secure-echo-2 to serve its mTLS listener" 60 "$tmp/secure-echo-2.log" grep -q 'mode=SERVING' "$tmp/secure-echo-2.log"
 
 say "step 10: web calls xds:///secure-echo over mTLS (xDS credentials, its SVID from SPIRE)"
+# The SPIRE agent hands a workload its SVID once it has synced the workload's
+# entry (every few seconds): wait until web's first call gets through.
+web_has_svid() {
+	GRPC_XDS_BOOTSTRAP=$tmp/bootstrap-spiffe.json "$bin_dir/echo-client" --xds-creds --target xds:///secure-echo \
+		--rate 5 --count 1 --each --timeout 5s 2>/dev/null | grep -q "seen-as=$(svc_id web)"
+}
+wait_for "web's SVID from the SPIRE agent" 60 "$tmp/spire-agent.log" web_has_svid
 GRPC_XDS_BOOTSTRAP=$tmp/bootstrap-spiffe.json "$bin_dir/echo-client" --xds-creds --target xds:///secure-echo \
 	--rate 5 --count 6 --each --timeout 5s 2>"$tmp/web.log" | tee "$tmp/phase4.out" | sed -u 's/^/   /'
 grep -q "seen-as=$(svc_id web)" "$tmp/phase4.out" || fail "web's calls did not arrive as $(svc_id web)" "$tmp/trellis.log"

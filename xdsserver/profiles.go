@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -276,10 +277,49 @@ type dispatcher struct {
 
 var _ cache.Cache = dispatcher{}
 
+// firstApplyWait bounds how long a stream of a profile not translated yet
+// waits for its first translation before it is served the fallback's.
+const firstApplyWait = 5 * time.Second
+
 func (d dispatcher) watcher(node *corev3.Node) cache.Cache {
 	name := d.p.ProfileOf(node).Name
 	d.p.activate(name)
+	if !d.p.servable(name) {
+		// Served the fallback's translation, which every client takes,
+		// rather than an empty cache: an empty Listener or Cluster answer
+		// tells a client its resources were removed.
+		return d.watchers[d.p.profiles[0].Name]
+	}
 	return d.watchers[name]
+}
+
+// servable reports whether the named profile's cache can answer: it had
+// its first Apply, or nothing is served yet at all (the fallback has had
+// none either). A profile activated while the fallback is served is
+// waited for, up to firstApplyWait.
+func (p *ProfileCaches) servable(profile string) bool {
+	p.activeMu.Lock()
+	own, fallback := p.applied[profile], p.applied[p.profiles[0].Name]
+	p.activeMu.Unlock()
+	select {
+	case <-own:
+		return true
+	default:
+	}
+	select {
+	case <-fallback:
+	default:
+		return true // nothing served yet: the profile's cache waits like any other
+	}
+	timer := time.NewTimer(firstApplyWait)
+	defer timer.Stop()
+	select {
+	case <-own:
+		return true
+	case <-timer.C:
+		p.logger.Warn("a profile's first translation did not arrive in time; serving the fallback's", "profile", profile, "waited", firstApplyWait)
+		return false
+	}
 }
 
 // CreateWatch implements cache.ConfigWatcher.

@@ -420,3 +420,36 @@ func TestProfilePrepare(t *testing.T) {
 		t.Error("Prepare of an unknown profile: no error")
 	}
 }
+
+// TestFirstClientOfAProfileWaitsForItsTranslation: while the fallback is
+// served, the first client of another profile is answered from its
+// profile's translation once the pipeline has applied it, never with an
+// empty answer (which a client takes as its resources removed).
+func TestFirstClientOfAProfileWaitsForItsTranslation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	pc, err := xdsserver.NewProfileCaches(xdsserver.ProfileCachesConfig{Profiles: []clients.Profile{clients.Widest, clients.Go}, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	pc.Apply(whole(map[string]xdscache.Resources{clients.WidestName: clientResources(t, "svc", backend, clusterv3.Cluster_ROUND_ROBIN)}))
+	_, addr := startProfileServer(t, pc)
+	// What the pipeline does on activation, a little later.
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		select {
+		case <-pc.Activated():
+		case <-ctx.Done():
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+		pc.Apply(whole(map[string]xdscache.Resources{clients.GoName: clientResources(t, "svc", backend, clusterv3.Cluster_LEAST_REQUEST)}))
+	}()
+	c := fetchCluster(ctx, t, addr, &corev3.Node{Id: "n", UserAgentName: "gRPC Go"}, "svc")
+	if c.GetLbPolicy() != clusterv3.Cluster_LEAST_REQUEST {
+		t.Errorf("first grpc-go client: lb_policy %v, want its profile's LEAST_REQUEST", c.GetLbPolicy())
+	}
+	<-applied
+}

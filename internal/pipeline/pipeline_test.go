@@ -337,19 +337,25 @@ func TestChangeToPushObserved(t *testing.T) {
 	if n := count(); n != 0 {
 		t.Fatalf("first sync observed: %d", n)
 	}
+	// Observed after the apply returns: wait for it.
 	next := catalog(8080, 8081)
 	next.ObservedAt = time.Now().Add(-200 * time.Millisecond)
 	in.catalogs <- next
 	waitApplies(t, cache, 2)
-	if n := count(); n != 1 {
-		t.Fatalf("after a change: %d observations, want 1", n)
-	}
+	waitFor(t, func() bool { return count() == 1 })
+	// An apply that changes nothing, then one that does: one more
+	// observation, not two.
 	same := catalog(8080, 8081)
 	same.ObservedAt = time.Now().Add(-200 * time.Millisecond)
 	in.catalogs <- same
 	waitApplies(t, cache, 3)
-	if n := count(); n != 1 {
-		t.Fatalf("after an apply that changed nothing: %d observations, want 1", n)
+	last := catalog(8080, 8081, 8082)
+	last.ObservedAt = time.Now().Add(-200 * time.Millisecond)
+	in.catalogs <- last
+	waitApplies(t, cache, 4)
+	waitFor(t, func() bool { return count() >= 2 })
+	if n := count(); n != 2 {
+		t.Fatalf("after an apply that changed nothing and one that did: %d observations, want 2", n)
 	}
 }
 

@@ -440,8 +440,8 @@ func (c *Cache) ApplyDelta(updated Resources, deleted map[string][]string) Apply
 
 // aliasesOfLocked brings up to date the Listener aliases whose base is one
 // of the named Listeners, changed or deleted by a delta, and materializes
-// the requested aliases of those that appeared. It returns the aliases to
-// send and the ones to delete. c.mu must be held.
+// the requested aliases of those that appeared (see syncAliasesLocked).
+// c.mu must be held.
 func (c *Cache) aliasesOfLocked(bases []string) (map[string]types.Resource, []string) {
 	listeners := c.served[resource.ListenerType]
 	if listeners == nil || (len(c.aliases) == 0 && len(c.aliasRefs) == 0) {
@@ -451,73 +451,7 @@ func (c *Cache) aliasesOfLocked(bases []string) (map[string]types.Resource, []st
 	for _, b := range bases {
 		isBase[b] = true
 	}
-	var (
-		updated map[string]types.Resource
-		deleted []string
-	)
-	drop := func(name string) {
-		delete(listeners, name)
-		delete(c.aliases, name)
-		delete(c.aliasIdle, name)
-		deleted = append(deleted, name)
-	}
-	// Map order: what comes out does not depend on it.
-	for name := range c.aliases {
-		e, ok := listeners[name]
-		switch {
-		case !ok:
-			drop(name) // left out with a resource of that name that was refused
-			continue
-		case e.aliasOf == "":
-			// Replaced by a Listener of that name: no longer an alias.
-			delete(c.aliases, name)
-			delete(c.aliasIdle, name)
-			continue
-		case !isBase[e.aliasOf]:
-			continue
-		}
-		base, ok := listeners[e.aliasOf]
-		if !ok || base.aliasOf != "" {
-			drop(name)
-			continue
-		}
-		if base.res == e.base {
-			continue
-		}
-		fresh, err := aliasEntry(name, base)
-		if err != nil {
-			c.logger.Error("listener alias", "listener", name, "error", err)
-			drop(name)
-			continue
-		}
-		listeners[name] = fresh
-		if fresh.version != e.version {
-			if updated == nil {
-				updated = make(map[string]types.Resource)
-			}
-			updated[name] = fresh.res
-		}
-	}
-	for name := range c.aliasRefs {
-		host, ok := splitHostPort(name)
-		if !ok || !isBase[host] {
-			continue
-		}
-		added, evicted := c.addAliasLocked(listeners, name)
-		for _, ev := range evicted {
-			if updated != nil {
-				delete(updated, ev)
-			}
-			deleted = append(deleted, ev)
-		}
-		if added {
-			if updated == nil {
-				updated = make(map[string]types.Resource)
-			}
-			updated[name] = listeners[name].res
-		}
-	}
-	return updated, deleted
+	return c.syncAliasesLocked(listeners, func(base string) bool { return isBase[base] }, false)
 }
 
 // publishLocked hands what changed to the LinearCaches, in make-before-break
@@ -672,6 +606,15 @@ func canonicalizeAnys(m protoreflect.Message) error {
 // appeared is materialized (within the limit, see addAliasLocked). It
 // returns the aliases to send and the ones to delete. c.mu must be held.
 func (c *Cache) aliasesLocked(listeners map[string]entry) (map[string]types.Resource, []string) {
+	return c.syncAliasesLocked(listeners, nil, true)
+}
+
+// syncAliasesLocked does the work of aliasesLocked and aliasesOfLocked:
+// it looks only at the aliases whose base Listener isBase accepts (every
+// one when nil), and drops idle aliases only when dropIdle is set (an
+// Apply; a delta leaves them to the next Apply or to eviction). c.mu must
+// be held.
+func (c *Cache) syncAliasesLocked(listeners map[string]entry, isBase func(string) bool, dropIdle bool) (map[string]types.Resource, []string) {
 	var (
 		updated map[string]types.Resource
 		deleted []string
@@ -694,14 +637,19 @@ func (c *Cache) aliasesLocked(listeners map[string]entry) (map[string]types.Reso
 			delete(c.aliasIdle, name)
 			continue
 		}
-		if c.aliasRefs[name] == 0 {
-			if c.aliasIdle[name] {
-				drop(name)
-				continue
+		if isBase != nil && !isBase(e.aliasOf) {
+			continue
+		}
+		if dropIdle {
+			if c.aliasRefs[name] == 0 {
+				if c.aliasIdle[name] {
+					drop(name)
+					continue
+				}
+				c.aliasIdle[name] = true
+			} else {
+				delete(c.aliasIdle, name)
 			}
-			c.aliasIdle[name] = true
-		} else {
-			delete(c.aliasIdle, name)
 		}
 		base, ok := listeners[e.aliasOf]
 		if !ok || base.aliasOf != "" {
@@ -726,6 +674,9 @@ func (c *Cache) aliasesLocked(listeners map[string]entry) (map[string]types.Reso
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.aliasRefs)) {
+		if host, ok := splitHostPort(name); isBase != nil && (!ok || !isBase(host)) {
+			continue
+		}
 		added, evicted := c.addAliasLocked(listeners, name)
 		for _, ev := range evicted {
 			if updated != nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -181,6 +182,19 @@ type changeStats struct {
 	// GeneratorCPUMsPerChange is the load generator's own CPU per change
 	// (it shares the machine with trellis and Consul).
 	GeneratorCPUMsPerChange float64 `json:"generator_cpu_ms_per_change"`
+	// ByKind splits Latency and trellis CPU by kind of change: a check
+	// changing status reaches Trellis through the health detector, a new
+	// passing instance through an index sweep.
+	ByKind map[string]kindStats `json:"by_kind,omitempty"`
+}
+
+// kindStats is the part of changeStats of one kind of change.
+type kindStats struct {
+	Changes int  `json:"changes"`
+	Latency dist `json:"latency_last_watcher"`
+	// CPUMsPerChange is trellis's CPU from the write to the last push
+	// (and 50 ms more), minus its idle CPU over that time.
+	CPUMsPerChange float64 `json:"cpu_ms_per_change"`
 }
 
 type churnResult struct {
@@ -736,8 +750,14 @@ func (b *cpBench) measureChangesThen(ctx context.Context, gen *loadgen.Generator
 	total := gen.Len()
 	var excluded, genExcluded, excludedWall time.Duration
 	late := map[int]bool{} // services whose push missed the timeout
+	kindLatency := map[string][]float64{}
+	kindCPU := map[string]float64{}
 	for _, do := range changes {
 		gen.ResetEvents()
+		cpuBefore, err := procCPU(m.trellis.pid())
+		if err != nil {
+			return st, err
+		}
 		t0 := time.Now()
 		at := gen.Since(t0)
 		ch, err := do()
@@ -771,6 +791,10 @@ func (b *cpBench) measureChangesThen(ctx context.Context, gen *loadgen.Generator
 		if missed > 0 {
 			late[ch.service] = true
 		}
+		if cpuAfter, err := procCPU(m.trellis.pid()); err == nil {
+			kindCPU[ch.kind] += max(0, (cpuAfter-cpuBefore).Seconds()-idleCPU*time.Since(t0).Seconds()) * 1000
+		}
+		kindLatency[ch.kind] = append(kindLatency[ch.kind], last[len(last)-1])
 		for k := range total {
 			// A push that missed its timeout may still arrive during a
 			// later change: the streams it was for are not counted.
@@ -818,6 +842,10 @@ func (b *cpBench) measureChangesThen(ctx context.Context, gen *loadgen.Generator
 	st.CPUMsPerChangeRaw = raw
 	st.CPUMsPerChange = max(0, ((cpu1-cpu0).Seconds()-idleCPU*elapsed.Seconds())*1000/float64(len(changes)))
 	st.Latency = summarize(last)
+	st.ByKind = map[string]kindStats{}
+	for kind, lat := range kindLatency {
+		st.ByKind[kind] = kindStats{Changes: len(lat), Latency: summarize(lat), CPUMsPerChange: kindCPU[kind] / float64(len(lat))}
+	}
 	st.Write = summarize(writes)
 	st.AllReceipts = summarize(all)
 	if clients > 0 {
@@ -1158,6 +1186,13 @@ func printTable(w io.Writer, res *cpResult) {
 			fmt.Fprintf(w, "  %8d %6d %7.1f %9.1f %9.1f %8.3f %10.1f | %8.0f %8.0f %8.0f %8.0f %9.0f %8.1f %8.1f %6d %6d\n",
 				ph.Streams, ph.WatchersPerService, ph.ReadyS, mib(ph.TrellisRSSBytes), mib(ph.GeneratorRSSBytes), ph.IdleCPUCores, ph.ConsulReqPerMin,
 				s.Latency.P50, s.Latency.P99, s.Latency.Max, s.Write.P50, s.BytesPerChangePerClient, s.CPUMsPerChange, s.GeneratorCPUMsPerChange, s.ResponsesToNonWatchers, s.Missed)
+		}
+		for _, ph := range r.Phases {
+			for _, kind := range slices.Sorted(maps.Keys(ph.Single.ByKind)) {
+				k := ph.Single.ByKind[kind]
+				fmt.Fprintf(w, "  %d streams, %-8s x%d: push p50 %.0f p99 %.0f max %.0f ms, trellis cpu %.1f ms/change\n",
+					ph.Streams, kind, k.Changes, k.Latency.P50, k.Latency.P99, k.Latency.Max, k.CPUMsPerChange)
+			}
 		}
 		for _, s := range r.RSSPerStream {
 			fmt.Fprintf(w, "  RSS per stream %d -> %d: %.1f KiB (heap goal %.1f KiB)\n", s.FromStreams, s.ToStreams, s.BytesPerStream/1024, s.HeapGoalPerStream/1024)

@@ -121,20 +121,37 @@ func newLogger(level, format string) (*slog.Logger, error) {
 }
 
 // consulClient builds the Consul client every component of the server
-// shares: connections bounded by --consul-max-conns, requests counted.
-func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, string, error) {
+// shares, and the catalog's index prober: connections bounded together by
+// --consul-max-conns, requests counted. The prober gets up to
+// consulwatch.DefaultProbeConns of the connections the watches do not
+// need; at the minimum bound there is none, and sweeps probe through the
+// client (nil prober).
+func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, *consulwatch.IndexProber, string, error) {
 	cfg := consulAPIConfig(opts)
-	if opts.consulMaxConns < 4 {
-		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+	least := 4
+	if opts.consulMaxConns < least {
+		return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
 	}
-	if opts.consulConfig.enabled && opts.consulMaxConns < 10 {
-		return nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 10 or more (the catalog's two detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
+	if opts.consulConfig.enabled {
+		least = 10
+		if opts.consulMaxConns < least {
+			return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 10 or more (the catalog's two detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
+		}
 	}
-	client, err := consulwatch.NewClient(consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg})
+	ccfg := consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg}
+	if spare := opts.consulMaxConns - least; spare > 0 {
+		ccfg.ProbeConns = min(spare, consulwatch.DefaultProbeConns)
+		client, prober, err := consulwatch.NewClientAndProber(ccfg)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("consul client: %w", err)
+		}
+		return client, prober, cfg.Address, nil
+	}
+	client, err := consulwatch.NewClient(ccfg)
 	if err != nil {
-		return nil, "", fmt.Errorf("consul client: %w", err)
+		return nil, nil, "", fmt.Errorf("consul client: %w", err)
 	}
-	return client, cfg.Address, nil
+	return client, nil, cfg.Address, nil
 }
 
 // consulAPIConfig is Consul's configuration as Consul's own tools read it
@@ -171,7 +188,7 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	log.SetOutput(stdlogWriter{logger: logger})
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	client, consulAddr, err := consulClient(opts, registry)
+	client, prober, consulAddr, err := consulClient(opts, registry)
 	if err != nil {
 		return err
 	}
@@ -194,14 +211,20 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		return err
 	}
 
-	watcher, err := catalog.New(catalog.Config{
+	catalogCfg := catalog.Config{
 		Client:        client,
 		Logger:        logger.With("component", "catalog"),
 		Registerer:    registry,
 		ConsulMetrics: consulMetrics,
 		ACL:           acl,
 		ZoneMetaKeys:  opts.zoneMetaKeys,
-	})
+	}
+	if prober != nil {
+		// A nil *IndexProber in the interface would not read as none.
+		catalogCfg.Prober = prober
+		catalogCfg.ProbeBatches = prober.Conns()
+	}
+	watcher, err := catalog.New(catalogCfg)
 	if err != nil {
 		return err
 	}

@@ -171,6 +171,7 @@ func TestNewConfig(t *testing.T) {
 	}{
 		{name: "no client", cfg: Config{}, wantErr: "catalog: Config.Client is required"},
 		{name: "negative duration", cfg: Config{Client: client, Coalesce: -time.Second}, wantErr: "catalog: Config.Coalesce is -1s; accepted: a positive duration, or 0 for the default (50ms)"},
+		{name: "negative probe batches", cfg: Config{Client: client, ProbeBatches: -1}, wantErr: "catalog: Config.ProbeBatches is -1; accepted: a positive number, or 0 for the default (2)"},
 		{name: "defaults", cfg: Config{Client: client}},
 	}
 	for _, tt := range tests {
@@ -195,6 +196,7 @@ func TestNewConfig(t *testing.T) {
 				MaxBackoff:      5 * time.Second,
 				ReadConcurrency: 8,
 				SweepInterval:   2 * time.Minute,
+				ProbeBatches:    2,
 			}
 			got := w.cfg
 			got.Logger = nil

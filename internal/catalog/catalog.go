@@ -175,6 +175,21 @@ type Config struct {
 	// catches a registration change the detectors could not attribute.
 	// Default: 2m.
 	SweepInterval time.Duration
+	// Prober reads the indexes of many services at once for sweeps
+	// (consulwatch.NewClientAndProber); its batches run on the readers,
+	// at most ProbeBatches at a time. Default: nil, every index is probed
+	// with its own request through Client.
+	Prober IndexProber
+	// ProbeBatches bounds the Prober batches in flight at once: give it
+	// the Prober's connections. Default: consulwatch.DefaultProbeConns.
+	ProbeBatches int
+}
+
+// IndexProber reads the indexes of many services at once: for each name,
+// the X-Consul-Index of its health read narrowed by tag
+// (consulwatch.IndexProber).
+type IndexProber interface {
+	ServiceIndexes(ctx context.Context, names []string, tag string) ([]uint64, error)
 }
 
 // Status describes the Watcher's view of Consul at one moment.
@@ -311,6 +326,12 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("catalog: Config.ReadConcurrency is %d; accepted: a positive number, or 0 for the default (%d)", cfg.ReadConcurrency, DefaultReadConcurrency)
 	case cfg.ReadConcurrency == 0:
 		cfg.ReadConcurrency = DefaultReadConcurrency
+	}
+	switch {
+	case cfg.ProbeBatches < 0:
+		return nil, fmt.Errorf("catalog: Config.ProbeBatches is %d; accepted: a positive number, or 0 for the default (%d)", cfg.ProbeBatches, consulwatch.DefaultProbeConns)
+	case cfg.ProbeBatches == 0:
+		cfg.ProbeBatches = consulwatch.DefaultProbeConns
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

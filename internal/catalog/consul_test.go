@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
 )
@@ -59,7 +62,24 @@ func healthIs(want model.Health) func(model.Instance) error {
 	}
 }
 
-func TestWatchConsulAgent(t *testing.T) {
+func TestWatchConsulAgent(t *testing.T) { testWatchConsulAgent(t, false) }
+
+// TestWatchConsulAgentBatchedProbes: the same, with sweeps through a
+// consulwatch.IndexProber, which the registration edits need.
+func TestWatchConsulAgentBatchedProbes(t *testing.T) { testWatchConsulAgent(t, true) }
+
+// countingProber counts the batches of an IndexProber.
+type countingProber struct {
+	next    IndexProber
+	batches atomic.Int64
+}
+
+func (p *countingProber) ServiceIndexes(ctx context.Context, names []string, tag string) ([]uint64, error) {
+	p.batches.Add(1)
+	return p.next.ServiceIndexes(ctx, names, tag)
+}
+
+func testWatchConsulAgent(t *testing.T, batched bool) {
 	agent := consultest.Start(t, consultest.Options{NodeMeta: map[string]string{"zone": "z-node"}})
 	c := agent.Client(t)
 
@@ -80,7 +100,19 @@ func TestWatchConsulAgent(t *testing.T) {
 	agent.RegisterService(t, &api.AgentServiceRegistration{Name: "alpha", ID: "alpha-2", Port: 9002})
 	waitCatalog(t, c, want)
 
-	w := startWatcher(t, Config{Client: newTestClient(t, agent.HTTPAddr()), ProbeInterval: 500 * time.Millisecond})
+	cfg := Config{Client: newTestClient(t, agent.HTTPAddr()), ProbeInterval: 500 * time.Millisecond}
+	var prober *countingProber
+	if batched {
+		apiCfg := api.DefaultConfig()
+		apiCfg.Address = agent.HTTPAddr()
+		client, p, err := consulwatch.NewClientAndProber(consulwatch.ClientConfig{API: apiCfg, MaxConns: 12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		prober = &countingProber{next: p}
+		cfg.Client, cfg.Prober = client, prober
+	}
+	w := startWatcher(t, cfg)
 
 	var first *model.Snapshot
 	select {
@@ -245,8 +277,15 @@ func TestWatchConsulAgent(t *testing.T) {
 	var last *model.Snapshot
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
+			var before int64
+			if prober != nil {
+				before = prober.batches.Load()
+			}
 			step.do(t)
 			last = nextSnapshot(t, w, 10*time.Second, step.want)
+			if prober != nil && strings.HasPrefix(step.name, "weights") && prober.batches.Load() == before {
+				t.Error("a registration edit no detector names was found without a probe batch")
+			}
 		})
 	}
 	// Nothing changes any more: the status counts the last snapshot's

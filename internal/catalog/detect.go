@@ -41,19 +41,21 @@ type checkState struct {
 	service string // "" for a node check
 }
 
-// job is one request for a reader: a full read of a service, or an index
-// probe.
+// job is one request for a reader: a full read of a service, an index
+// probe, or a batch of index probes through Config.Prober.
 type job struct {
 	name  string
 	probe bool
+	batch []string
 }
 
 // result is a reader's answer.
 type result struct {
 	job
-	svc   *model.Service // full reads only
-	index uint64
-	err   *consulwatch.Error
+	svc     *model.Service // full reads only
+	index   uint64
+	indexes []uint64 // batches: the index of each name
+	err     *consulwatch.Error
 	// filtered: the ACL token hid some of the service's instances (full
 	// reads only); svc is not the whole service.
 	filtered bool
@@ -172,10 +174,27 @@ func (w *Watcher) readLoop(ctx context.Context, jobs <-chan job, results chan<- 
 // readTimeout bounds one read or probe.
 const readTimeout = 15 * time.Second
 
+const (
+	// probeBatch is the number of services of one Prober batch: a few
+	// milliseconds of Consul's time, so that a sweep looking for one
+	// change stops soon after a batch finds it.
+	probeBatch = 256
+	// proberRetry is how long probes go one by one after a failed batch.
+	proberRetry = time.Minute
+)
+
 // do runs one job.
 func (w *Watcher) do(ctx context.Context, j job) result {
 	rctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
+	if len(j.batch) > 0 {
+		indexes, err := w.cfg.Prober.ServiceIndexes(rctx, j.batch, probeTag)
+		if err != nil {
+			w.cfg.ACL.Failed("catalog", aclSourceReads, err)
+			return result{job: j, err: w.tracker.Failure(fmt.Sprintf("probe %d services", len(j.batch)), err)}
+		}
+		return result{job: j, indexes: indexes}
+	}
 	opts := (&api.QueryOptions{}).WithContext(rctx)
 	tag := ""
 	what := "read service " + j.name
@@ -259,8 +278,12 @@ type coordinator struct {
 	unexplained map[uint64]uint64
 	sweepGen    uint64   // counts the sweeps started
 	sweepQueue  []string // services left to probe in the running sweep
-	sweeping    bool
-	sweepAgain  bool
+	batches     int      // Prober batches in flight
+	// proberFailed is when a Prober batch last failed: probes go one by
+	// one until proberRetry has passed.
+	proberFailed time.Time
+	sweeping     bool
+	sweepAgain   bool
 	// sweepNotBefore delays a requested cancellable sweep.
 	sweepNotBefore time.Time
 	// againCancellable and sweepCancellable: the requested (running)
@@ -321,6 +344,11 @@ func (c *coordinator) run(ctx context.Context) {
 // arm sets timer to the next deadline: a publish, an unexplained index's
 // grace, a retry, the background sweep.
 func (c *coordinator) arm(timer *time.Timer) {
+	timer.Reset(max(time.Until(c.nextDeadline()), 0))
+}
+
+// nextDeadline is the earliest deadline tick acts on.
+func (c *coordinator) nextDeadline() time.Time {
 	next := c.nextSweep
 	consider := func(t time.Time) {
 		if !t.IsZero() && t.Before(next) {
@@ -334,10 +362,17 @@ func (c *coordinator) arm(timer *time.Timer) {
 		consider(t)
 	}
 	if c.sweepAgain && !c.sweeping {
-		consider(c.lastSweep.Add(minSweepGap))
-		consider(c.sweepNotBefore)
+		// The sweep starts once both have passed (tick).
+		consider(later(c.lastSweep.Add(minSweepGap), c.sweepNotBefore))
 	}
-	timer.Reset(max(time.Until(next), 0))
+	return next
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // publishAt is when pending changes are published.
@@ -512,7 +547,27 @@ func (c *coordinator) dispatch() {
 		c.jobs <- job{name: name}
 		c.inflight++
 	}
-	for c.inflight < cap(c.jobs) && len(c.sweepQueue) > 0 {
+	batched := c.w.cfg.Prober != nil && time.Since(c.proberFailed) >= proberRetry
+	for batched && c.batches < c.w.cfg.ProbeBatches && c.inflight < cap(c.jobs) && len(c.sweepQueue) > 0 {
+		var batch []string
+		for len(batch) < probeBatch && len(c.sweepQueue) > 0 {
+			name := c.sweepQueue[0]
+			c.sweepQueue = c.sweepQueue[1:]
+			e, ok := c.services[name]
+			if !ok || e.queued || e.reading || e.svc == nil {
+				continue // being read anyway
+			}
+			batch = append(batch, name)
+		}
+		if len(batch) == 0 {
+			break
+		}
+		c.w.metrics.probes.Add(float64(len(batch)))
+		c.jobs <- job{probe: true, batch: batch}
+		c.inflight++
+		c.batches++
+	}
+	for !batched && c.inflight < cap(c.jobs) && len(c.sweepQueue) > 0 {
 		name := c.sweepQueue[0]
 		c.sweepQueue = c.sweepQueue[1:]
 		e, ok := c.services[name]
@@ -537,6 +592,24 @@ func (c *coordinator) dispatch() {
 }
 
 func (c *coordinator) onResult(r result) {
+	if len(r.batch) > 0 {
+		c.inflight--
+		c.batches--
+		if r.err != nil {
+			// Probe these one by one, and the next batches too for a
+			// while: a Consul behind something that does not serve
+			// pipelined requests still gets swept.
+			c.proberFailed = time.Now()
+			c.w.logger.Warn("batched index probes failed; probing one service per request for a while", "services", len(r.batch), "retry_in", proberRetry, "error", r.err)
+			c.sweepQueue = append(slices.Clone(r.batch), c.sweepQueue...)
+			return
+		}
+		for i, name := range r.batch {
+			c.inflight++ // onResult counts each name as a job of its own
+			c.onResult(result{job: job{name: name, probe: true}, index: r.indexes[i]})
+		}
+		return
+	}
 	c.inflight--
 	e, ok := c.services[r.name]
 	if !ok {
@@ -674,13 +747,24 @@ func (c *coordinator) startSweep(now time.Time) {
 	c.sweepGen++
 	c.sweepCancellable = c.againCancellable
 	c.lastSweep = now
-	c.sweepQueue = slices.Collect(maps.Keys(c.services))
-	slices.SortFunc(c.sweepQueue, func(a, b string) int {
-		if ta, tb := c.services[a].lastChange, c.services[b].lastChange; !ta.Equal(tb) {
-			return tb.Compare(ta) // most recently changed first
+	type byChange struct {
+		name string
+		at   time.Time
+	}
+	order := make([]byChange, 0, len(c.services))
+	for name, e := range c.services {
+		order = append(order, byChange{name, e.lastChange})
+	}
+	slices.SortFunc(order, func(a, b byChange) int {
+		if !a.at.Equal(b.at) {
+			return b.at.Compare(a.at) // most recently changed first
 		}
-		return strings.Compare(a, b)
+		return strings.Compare(a.name, b.name)
 	})
+	c.sweepQueue = make([]string, len(order))
+	for i, o := range order {
+		c.sweepQueue[i] = o.name
+	}
 	c.w.metrics.sweeps.Inc()
 	c.w.counted(0, 1)
 	c.w.logger.Debug("index sweep", "services", len(c.sweepQueue))

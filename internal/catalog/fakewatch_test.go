@@ -624,3 +624,31 @@ func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 		t.Errorf("%v of %d services probed for two changes the first probes account for, want at most %d", got, len(names), len(names)*3/4)
 	}
 }
+
+// TestSweepDeadlineWaitsForBoth: a requested sweep waits for its grace and
+// for the gap after the last sweep, and the coordinator's timer is set to
+// the later of the two, not woken at once over and over meanwhile.
+func TestSweepDeadlineWaitsForBoth(t *testing.T) {
+	w, err := New(Config{Client: newTestClient(t, "127.0.0.1:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		name                 string
+		lastSweep, notBefore time.Time
+		want                 time.Time
+	}{
+		{"never swept, grace ahead", time.Time{}, now.Add(time.Second), now.Add(time.Second)},
+		{"swept just now, grace passed", now, now.Add(-time.Second), now.Add(minSweepGap)},
+		{"both passed", now.Add(-time.Hour), now.Add(-time.Second), now.Add(-time.Second)},
+	} {
+		c := newCoordinator(w)
+		c.nextSweep = now.Add(time.Hour)
+		c.sweepAgain = true
+		c.lastSweep, c.sweepNotBefore = tc.lastSweep, tc.notBefore
+		if got := c.nextDeadline(); !got.Equal(tc.want) {
+			t.Errorf("%s: next deadline %s, want %s", tc.name, got.Sub(now), tc.want.Sub(now))
+		}
+	}
+}

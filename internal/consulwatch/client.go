@@ -29,6 +29,10 @@ type ClientConfig struct {
 	MaxConns int
 	// Registerer receives trellis_consul_requests_total{code}. Default: nil.
 	Registerer prometheus.Registerer
+	// ProbeConns is how many of the MaxConns connections NewClientAndProber
+	// gives its IndexProber; the client keeps the others.
+	// Default: DefaultProbeConns (2).
+	ProbeConns int
 }
 
 // NewClient returns a Consul client whose connections are bounded by
@@ -36,33 +40,81 @@ type ClientConfig struct {
 // reused, never closed and reopened under load), and whose requests are
 // counted.
 func NewClient(cfg ClientConfig) (*api.Client, error) {
+	if err := checkClientConfig(&cfg); err != nil {
+		return nil, err
+	}
+	requests, err := newRequestsCounter(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return newClient(cfg.API, cfg.MaxConns, requests)
+}
+
+// NewClientAndProber returns a Consul client as NewClient does, holding
+// cfg.MaxConns-cfg.ProbeConns connections, and an IndexProber holding the
+// other cfg.ProbeConns: together they never hold more than cfg.MaxConns,
+// and their requests are counted together.
+func NewClientAndProber(cfg ClientConfig) (*api.Client, *IndexProber, error) {
+	if err := checkClientConfig(&cfg); err != nil {
+		return nil, nil, err
+	}
+	if cfg.ProbeConns < 0 || cfg.ProbeConns >= cfg.MaxConns {
+		return nil, nil, fmt.Errorf("consulwatch: ClientConfig.ProbeConns is %d; accepted: 1 to MaxConns-1 (%d), or 0 for the default (%d)", cfg.ProbeConns, cfg.MaxConns-1, DefaultProbeConns)
+	}
+	if cfg.ProbeConns == 0 {
+		cfg.ProbeConns = min(DefaultProbeConns, cfg.MaxConns-1)
+	}
+	requests, err := newRequestsCounter(cfg.Registerer)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := newClient(cfg.API, cfg.MaxConns-cfg.ProbeConns, requests)
+	if err != nil {
+		return nil, nil, err
+	}
+	prober, err := newIndexProber(cfg.API, cfg.ProbeConns, requests)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, prober, nil
+}
+
+func checkClientConfig(cfg *ClientConfig) error {
 	if cfg.API == nil {
-		return nil, errors.New("consulwatch: ClientConfig.API is required")
+		return errors.New("consulwatch: ClientConfig.API is required")
 	}
 	if cfg.MaxConns < 0 {
-		return nil, fmt.Errorf("consulwatch: ClientConfig.MaxConns is %d; accepted: a positive number, or 0 for the default (%d)", cfg.MaxConns, DefaultMaxConns)
+		return fmt.Errorf("consulwatch: ClientConfig.MaxConns is %d; accepted: a positive number, or 0 for the default (%d)", cfg.MaxConns, DefaultMaxConns)
 	}
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
-	tr := cleanhttp.DefaultPooledTransport()
-	tr.MaxConnsPerHost = cfg.MaxConns
-	tr.MaxIdleConnsPerHost = cfg.MaxConns
-	tr.MaxIdleConns = cfg.MaxConns
-	apiCfg := *cfg.API
-	apiCfg.Transport = tr
-	hc, err := api.NewHttpClient(tr, apiCfg.TLSConfig)
-	if err != nil {
-		return nil, fmt.Errorf("consulwatch: Consul TLS configuration: %w", err)
-	}
+	return nil
+}
+
+func newRequestsCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "trellis_consul_requests_total",
 		Help: "HTTP requests sent to Consul, by response status code (\"error\" when no response arrived).",
 	}, []string{"code"})
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(requests); err != nil {
+	if reg != nil {
+		if err := reg.Register(requests); err != nil {
 			return nil, fmt.Errorf("consulwatch: register metrics: %w", err)
 		}
+	}
+	return requests, nil
+}
+
+func newClient(cfg *api.Config, maxConns int, requests *prometheus.CounterVec) (*api.Client, error) {
+	tr := cleanhttp.DefaultPooledTransport()
+	tr.MaxConnsPerHost = maxConns
+	tr.MaxIdleConnsPerHost = maxConns
+	tr.MaxIdleConns = maxConns
+	apiCfg := *cfg
+	apiCfg.Transport = tr
+	hc, err := api.NewHttpClient(tr, apiCfg.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consulwatch: Consul TLS configuration: %w", err)
 	}
 	hc.Transport = countingTransport{next: hc.Transport, requests: requests}
 	apiCfg.HttpClient = hc

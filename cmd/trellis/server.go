@@ -128,14 +128,14 @@ func newLogger(level, format string) (*slog.Logger, error) {
 // client (nil prober).
 func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, *consulwatch.IndexProber, string, error) {
 	cfg := consulAPIConfig(opts)
-	least := 4
+	least := 5
 	if opts.consulMaxConns < least {
-		return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 4 or more (the catalog's two detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+		return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 5 or more (the catalog's three detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
 	}
 	if opts.consulConfig.enabled {
-		least = 10
+		least = 11
 		if opts.consulMaxConns < least {
-			return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 10 or more (the catalog's two detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
+			return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 11 or more (the catalog's three detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
 		}
 	}
 	ccfg := consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg}

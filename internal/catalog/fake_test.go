@@ -52,7 +52,9 @@ type fakeRequest struct {
 }
 
 const (
-	fakeListPath  = "/v1/catalog/services"
+	fakeListPath = "/v1/catalog/services"
+	// fakeStatePath holds the checks that are not passing; the detectors
+	// read them by state, /v1/health/state/critical and .../warning.
 	fakeStatePath = "/v1/health/state/any"
 )
 
@@ -193,10 +195,14 @@ func (f *fakeConsul) unhang() {
 
 func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 	minIndex, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+	path, state := r.URL.Path, ""
+	if s, ok := strings.CutPrefix(path, "/v1/health/state/"); ok && (s == api.HealthCritical || s == api.HealthWarning) {
+		path, state = fakeStatePath, s
+	}
 	f.mu.Lock()
 	down, hanging, epoch := f.down, f.hanging, f.epoch
-	if r.URL.Path != "/v1/status/leader" {
-		f.requests = append(f.requests, fakeRequest{path: r.URL.Path, index: minIndex})
+	if path != "/v1/status/leader" {
+		f.requests = append(f.requests, fakeRequest{path: path, index: minIndex})
 	}
 	f.mu.Unlock()
 	if hanging {
@@ -211,7 +217,7 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 0, true, "127.0.0.1:8300")
 		return
 	}
-	if r.URL.Path != fakeListPath && r.URL.Path != fakeStatePath && !strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+	if path != fakeListPath && state == "" && !strings.HasPrefix(path, "/v1/health/service/") {
 		http.NotFound(w, r)
 		return
 	}
@@ -226,12 +232,12 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		status := f.failStatus[""]
 		if status == 0 {
-			status = f.failStatus[r.URL.Path]
+			status = f.failStatus[path]
 		}
 		if f.down != 0 {
 			status = f.down
 		}
-		res, changed, lost := f.resources[r.URL.Path], f.changed, f.epoch != epoch
+		res, changed, lost := f.resources[path], f.changed, f.epoch != epoch
 		f.mu.Unlock()
 		if lost {
 			<-r.Context().Done()
@@ -245,9 +251,19 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 			// An unknown service: no instances, as Consul answers; no
 			// check that is not passing.
 			res = &fakeResource{index: 1, body: []*api.ServiceEntry{}}
-			if r.URL.Path == fakeStatePath {
+			if state != "" {
 				res.body = []*api.HealthCheck{}
 			}
+		}
+		if checks, ok := res.body.([]*api.HealthCheck); ok && state != "" {
+			// Consul's answer by state: the checks in that state.
+			in := []*api.HealthCheck{}
+			for _, c := range checks {
+				if c.Status == state {
+					in = append(in, c)
+				}
+			}
+			res = &fakeResource{index: res.index, body: in, noLeader: res.noLeader}
 		}
 		if tag := r.URL.Query().Get("tag"); tag != "" {
 			// An index probe: the instances with the tag (none), at the

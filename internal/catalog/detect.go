@@ -151,7 +151,9 @@ func (w *Watcher) watchHealth(ctx context.Context, state string, out chan<- heal
 			w.cfg.ACL.Answered("catalog", aclSourceChecks+" ("+state+")", meta.ResultsFilteredByACLs, consulwatch.PermNodeRead,
 				"the status of checks on nodes it may not read: the "+state+" checks are filtered by ACLs")
 		},
-		Failed:      func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("catalog", aclSourceChecks+" ("+state+")", err) },
+		Failed: func(err *consulwatch.Error, _ time.Duration) {
+			w.cfg.ACL.Failed("catalog", aclSourceChecks+" ("+state+")", err)
+		},
 		WaitTime:    w.cfg.WaitTime,
 		MinInterval: w.cfg.MinInterval,
 		MaxBackoff:  w.cfg.MaxBackoff,
@@ -267,7 +269,7 @@ type coordinator struct {
 	results chan result
 
 	services   map[string]*entry
-	nodeIndex  map[string]map[string]bool // node -> services with instances on it
+	nodeIndex  map[string]map[string]bool         // node -> services with instances on it
 	checks     map[string]map[checkKey]checkState // by state
 	haveList   bool
 	haveHealth map[string]bool // by state: its detector answered

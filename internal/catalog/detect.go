@@ -828,10 +828,24 @@ func (c *coordinator) publish() {
 	}
 	c.dirty = false
 	c.published = true
-	next := make(map[string]*model.Service, len(c.services))
-	for name, e := range c.services {
-		if e.svc != nil {
-			next[name] = e.svc
+	var next map[string]*model.Service
+	if c.last == nil {
+		next = make(map[string]*model.Service, len(c.services))
+		for name, e := range c.services {
+			if e.svc != nil {
+				next[name] = e.svc
+			}
+		}
+	} else {
+		// The last snapshot's services, with what changed since: every
+		// change to an entry's service marks its name touched.
+		next = maps.Clone(c.last.Services)
+		for name := range c.touched {
+			if e, ok := c.services[name]; ok && e.svc != nil {
+				next[name] = e.svc
+			} else {
+				delete(next, name)
+			}
 		}
 	}
 	c.last = c.last.Next(next, slices.Sorted(maps.Keys(c.touched)))

@@ -28,7 +28,26 @@ type ProviderConfig struct {
 	// SPIFFEID picks one SVID when the Workload API offers several.
 	// Default: the Workload API's default (first) SVID.
 	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// Roots chooses the trust bundles the provider hands gRPC as trusted
+	// roots: RootsAll, or RootsOwnTrustDomain for only the bundle of the
+	// trust domain of the workload's own SVID. Default: RootsAll.
+	Roots string `json:"roots,omitempty"`
 }
+
+// Values of ProviderConfig.Roots.
+const (
+	// RootsAll trusts the bundles of every trust domain the Workload API
+	// serves, federated ones included.
+	RootsAll = "all"
+	// RootsOwnTrustDomain trusts only the bundle of the trust domain of the
+	// workload's own SVID: a peer of any other trust domain fails the TLS
+	// handshake.
+	//
+	// A plugin that does not know the option refuses the config, as it
+	// refuses every unknown field, so a bootstrap asking for it fails to
+	// parse with such a plugin rather than trusting every trust domain.
+	RootsOwnTrustDomain = "own_trust_domain"
+)
 
 // Validate checks c without resolving defaults.
 func (c ProviderConfig) Validate() error {
@@ -42,8 +61,17 @@ func (c ProviderConfig) Validate() error {
 			return fmt.Errorf("identity: spiffe_id %q: %w", c.SPIFFEID, err)
 		}
 	}
+	switch c.Roots {
+	case "", RootsAll, RootsOwnTrustDomain:
+	default:
+		return fmt.Errorf("identity: roots %q: accepted: %q (default), %q", c.Roots, RootsAll, RootsOwnTrustDomain)
+	}
 	return nil
 }
+
+// OwnTrustDomainRoots reports whether c trusts only the workload's own
+// trust domain.
+func (c ProviderConfig) OwnTrustDomainRoots() bool { return c.Roots == RootsOwnTrustDomain }
 
 // Names of the files identity/filesync keeps in its directory.
 const (

@@ -35,6 +35,16 @@ func TestProviderFragment(t *testing.T) {
 			want: `{"plugin_name":"trellis_spiffe","config":{"workload_api_addr":"tcp://127.0.0.1:8999","spiffe_id":"spiffe://trellis.test/ns/default/dc/dc1/svc/echo"}}`,
 		},
 		{
+			name: "own trust domain roots",
+			cfg:  ProviderConfig{WorkloadAPIAddr: "unix:///run/spire/agent.sock", Roots: RootsOwnTrustDomain},
+			want: `{"plugin_name":"trellis_spiffe","config":{"workload_api_addr":"unix:///run/spire/agent.sock","roots":"own_trust_domain"}}`,
+		},
+		{
+			name:    "unknown roots",
+			cfg:     ProviderConfig{Roots: "federated"},
+			wantErr: `roots "federated"`,
+		},
+		{
 			name:    "relative socket",
 			cfg:     ProviderConfig{WorkloadAPIAddr: "unix://agent.sock"},
 			wantErr: "workload_api_addr",

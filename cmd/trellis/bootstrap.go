@@ -30,6 +30,7 @@ type bootstrapSecurityOptions struct {
 	xdsServerTLS     string
 	xdsServerIDs     []string
 	xdsServerDomains []string
+	ownTrustDomain   bool
 }
 
 // Modes of --xds-server-tls.
@@ -60,6 +61,16 @@ SPIFFE identity for mTLS between services (the certificate provider instance
                        process (--workload-api-addr, default the workload's
                        SPIFFE_ENDPOINT_SOCKET; --spiffe-id to pick one). Go
                        workloads import github.com/trellis-mesh/trellis/identity/certprovider.
+                       With --for go the file also defines the instance
+                       "` + bootstrap.OwnTrustDomainProviderInstance + `", trusting only the workload's own
+                       trust domain, and declares it in the node metadata
+                       (` + clients.OwnTrustDomainRootsMetadataKey + `): a server
+                       whose only rule is "any workload of the trust domain"
+                       then authorizes callers in the TLS handshake, without
+                       the RBAC filter's cost per call. A workload built with
+                       an identity/certprovider older than this option fails
+                       to start with the file rather than trust every trust
+                       domain; --own-trust-domain-roots=false leaves it out.
   --spiffe-files DIR   gRPC's file_watcher reads the files that
                        trellis identity sync --dir DIR keeps (any gRPC language).
 
@@ -135,6 +146,7 @@ The connection to the xDS server itself (--xds-server-tls):
 	f.DurationVar(&sec.filesRefresh, "spiffe-files-refresh", identity.DefaultFileRefreshInterval, "how often gRPC re-reads the --spiffe-files files; keep it well under the SVID lifetime")
 	f.StringVar(&sec.xdsServerTLS, "xds-server-tls", xdsTLSInsecure, "transport to the xDS server: insecure, spiffe or files")
 	f.StringArrayVar(&sec.xdsServerIDs, "xds-server-spiffe-id", nil, "SPIFFE ID the xDS server may present, with --xds-server-tls spiffe; repeatable")
+	f.BoolVar(&sec.ownTrustDomain, "own-trust-domain-roots", true, "with --spiffe and --for go: also write the certificate provider instance "+bootstrap.OwnTrustDomainProviderInstance+" that trusts only the workload's own trust domain, and declare it (node metadata "+clients.OwnTrustDomainRootsMetadataKey+"); false for workloads built with an identity/certprovider without the roots option")
 	f.StringArrayVar(&sec.xdsServerDomains, "xds-server-trust-domain", nil, "trust domain any of whose IDs the xDS server may present, with --xds-server-tls spiffe; repeatable (default: the workload's own, unless --xds-server-spiffe-id is given)")
 	return cmd
 }
@@ -165,6 +177,10 @@ func (o bootstrapSecurityOptions) apply(cmd *cobra.Command, cfg *bootstrap.Confi
 	if flags.Changed("spiffe-files-refresh") && o.files == "" {
 		return errors.New("--spiffe-files-refresh applies to --spiffe-files only")
 	}
+	goBootstrap := cfg.For == "" || cfg.For == bootstrap.ForGo
+	if flags.Changed("own-trust-domain-roots") && (!o.spiffe || !goBootstrap) {
+		return errors.New("--own-trust-domain-roots applies to --spiffe with --for go only (the trellis_spiffe certificate provider of Go workloads)")
+	}
 
 	var dir string
 	if o.files != "" {
@@ -181,6 +197,17 @@ func (o bootstrapSecurityOptions) apply(cmd *cobra.Command, cfg *bootstrap.Confi
 			return fmt.Errorf("--spiffe: %w", err)
 		}
 		providers[bootstrap.CertificateProviderInstance] = frag
+		if goBootstrap && o.ownTrustDomain {
+			own, err := identity.ProviderFragment(identity.ProviderConfig{WorkloadAPIAddr: o.workloadAPIAddr, SPIFFEID: o.spiffeID, Roots: identity.RootsOwnTrustDomain})
+			if err != nil {
+				return fmt.Errorf("--spiffe: %w", err)
+			}
+			providers[bootstrap.OwnTrustDomainProviderInstance] = own
+			if cfg.Metadata == nil {
+				cfg.Metadata = map[string]string{}
+			}
+			cfg.Metadata[clients.OwnTrustDomainRootsMetadataKey] = "true"
+		}
 	case o.files != "":
 		frag, err := identity.FileWatcherProvider(dir, o.filesRefresh)
 		if err != nil {

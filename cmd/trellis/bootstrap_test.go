@@ -42,6 +42,7 @@ import (
 	"github.com/trellis-mesh/trellis/identity/certprovider"
 	"github.com/trellis-mesh/trellis/identity/spiffetls"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/testutil/spiretest"
 	"github.com/trellis-mesh/trellis/xdsserver"
 	"github.com/trellis-mesh/trellis/xdsserver/xdscache"
@@ -54,6 +55,9 @@ type bootstrapJSON struct {
 		ChannelCreds []json.RawMessage `json:"channel_creds"`
 	} `json:"xds_servers"`
 	CertificateProviders map[string]json.RawMessage `json:"certificate_providers"`
+	Node                 struct {
+		Metadata map[string]string `json:"metadata"`
+	} `json:"node"`
 }
 
 func TestBootstrapIdentityFlags(t *testing.T) {
@@ -64,6 +68,7 @@ func TestBootstrapIdentityFlags(t *testing.T) {
 		name      string
 		args      []string
 		provider  string // JSON of certificate_providers.trellis; "" for none
+		ownTD     string // JSON of certificate_providers.trellis-own-td; "" for none
 		creds     string // JSON of each server's channel_creds[0]
 		wantWarn  string
 		wantNoOut bool
@@ -76,12 +81,20 @@ func TestBootstrapIdentityFlags(t *testing.T) {
 			name:     "in-process SVID",
 			args:     []string{"--spiffe", "--workload-api-addr", "unix:///run/spire/agent.sock", "--spiffe-id", "spiffe://trellis.test/echo"},
 			provider: `{"plugin_name":"trellis_spiffe","config":{"workload_api_addr":"unix:///run/spire/agent.sock","spiffe_id":"spiffe://trellis.test/echo"}}`,
+			ownTD:    `{"plugin_name":"trellis_spiffe","config":{"workload_api_addr":"unix:///run/spire/agent.sock","spiffe_id":"spiffe://trellis.test/echo","roots":"own_trust_domain"}}`,
 			creds:    `{"type":"insecure"}`,
 			wantWarn: "warning: --workload-api-addr unix:///run/spire/agent.sock",
 		},
 		{
 			name:     "in-process SVID from the workload's environment",
 			args:     []string{"--spiffe"},
+			provider: `{"plugin_name":"trellis_spiffe","config":{}}`,
+			ownTD:    `{"plugin_name":"trellis_spiffe","config":{"roots":"own_trust_domain"}}`,
+			creds:    `{"type":"insecure"}`,
+		},
+		{
+			name:     "in-process SVID without the own-trust-domain instance",
+			args:     []string{"--spiffe", "--own-trust-domain-roots=false"},
 			provider: `{"plugin_name":"trellis_spiffe","config":{}}`,
 			creds:    `{"type":"insecure"}`,
 		},
@@ -96,6 +109,7 @@ func TestBootstrapIdentityFlags(t *testing.T) {
 			name:     "xDS over mTLS in process",
 			args:     []string{"--spiffe", "--xds-server-tls", "spiffe", "--xds-server-spiffe-id", "spiffe://trellis.test/trellis/control-plane"},
 			provider: `{"plugin_name":"trellis_spiffe","config":{}}`,
+			ownTD:    `{"plugin_name":"trellis_spiffe","config":{"roots":"own_trust_domain"}}`,
 			creds:    `{"type":"trellis_spiffe","config":{"server_spiffe_ids":["spiffe://trellis.test/trellis/control-plane"]}}`,
 		},
 		{
@@ -131,10 +145,20 @@ func TestBootstrapIdentityFlags(t *testing.T) {
 					t.Errorf("certificate_providers = %v, want none", got.CertificateProviders)
 				}
 			} else {
-				if len(got.CertificateProviders) != 1 {
-					t.Errorf("certificate_providers has %d instances, want only %q", len(got.CertificateProviders), bootstrap.CertificateProviderInstance)
+				want := 1
+				if tt.ownTD != "" {
+					want = 2
+					requireJSON(t, "own-trust-domain certificate provider", got.CertificateProviders[bootstrap.OwnTrustDomainProviderInstance], tt.ownTD)
+				}
+				if len(got.CertificateProviders) != want {
+					t.Errorf("certificate_providers has %d instances, want %d", len(got.CertificateProviders), want)
 				}
 				requireJSON(t, "certificate provider", got.CertificateProviders[bootstrap.CertificateProviderInstance], tt.provider)
+			}
+			// The node declares the own-trust-domain instance exactly
+			// when the file defines it.
+			if declared := got.Node.Metadata[clients.OwnTrustDomainRootsMetadataKey] == "true"; declared != (tt.ownTD != "") {
+				t.Errorf("node metadata %s declared: %v, want %v (metadata %v)", clients.OwnTrustDomainRootsMetadataKey, declared, tt.ownTD != "", got.Node.Metadata)
 			}
 			if len(got.XDSServers) != 2 {
 				t.Fatalf("%d xds_servers, want 2", len(got.XDSServers))
@@ -189,6 +213,8 @@ func TestBootstrapIdentityBadInput(t *testing.T) {
 		{name: "bad own ID", args: []string{"--spiffe", "--spiffe-id", "echo"}, wantErr: "spiffe_id"},
 		{name: "bad server ID", args: []string{"--xds-server-tls", "spiffe", "--xds-server-spiffe-id", "cp"}, wantErr: `server_spiffe_ids[0] "cp"`},
 		{name: "bad server trust domain", args: []string{"--xds-server-tls", "spiffe", "--xds-server-trust-domain", "spiffe://t.test/cp"}, wantErr: "server_trust_domains[0]"},
+		{name: "own-trust-domain roots without --spiffe", args: []string{"--spiffe-files", "/id", "--own-trust-domain-roots"}, wantErr: "--own-trust-domain-roots applies to --spiffe with --for go only"},
+		{name: "own-trust-domain roots for node", args: []string{"--for", "node", "--spiffe-files", "/id", "--own-trust-domain-roots"}, wantErr: "--own-trust-domain-roots applies to --spiffe with --for go only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

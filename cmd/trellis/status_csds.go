@@ -156,7 +156,7 @@ func compareCSDS(ctx context.Context, api statusv1.StatusServiceClient, dump *cs
 		held = asked
 		for start := 0; start < len(held); start += statusapi.MaxResources {
 			chunk := held[start:min(start+statusapi.MaxResources, len(held))]
-			req := &statusv1.GetResourcesRequest{NodeId: node.GetId(), UserAgentName: fc.Name, UserAgentVersion: fc.Version, RbacDeclared: fc.RBACDeclared}
+			req := &statusv1.GetResourcesRequest{NodeId: node.GetId(), UserAgentName: fc.Name, UserAgentVersion: fc.Version, RbacDeclared: fc.RBACDeclared, OwnTrustDomainRootsDeclared: fc.OwnTrustDomainRootsDeclared}
 			for _, h := range chunk {
 				req.Resources = append(req.Resources, &statusv1.ResourceRef{TypeUrl: h.GetTypeUrl(), Name: h.GetName()})
 			}

@@ -16,6 +16,23 @@
 //	  }
 //	}
 //
+// The config's "roots" option chooses the trusted roots: "all" (the
+// default) hands gRPC the bundles of every trust domain the Workload API
+// serves, federated ones included; "own_trust_domain" only the bundle of
+// the trust domain of the workload's own SVID. With the latter, grpc-go's
+// xDS server credentials refuse, in the TLS handshake, every client whose
+// SPIFFE ID is of another trust domain: grpc-go verifies a client against
+// the SPIFFEBundleMap entry of the trust domain of its SPIFFE ID (its one
+// URI SAN), and the map holds no other trust domain. The control plane
+// relies on that to serve a Listener without an RBAC filter when its only
+// rule is "any workload of the trust domain" (see xdsserver/translate).
+//
+// The config is parsed strictly: an unknown field, or an unknown value of
+// a known one, is an error, and grpc-go then refuses the whole bootstrap.
+// So a workload built with a plugin that does not know an option fails to
+// start rather than run with a weaker setting; that is what keeps the
+// "roots" option safe for workloads built before it existed.
+//
 // The same import registers the xDS bootstrap channel credentials
 // "trellis_spiffe" (see identity.ChannelCreds): the workload reaches the xDS
 // server itself over mTLS with its SVID, and accepts the server by its
@@ -42,6 +59,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -67,6 +85,11 @@ type Config struct {
 	// SPIFFEID picks one SVID when the Workload API offers several.
 	// Default: the Workload API's default (first) SVID.
 	SPIFFEID spiffeid.ID
+	// OwnTrustDomainRoots hands gRPC, as Roots and SPIFFEBundleMap, only
+	// the bundle of the trust domain of the SVID served, so that peers of
+	// every other trust domain fail the TLS handshake. Default: false, the
+	// bundles of every trust domain the Workload API serves.
+	OwnTrustDomainRoots bool
 	// Logger receives rotations and Workload API failures.
 	// Default: slog.Default() with component=identity.
 	Logger *slog.Logger
@@ -75,9 +98,10 @@ type Config struct {
 // Provider is a grpc-go certificate provider fed by the Workload API.
 //
 // KeyMaterial returns the current SVID as the identity certificate, the
-// X.509 roots of every trust domain as Roots, and the same bundles keyed by
-// trust domain as SPIFFEBundleMap, so that grpc-go's xDS credentials verify
-// each peer against the roots of the peer's own trust domain and match its
+// X.509 roots of every trust domain as Roots (with OwnTrustDomainRoots, of
+// the SVID's trust domain only), and the same bundles keyed by trust
+// domain as SPIFFEBundleMap, so that grpc-go's xDS credentials verify each
+// peer against the roots of the peer's own trust domain and match its
 // SPIFFE ID (URI SAN) against the SAN matchers from the control plane.
 //
 // Until the first SVID arrives KeyMaterial blocks; once the Workload API has
@@ -93,6 +117,7 @@ type Config struct {
 type Provider struct {
 	addr   string
 	want   spiffeid.ID
+	ownTD  bool
 	logger *slog.Logger
 	dist   *grpccertprovider.Distributor
 
@@ -133,6 +158,7 @@ func newProvider(cfg Config, last *lastSVID) (*Provider, error) {
 	p := &Provider{
 		addr:   addr,
 		want:   cfg.SPIFFEID,
+		ownTD:  cfg.OwnTrustDomainRoots,
 		logger: logger.With("workload_api", addr),
 		dist:   grpccertprovider.NewDistributor(),
 		cancel: cancel,
@@ -195,15 +221,14 @@ func (h *watchHandler) OnUpdate(c *workloadapi.X509Context) {
 		h.OnError(err)
 		return
 	}
-	cert, err := identity.TLSCertificate(svid)
+	km, err := keyMaterial(svid, c.Bundles, p.ownTD)
 	if err != nil {
 		h.OnError(err)
 		return
 	}
-	km := &grpccertprovider.KeyMaterial{
-		Certs:           []tls.Certificate{cert},
-		Roots:           identity.RootPool(c.Bundles),
-		SPIFFEBundleMap: identity.SPIFFEBundleMap(c.Bundles),
+	if p.ownTD && len(km.SPIFFEBundleMap) == 0 {
+		p.logger.Warn("the Workload API serves no bundle for the SVID's own trust domain; every peer will be refused",
+			"spiffe_id", svid.ID.String())
 	}
 
 	p.mu.Lock()
@@ -215,6 +240,29 @@ func (h *watchHandler) OnUpdate(c *workloadapi.X509Context) {
 	leaf := svid.Certificates[0]
 	p.logger.Info("X.509 SVID updated", "spiffe_id", svid.ID.String(),
 		"serial", leaf.SerialNumber.String(), "not_after", leaf.NotAfter.UTC())
+}
+
+// keyMaterial is what a Provider serves for svid and bundles: with ownTD,
+// only the bundle of svid's trust domain (none, and every peer is refused,
+// when bundles lack it). SPIFFEBundleMap is never nil, so that grpc-go
+// always verifies peers by the trust domain of their SPIFFE ID.
+func keyMaterial(svid *x509svid.SVID, bundles *x509bundle.Set, ownTD bool) (*grpccertprovider.KeyMaterial, error) {
+	cert, err := identity.TLSCertificate(svid)
+	if err != nil {
+		return nil, err
+	}
+	if ownTD {
+		own := x509bundle.NewSet()
+		if b, ok := bundles.Get(svid.ID.TrustDomain()); ok {
+			own.Add(b)
+		}
+		bundles = own
+	}
+	return &grpccertprovider.KeyMaterial{
+		Certs:           []tls.Certificate{cert},
+		Roots:           identity.RootPool(bundles),
+		SPIFFEBundleMap: identity.SPIFFEBundleMap(bundles),
+	}, nil
 }
 
 // OnError reports a failure and keeps the current SVID, if any.
@@ -327,7 +375,7 @@ func (b builder) ParseConfig(c any) (*grpccertprovider.BuildableConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	canonical, err := json.Marshal(identity.ProviderConfig{WorkloadAPIAddr: cfg.WorkloadAPIAddr, SPIFFEID: idString(cfg.SPIFFEID)})
+	canonical, err := json.Marshal(identity.ProviderConfig{WorkloadAPIAddr: cfg.WorkloadAPIAddr, SPIFFEID: idString(cfg.SPIFFEID), Roots: rootsString(cfg.OwnTrustDomainRoots)})
 	if err != nil {
 		return nil, fmt.Errorf("certprovider: %s config: %w", PluginName, err)
 	}
@@ -352,7 +400,7 @@ func parseConfig(raw json.RawMessage) (Config, error) {
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&pc); err != nil {
-			return Config{}, fmt.Errorf("certprovider: %s config %s: %w (fields: workload_api_addr, spiffe_id)", PluginName, raw, err)
+			return Config{}, fmt.Errorf("certprovider: %s config %s: %w (fields: workload_api_addr, spiffe_id, roots)", PluginName, raw, err)
 		}
 	}
 	if err := pc.Validate(); err != nil {
@@ -362,13 +410,23 @@ func parseConfig(raw json.RawMessage) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("certprovider: %s config: workload_api_addr: %w", PluginName, err)
 	}
-	cfg := Config{WorkloadAPIAddr: addr}
+	cfg := Config{WorkloadAPIAddr: addr, OwnTrustDomainRoots: pc.OwnTrustDomainRoots()}
 	if pc.SPIFFEID != "" {
 		if cfg.SPIFFEID, err = spiffeid.FromString(pc.SPIFFEID); err != nil {
 			return Config{}, fmt.Errorf("certprovider: %s config: spiffe_id %q: %w", PluginName, pc.SPIFFEID, err)
 		}
 	}
 	return cfg, nil
+}
+
+// rootsString is the roots option of the canonical config: every option
+// spelled out, so that configs that differ only by a default share a
+// provider.
+func rootsString(ownTD bool) string {
+	if ownTD {
+		return identity.RootsOwnTrustDomain
+	}
+	return identity.RootsAll
 }
 
 func idString(id spiffeid.ID) string {

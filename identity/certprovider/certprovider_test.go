@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -114,6 +115,47 @@ func TestPluginServesSVID(t *testing.T) {
 	for _, ca := range spire.Bundle(t).X509Authorities() {
 		if !bundle.HasX509Authority(ca) {
 			t.Errorf("SPIFFEBundleMap lacks the server CA %s", ca.Subject)
+		}
+	}
+}
+
+// TestPluginOwnTrustDomainRoots: a workload whose entry federates with
+// another trust domain gets that domain's bundle from the Workload API;
+// with roots "own_trust_domain" the provider hands gRPC only its own.
+func TestPluginOwnTrustDomainRoots(t *testing.T) {
+	spire := spiretest.Start(t, spiretest.Options{TrustDomain: "trellis.test"})
+	other := spiretest.Start(t, spiretest.Options{TrustDomain: "other.test"})
+	spire.SetFederatedBundle(t, other.Bundle(t))
+	id := serviceID(t, spire.TrustDomain(), "echo")
+	spire.RegisterWorkload(t, spiretest.Entry{SPIFFEID: id.String(), FederatesWith: []string{"other.test"}})
+
+	domains := func(km *grpccertprovider.KeyMaterial) []string {
+		var out []string
+		for td := range km.SPIFFEBundleMap {
+			out = append(out, td)
+		}
+		slices.Sort(out)
+		return out
+	}
+	all := buildFromBootstrap(t, identity.ProviderConfig{WorkloadAPIAddr: spire.WorkloadAPIAddr()})
+	// The federated bundle reaches the agent some time after the entry.
+	deadline := time.Now().Add(testTimeout)
+	for got := domains(keyMaterial(t, all)); !slices.Equal(got, []string{"other.test", "trellis.test"}); got = domains(keyMaterial(t, all)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("roots \"all\": trust domains %v, want other.test and trellis.test", got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	own := keyMaterial(t, buildFromBootstrap(t, identity.ProviderConfig{WorkloadAPIAddr: spire.WorkloadAPIAddr(), Roots: identity.RootsOwnTrustDomain}))
+	if got := domains(own); !slices.Equal(got, []string{"trellis.test"}) {
+		t.Errorf("roots \"own_trust_domain\": trust domains %v, want only trellis.test", got)
+	}
+	if got := leafID(t, own); got != id {
+		t.Errorf("SVID is %s, want %s", got, id)
+	}
+	for _, ca := range other.Bundle(t).X509Authorities() {
+		if _, err := ca.Verify(x509.VerifyOptions{Roots: own.Roots}); err == nil {
+			t.Errorf("Roots of own_trust_domain hold the other.test CA %s", ca.Subject)
 		}
 	}
 }

@@ -27,6 +27,14 @@ const ServerListenerTemplate = "grpc/server?xds.resource.listening_address=%s"
 // this name.
 const CertificateProviderInstance = "trellis"
 
+// OwnTrustDomainProviderInstance is the certificate_providers instance
+// name of a grpc-go bootstrap's second trellis_spiffe provider, the one
+// that trusts only the workload's own trust domain. The translator names
+// it, for identity and roots, on the server Listeners whose handshake
+// authorizes callers, and only for clients whose node declares it
+// (clients.OwnTrustDomainRootsMetadataKey).
+const OwnTrustDomainProviderInstance = "trellis-own-td"
+
 // Config describes one bootstrap file.
 type Config struct {
 	// Servers are the xDS servers as host:port, or as a gRPC DNS target

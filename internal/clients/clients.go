@@ -7,7 +7,12 @@
 // honours (substituting or withholding the rest), and the xDS server routes
 // each stream to the resources of its profile. A node no profile claims
 // gets Widest, which honours only what every supported implementation
-// parses.
+// parses. A few profiles are chosen by what the node declares in its
+// metadata on top of its user agent (NodeRBAC, GoOwnTD): what they add
+// depends on how the workload runs or on its bootstrap, which the user
+// agent does not tell, and a workload that does not declare it keeps the
+// profile of its implementation. Profiles cost nothing until a client of
+// theirs connects (the xDS server translates for a profile lazily).
 //
 // It also knows which policy features an implementation cannot honour
 // (PolicyGaps), for `trellis policy validate`.
@@ -45,6 +50,16 @@ type Capabilities struct {
 	// a server Listener that carries RBAC is withheld: the server serves
 	// nothing rather than serve without authorization.
 	ServerRBAC bool
+	// OwnTrustDomainRoots: the bootstrap defines the certificate provider
+	// instance "trellis-own-td" (bootstrap.OwnTrustDomainProviderInstance),
+	// a trellis_spiffe provider whose roots are the bundle of the
+	// workload's own trust domain only. With it, an mTLS server Listener
+	// whose only authorization rule is "any workload of the trust domain"
+	// takes its identity and roots from that instance and carries no RBAC
+	// filter: the TLS handshake then refuses every caller the rule would
+	// refuse (every other trust domain), and the calls skip the RBAC
+	// filter's cost. Without it, every mTLS server Listener carries RBAC.
+	OwnTrustDomainRoots bool
 }
 
 // Profile is a named set of capabilities.
@@ -61,7 +76,10 @@ type Profile struct {
 const (
 	WidestName = "widest"
 	GoName     = "grpc-go"
-	NodeName   = "grpc-node"
+	// GoOwnTDName is grpc-go with the own-trust-domain certificate
+	// provider instance declared.
+	GoOwnTDName = "grpc-go-own-td"
+	NodeName    = "grpc-node"
 	// NodeRBACName is grpc-node with the RBAC filter declared.
 	NodeRBACName = "grpc-node-rbac"
 	CoreName     = "grpc-core"
@@ -75,6 +93,17 @@ var (
 	// Go is grpc-go (user agent "gRPC Go"): every feature Trellis emits.
 	Go = Profile{Name: GoName, Implementation: "grpc-go", Caps: Capabilities{
 		LeastRequest: true, PickFirstConfig: true, WeightedRoundRobin: true, RingHash: true, ServerRBAC: true,
+	}}
+	// GoOwnTD is grpc-go on a workload that declares, with the node
+	// metadata OwnTrustDomainRootsMetadataKey, that its bootstrap defines
+	// the own-trust-domain certificate provider instance (`trellis
+	// bootstrap --spiffe` writes both): Go plus OwnTrustDomainRoots. It is
+	// a profile of its own, rather than a variant of Go's resources, so
+	// that a grpc-go workload whose bootstrap lacks the instance is never
+	// sent a Listener naming it (grpc-go would NACK it); like every
+	// profile, it is translated only once a client of it connects.
+	GoOwnTD = Profile{Name: GoOwnTDName, Implementation: "grpc-go with the own-trust-domain certificate provider", Caps: Capabilities{
+		LeastRequest: true, PickFirstConfig: true, WeightedRoundRobin: true, RingHash: true, ServerRBAC: true, OwnTrustDomainRoots: true,
 	}}
 	// Node is grpc-js-xds (user agent "gRPC Node Pure JS"): no least
 	// request; WRR, pick_first configuration and the RBAC filter only
@@ -98,13 +127,21 @@ var (
 
 // Profiles returns the built-in profiles, Widest first. Widest must stay
 // first: translations for other profiles share its resources when equal.
-func Profiles() []Profile { return []Profile{Widest, Go, Node, NodeRBAC, Core} }
+func Profiles() []Profile { return []Profile{Widest, Go, GoOwnTD, Node, NodeRBAC, Core} }
 
 // RBACMetadataKey is the node metadata key with which a grpc-js-xds
 // workload declares (value "true") that it runs with
 // GRPC_XDS_EXPERIMENTAL_RBAC=true, so that its xDS server can be given
 // Listeners carrying RBAC. `trellis bootstrap --for node --rbac` writes it.
 const RBACMetadataKey = "trellis.rbac_filter"
+
+// OwnTrustDomainRootsMetadataKey is the node metadata key with which a
+// grpc-go workload declares (value "true") that its bootstrap defines the
+// certificate provider instance "trellis-own-td" with the roots of its own
+// trust domain only, so that its xDS server can be given Listeners whose
+// handshake authorizes callers (see Capabilities.OwnTrustDomainRoots).
+// `trellis bootstrap --for go --spiffe` writes it with the instance.
+const OwnTrustDomainRootsMetadataKey = "trellis.own_trust_domain_roots"
 
 // Client is what a node says about its implementation.
 type Client struct {
@@ -113,6 +150,9 @@ type Client struct {
 	Name, Version string
 	// RBACDeclared is the node metadata RBACMetadataKey set to "true".
 	RBACDeclared bool
+	// OwnTrustDomainRootsDeclared is the node metadata
+	// OwnTrustDomainRootsMetadataKey set to "true".
+	OwnTrustDomainRootsDeclared bool
 }
 
 // FromNode reads the implementation out of an xDS node.
@@ -120,6 +160,9 @@ func FromNode(n *corev3.Node) Client {
 	c := Client{Name: n.GetUserAgentName(), Version: n.GetUserAgentVersion()}
 	if v, ok := n.GetMetadata().GetFields()[RBACMetadataKey]; ok {
 		c.RBACDeclared = v.GetStringValue() == "true" || v.GetBoolValue()
+	}
+	if v, ok := n.GetMetadata().GetFields()[OwnTrustDomainRootsMetadataKey]; ok {
+		c.OwnTrustDomainRootsDeclared = v.GetStringValue() == "true" || v.GetBoolValue()
 	}
 	return c
 }
@@ -133,6 +176,9 @@ func Classify(c Client) Profile {
 	name := strings.ToLower(strings.TrimSpace(c.Name))
 	switch {
 	case name == "grpc go":
+		if c.OwnTrustDomainRootsDeclared {
+			return GoOwnTD
+		}
 		return Go
 	case name == "grpc node pure js":
 		if c.RBACDeclared {

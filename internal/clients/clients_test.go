@@ -15,11 +15,28 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ownTD, err := structpb.NewStruct(map[string]any{OwnTrustDomainRootsMetadataKey: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownTDBool, err := structpb.NewStruct(map[string]any{OwnTrustDomainRootsMetadataKey: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownTDOff, err := structpb.NewStruct(map[string]any{OwnTrustDomainRootsMetadataKey: "false"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		node *corev3.Node
 		want string
 	}{
+		{name: "grpc-go declaring own-trust-domain roots", node: &corev3.Node{UserAgentName: "gRPC Go", Metadata: ownTD}, want: GoOwnTDName},
+		{name: "grpc-go declaring own-trust-domain roots as a bool", node: &corev3.Node{UserAgentName: "gRPC Go", Metadata: ownTDBool}, want: GoOwnTDName},
+		{name: "grpc-go with own-trust-domain roots false", node: &corev3.Node{UserAgentName: "gRPC Go", Metadata: ownTDOff}, want: GoName},
+		{name: "grpc-js declaring own-trust-domain roots is still grpc-js", node: &corev3.Node{UserAgentName: "gRPC Node Pure JS", Metadata: ownTD}, want: NodeName},
+		{name: "C-core declaring own-trust-domain roots is still C-core", node: &corev3.Node{UserAgentName: "gRPC Python", Metadata: ownTD}, want: CoreName},
 		{name: "grpc-go", node: &corev3.Node{UserAgentName: "gRPC Go", UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: "1.85.0"}}, want: GoName},
 		{name: "grpc-js", node: &corev3.Node{UserAgentName: "gRPC Node Pure JS", UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: "1.14.1"}}, want: NodeName},
 		{name: "grpc-js declaring RBAC", node: &corev3.Node{UserAgentName: "gRPC Node Pure JS", Metadata: rbac}, want: NodeRBACName},
@@ -53,6 +70,16 @@ func TestProfiles(t *testing.T) {
 		if got, ok := ProfileByName(p.Name); !ok || got != p {
 			t.Errorf("ProfileByName(%q) = %+v, %v", p.Name, got, ok)
 		}
+	}
+	for _, p := range ps {
+		if p.Caps.OwnTrustDomainRoots && p.Name != GoOwnTDName {
+			t.Errorf("profile %q assumes the own-trust-domain certificate provider, which only grpc-go workloads declaring it have", p.Name)
+		}
+	}
+	want := Go.Caps
+	want.OwnTrustDomainRoots = true
+	if GoOwnTD.Caps != want {
+		t.Errorf("GoOwnTD capabilities %+v, want Go's plus OwnTrustDomainRoots: %+v", GoOwnTD.Caps, want)
 	}
 	if _, ok := ProfileByName("nope"); ok {
 		t.Error("ProfileByName found an unknown profile")

@@ -384,6 +384,7 @@ func TestGetResources(t *testing.T) {
 	}{
 		{"by stream", &statusv1.GetResourcesRequest{NodeId: "node-js", UserAgentName: "gRPC Go"}, clients.NodeName, "stream", false},
 		{"by user agent", &statusv1.GetResourcesRequest{NodeId: "other", UserAgentName: "gRPC Go", UserAgentVersion: "1.85.0"}, clients.GoName, "user agent", true},
+		{"by user agent declaring own-trust-domain roots", &statusv1.GetResourcesRequest{NodeId: "other", UserAgentName: "gRPC Go", OwnTrustDomainRootsDeclared: true}, clients.GoOwnTDName, "user agent", true},
 		{"requested", &statusv1.GetResourcesRequest{Profile: clients.CoreName}, clients.CoreName, "requested", false},
 		{"fallback", &statusv1.GetResourcesRequest{}, clients.WidestName, "fallback", false},
 	} {

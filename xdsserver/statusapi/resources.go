@@ -90,8 +90,14 @@ func (s *Server) GetResources(ctx context.Context, req *statusv1.GetResourcesReq
 	}
 	node := &corev3.Node{Id: req.GetNodeId(), UserAgentName: req.GetUserAgentName(),
 		UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: req.GetUserAgentVersion()}}
+	if req.GetRbacDeclared() || req.GetOwnTrustDomainRootsDeclared() {
+		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	}
 	if req.GetRbacDeclared() {
-		node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{clients.RBACMetadataKey: structpb.NewStringValue("true")}}
+		node.Metadata.Fields[clients.RBACMetadataKey] = structpb.NewStringValue("true")
+	}
+	if req.GetOwnTrustDomainRootsDeclared() {
+		node.Metadata.Fields[clients.OwnTrustDomainRootsMetadataKey] = structpb.NewStringValue("true")
 	}
 	profile, source, err := s.profileFor(req.GetProfile(), req.GetNodeId(), node)
 	if err != nil {

@@ -25,6 +25,19 @@ import (
 //   - a server Listener carrying the RBAC filter, for clients without
 //     ServerRBAC: the workload's xDS server gets no Listener and serves
 //     nothing, rather than serve callers its intentions deny.
+//
+// Lighter, for clients that declare what makes it safe:
+//   - for clients with OwnTrustDomainRoots (grpc-go whose bootstrap
+//     defines the own-trust-domain certificate provider), an mTLS server
+//     Listener whose only rule is "any workload of the trust domain" has
+//     no RBAC filter and verifies callers with the own-trust-domain
+//     instance, so that the handshake enforces that rule (see
+//     serviceSecurity.handshakeAuthorizes). grpc-go's RBAC filter copies a
+//     call's metadata before it evaluates any policy, a cost per call that
+//     the handshake, paid once per connection, does not have. This is a
+//     profile of its own because the Listener names an instance that only
+//     those bootstraps define: grpc-go NACKs a Listener naming a
+//     certificate provider instance its bootstrap lacks.
 
 // adaptForClient applies the profile's limits to the resources of one
 // service. A nil profile honours everything.

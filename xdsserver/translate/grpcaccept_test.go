@@ -119,7 +119,7 @@ func TestGoldenAcceptedByGRPC(t *testing.T) {
 	certDir := writeCertificates(t)
 	for _, gc := range goldenCases(t) {
 		t.Run(gc.name, func(t *testing.T) {
-			if why := serveToGRPC(t, Translate(gc.in, gc.opts), nil, certDir); why != "" {
+			if why := serveToGRPC(t, Translate(gc.in, gc.opts), nil, certDir, ownTrustDomainInstance(gc.opts)); why != "" {
 				t.Fatal(why)
 			}
 		})
@@ -158,17 +158,39 @@ func TestAcceptanceCatchesNACK(t *testing.T) {
 			if !ok {
 				t.Fatalf("no golden case %q", tc.golden)
 			}
-			if why := serveToGRPC(t, Translate(gc.in, gc.opts), tc.edit, certDir); !strings.HasPrefix(why, "NACK") {
+			if why := serveToGRPC(t, Translate(gc.in, gc.opts), tc.edit, certDir, ownTrustDomainInstance(gc.opts)); !strings.HasPrefix(why, "NACK") {
 				t.Fatalf("not NACKed: %q", why)
 			}
 		})
 	}
+	// The own-trust-domain profile's server Listeners, served to a
+	// bootstrap without the instance they name, are NACKed: that is why
+	// only clients declaring the instance get them.
+	t.Run("own-trust-domain Listener to a bootstrap without the instance", func(t *testing.T) {
+		const golden = "clients-own-trust-domain." + clients.GoOwnTDName
+		gc, ok := cases[golden]
+		if !ok {
+			t.Fatalf("no golden case %q", golden)
+		}
+		if why := serveToGRPC(t, Translate(gc.in, gc.opts), nil, certDir, false); !strings.HasPrefix(why, "NACK") {
+			t.Fatalf("not NACKed: %q", why)
+		}
+	})
+}
+
+// ownTrustDomainInstance reports whether the bootstrap of clients of the
+// translation's profile defines the own-trust-domain certificate provider
+// instance.
+func ownTrustDomainInstance(opts Options) bool {
+	return opts.Client != nil && opts.Client.Caps.OwnTrustDomainRoots
 }
 
 // serveToGRPC serves the resources of res (changed by edit, when not nil)
 // as TestGoldenAcceptedByGRPC describes, and returns "" when every one was
-// ACKed, or what went wrong.
-func serveToGRPC(t *testing.T, res *Result, edit func(xdscache.Resources), certDir string) string {
+// ACKed, or what went wrong. The clients' bootstrap defines the
+// own-trust-domain certificate provider instance when ownTD is set, as the
+// bootstraps of clients declaring it do.
+func serveToGRPC(t *testing.T, res *Result, edit func(xdscache.Resources), certDir string, ownTD bool) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -243,7 +265,7 @@ func serveToGRPC(t *testing.T, res *Result, edit func(xdscache.Resources), certD
 			t.Errorf("ADS server: %v", err)
 		}
 	}()
-	boot := acceptanceBootstrap(t, adsLis.Addr().String(), certDir)
+	boot := acceptanceBootstrap(t, adsLis.Addr().String(), certDir, ownTD)
 
 	// Clients: one channel per client Listener.
 	for name, r := range state[resource.ListenerType] {
@@ -326,22 +348,28 @@ func acceptanceState(srv *xdsserver.Server, cache *xdscache.Cache) string {
 }
 
 // acceptanceBootstrap is a grpc-go bootstrap with the server Listener
-// template and the certificate provider instance the translation names.
-func acceptanceBootstrap(t *testing.T, adsAddr, certDir string) []byte {
+// template and the certificate provider instance the translation names;
+// with ownTD, the own-trust-domain instance too.
+func acceptanceBootstrap(t *testing.T, adsAddr, certDir string, ownTD bool) []byte {
 	t.Helper()
+	provider := map[string]any{
+		"plugin_name": "file_watcher",
+		"config": map[string]any{
+			"certificate_file":    filepath.Join(certDir, "cert.pem"),
+			"private_key_file":    filepath.Join(certDir, "key.pem"),
+			"ca_certificate_file": filepath.Join(certDir, "ca.pem"),
+			"refresh_interval":    "600s",
+		},
+	}
+	providers := map[string]any{bootstrap.CertificateProviderInstance: provider}
+	if ownTD {
+		providers[bootstrap.OwnTrustDomainProviderInstance] = provider
+	}
 	b, err := json.Marshal(map[string]any{
 		"xds_servers":                            []any{map[string]any{"server_uri": adsAddr, "channel_creds": []any{map[string]any{"type": "insecure"}}, "server_features": []string{"xds_v3"}}},
 		"node":                                   map[string]any{"id": "acceptance"},
 		"server_listener_resource_name_template": bootstrap.ServerListenerTemplate,
-		"certificate_providers": map[string]any{bootstrap.CertificateProviderInstance: map[string]any{
-			"plugin_name": "file_watcher",
-			"config": map[string]any{
-				"certificate_file":    filepath.Join(certDir, "cert.pem"),
-				"private_key_file":    filepath.Join(certDir, "key.pem"),
-				"ca_certificate_file": filepath.Join(certDir, "ca.pem"),
-				"refresh_interval":    "600s",
-			},
-		}},
+		"certificate_providers":                  providers,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/model"
 )
 
@@ -76,7 +77,13 @@ const inboundName = "inbound"
 //     the intentions allow (see below).
 //
 // Both name the certificate provider instance
-// bootstrap.CertificateProviderInstance for identity and roots.
+// bootstrap.CertificateProviderInstance for identity and roots, with one
+// exception: for clients whose bootstrap defines the own-trust-domain
+// instance (a profile with clients.Capabilities.OwnTrustDomainRoots), a
+// server Listener whose only rule is "any workload of the trust domain"
+// names bootstrap.OwnTrustDomainProviderInstance instead and carries no
+// RBAC filter, as its TLS handshake refuses every other caller (see
+// serviceSecurity.handshakeAuthorizes).
 //
 // A service in plaintext mode gets server Listeners without TLS and without
 // RBAC: without a peer identity, intentions cannot be enforced. When its
@@ -257,9 +264,10 @@ func snapshotDatacenters(snap *model.Snapshot) []string {
 	return out
 }
 
-// apply secures the translated resources of svc: TLS on its clusters in
-// mTLS mode, and a server Listener for every instance.
-func (ss *serviceSecurity) apply(out *serviceResources, svc *model.Service) ([]Skip, error) {
+// apply secures the translated resources of svc for clients of profile p
+// (nil: every feature): TLS on its clusters in mTLS mode, and a server
+// Listener for every instance.
+func (ss *serviceSecurity) apply(out *serviceResources, svc *model.Service, p *clients.Profile) ([]Skip, error) {
 	if ss == nil {
 		return nil, nil
 	}
@@ -285,26 +293,66 @@ func (ss *serviceSecurity) apply(out *serviceResources, svc *model.Service) ([]S
 			continue // one Listener per address; duplicates are reported with the endpoints
 		}
 		seen[hostPort] = true
-		var rbac *rbacv3.RBAC
+		var tls *serverTLS
 		if ss.mtls {
 			dc := inst.Datacenter
 			if dc == "" && len(ss.datacenters) > 0 {
 				dc = ss.datacenters[0]
 			}
-			if rbac = rbacByDC[dc]; rbac == nil {
+			rbac := rbacByDC[dc]
+			if rbac == nil {
 				var rbacSkips []Skip
 				rbac, rbacSkips = ss.rbac(dc)
 				rbacByDC[dc] = rbac
 				skips = append(skips, rbacSkips...)
 			}
+			tls = &serverTLS{instance: bootstrap.CertificateProviderInstance, rbac: rbac}
+			if ss.handshakeAuthorizes(rbac, p) {
+				tls = &serverTLS{instance: bootstrap.OwnTrustDomainProviderInstance}
+			}
 		}
-		lis, err := serverListener(addr, inst.Port, ss.mtls, rbac)
+		lis, err := serverListener(addr, inst.Port, tls)
 		if err != nil {
 			return nil, fmt.Errorf("translate: service %q instance %q: %w", svc.Name, inst.Key(), err)
 		}
 		out.servers = append(out.servers, lis)
 	}
 	return dedupSkips(skips), nil
+}
+
+// handshakeAuthorizes reports whether, for clients of profile p, the mTLS
+// handshake alone enforces rbac, so that the server Listener can leave the
+// RBAC filter out: p's bootstrap defines the own-trust-domain certificate
+// provider instance (clients.Capabilities.OwnTrustDomainRoots), and rbac
+// is exactly "allow every call of any workload of the trust domain", what
+// rbac builds when calls from every source are allowed and none is denied.
+//
+// With that instance as its roots, grpc-go's server credentials verify a
+// client's chain against the bundle of the trust domain of the client's
+// SPIFFE ID, its one URI SAN (the provider always sets SPIFFEBundleMap,
+// which holds the workload's own trust domain only), and refuse a client
+// without exactly one SPIFFE ID: a connection is accepted only from a
+// workload of the trust domain, which is what the RBAC prefix
+// spiffe://<td>/ on the URI SAN accepts. Any other rule (a deny, named
+// sources, L7 permissions, the default deny, another trust domain) keeps
+// the RBAC filter and the provider of every trust domain, the output for
+// every other profile.
+func (ss *serviceSecurity) handshakeAuthorizes(rbac *rbacv3.RBAC, p *clients.Profile) bool {
+	if p == nil || !p.Caps.OwnTrustDomainRoots {
+		return false
+	}
+	return proto.Equal(rbac, trustDomainRBAC(ss.sec.TrustDomain))
+}
+
+// trustDomainRBAC is the RBAC that allows every call of any workload of
+// td and no other.
+func trustDomainRBAC(td spiffeid.TrustDomain) *rbacv3.RBAC {
+	return &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: map[string]*rbacconfigv3.Policy{
+		"source:" + model.Wildcard: {
+			Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_Any{Any: true}}},
+			Principals:  []*rbacconfigv3.Principal{principalPrefix(td.IDString() + "/")},
+		},
+	}}}
 }
 
 // dedupSkips drops repeated skips, keeping the first of each.
@@ -668,21 +716,22 @@ func principalName(m *matcherv3.StringMatcher) *rbacconfigv3.Principal {
 	}}
 }
 
-// certificateProvider names the bootstrap's certificate provider instance.
-func certificateProvider() *tlsv3.CertificateProviderPluginInstance {
-	return &tlsv3.CertificateProviderPluginInstance{InstanceName: bootstrap.CertificateProviderInstance}
+// certificateProvider names a certificate provider instance of the
+// bootstrap.
+func certificateProvider(instance string) *tlsv3.CertificateProviderPluginInstance {
+	return &tlsv3.CertificateProviderPluginInstance{InstanceName: instance}
 }
 
 // upstreamTransportSocket is the client side of mTLS to a service whose
 // servers carry one of ids as their URI SAN.
 func upstreamTransportSocket(ids []string) (*corev3.TransportSocket, error) {
-	validation := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: certificateProvider()}
+	validation := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: certificateProvider(bootstrap.CertificateProviderInstance)}
 	for _, id := range ids {
 		validation.MatchSubjectAltNames = append(validation.MatchSubjectAltNames,
 			&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
 	}
 	cfg, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
-		TlsCertificateProviderInstance: certificateProvider(),
+		TlsCertificateProviderInstance: certificateProvider(bootstrap.CertificateProviderInstance),
 		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: validation},
 	}})
 	if err != nil {
@@ -692,13 +741,14 @@ func upstreamTransportSocket(ids []string) (*corev3.TransportSocket, error) {
 }
 
 // downstreamTransportSocket is the server side of mTLS: present the SVID,
-// require and verify the client's.
-func downstreamTransportSocket() (*corev3.TransportSocket, error) {
+// require and verify the client's, both with the certificate provider
+// instance named.
+func downstreamTransportSocket(instance string) (*corev3.TransportSocket, error) {
 	cfg, err := anypb.New(&tlsv3.DownstreamTlsContext{
 		CommonTlsContext: &tlsv3.CommonTlsContext{
-			TlsCertificateProviderInstance: certificateProvider(),
+			TlsCertificateProviderInstance: certificateProvider(instance),
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				CaCertificateProviderInstance: certificateProvider(),
+				CaCertificateProviderInstance: certificateProvider(instance),
 			}},
 		},
 		RequireClientCertificate: wrapperspb.Bool(true),
@@ -709,12 +759,24 @@ func downstreamTransportSocket() (*corev3.TransportSocket, error) {
 	return &corev3.TransportSocket{Name: TLSTransportSocketName, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: cfg}}, nil
 }
 
+// serverTLS is the mTLS of a server Listener.
+type serverTLS struct {
+	// instance is the certificate provider instance of the workload's
+	// identity and of the roots its callers are verified against.
+	instance string
+	// rbac is the RBAC filter's configuration; nil when the handshake
+	// alone authorizes (see handshakeAuthorizes).
+	rbac *rbacv3.RBAC
+}
+
 // serverListener is the Listener of an xds.NewGRPCServer listening on
 // addr:port: one filter chain whose routes all end in a non-forwarding
-// action; with mTLS, a DownstreamTlsContext and the RBAC filter.
-func serverListener(addr netip.Addr, port int, mtls bool, rbac *rbacv3.RBAC) (*listenerv3.Listener, error) {
+// action; with mTLS (tls not nil), a DownstreamTlsContext and, unless
+// the handshake authorizes, the RBAC filter.
+func serverListener(addr netip.Addr, port int, tls *serverTLS) (*listenerv3.Listener, error) {
 	var filters []*hcmv3.HttpFilter
-	if mtls {
+	if tls != nil && tls.rbac != nil {
+		rbac := tls.rbac
 		cfg, err := anypb.New(rbac)
 		if err != nil {
 			return nil, fmt.Errorf("rbac filter: %w", err)
@@ -751,8 +813,8 @@ func serverListener(addr netip.Addr, port int, mtls bool, rbac *rbacv3.RBAC) (*l
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm},
 		}},
 	}
-	if mtls {
-		if chain.TransportSocket, err = downstreamTransportSocket(); err != nil {
+	if tls != nil {
+		if chain.TransportSocket, err = downstreamTransportSocket(tls.instance); err != nil {
 			return nil, err
 		}
 	}

@@ -2,7 +2,10 @@
 // that grpc-go's xDS client consumes: for every service a client Listener, a
 // RouteConfiguration, an EDS Cluster and a ClusterLoadAssignment; with a
 // Security input, mTLS on Clusters and a server Listener (with RBAC from
-// intentions) for every instance.
+// intentions) for every instance. A server Listener whose only rule is "any
+// workload of the trust domain" is authorized by its TLS handshake instead,
+// without RBAC, for clients whose bootstrap trusts only their own trust
+// domain (see Security).
 //
 // Translation is a pure function: no I/O, no clock, no logging, no globals.
 // Every rule about what gRPC accepts lives here, so that the control plane
@@ -363,7 +366,7 @@ func translateService(svc *model.Service, pol *policyv1.ServicePolicy, clusters 
 		out.clusters = append(out.clusters, c)
 		out.clas = append(out.clas, subsetCLA)
 	}
-	secSkips, err := sec.apply(out, svc)
+	secSkips, err := sec.apply(out, svc, opts.Client)
 	if err != nil {
 		return nil, nil, err
 	}

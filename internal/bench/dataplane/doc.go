@@ -10,7 +10,7 @@
 // spread, and ratios paired within each round). It does not render reports:
 // cmd/trellis-bench turns a Report into BENCHMARKS.md and plots.
 //
-// It may import the identity, bootstrap and policy packages to configure
-// the mesh exactly as an operator would, and must not import the test
-// helpers under internal/testutil, nor anything under cmd/.
+// It may import the identity, bootstrap, clients and policy packages to
+// configure the mesh exactly as an operator would, and must not import the
+// test helpers under internal/testutil, nor anything under cmd/.
 package dataplane

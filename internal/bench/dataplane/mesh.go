@@ -23,6 +23,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/identity"
 	"github.com/trellis-mesh/trellis/internal/bootstrap"
+	"github.com/trellis-mesh/trellis/internal/clients"
 	"github.com/trellis-mesh/trellis/internal/policy"
 	"github.com/trellis-mesh/trellis/internal/policy/store"
 )
@@ -308,19 +309,25 @@ func (m *mesh) startTrellis(ctx context.Context, bin string) error {
 }
 
 // bootstrap writes the xDS bootstrap of a workload with the given node ID
-// and, when service is not empty, the certificate provider serving that
-// service's SVID; it returns the file's path.
+// and, when service is not empty, the certificate providers serving that
+// service's SVID as `trellis bootstrap --spiffe` writes them (the
+// own-trust-domain instance too, declared in the node metadata); it
+// returns the file's path.
 func (m *mesh) bootstrap(nodeID, service string) (string, error) {
 	cfg := bootstrap.Config{Servers: []string{m.xdsAddr}, NodeID: nodeID}
 	if service != "" {
-		provider, err := identity.ProviderFragment(identity.ProviderConfig{
-			WorkloadAPIAddr: "unix://" + m.agentSock,
-			SPIFFEID:        m.serviceID(service).String(),
-		})
+		pc := identity.ProviderConfig{WorkloadAPIAddr: "unix://" + m.agentSock, SPIFFEID: m.serviceID(service).String()}
+		provider, err := identity.ProviderFragment(pc)
 		if err != nil {
 			return "", fmt.Errorf("dataplane: certificate provider of %s: %w", service, err)
 		}
-		cfg.CertificateProviders = map[string]json.RawMessage{bootstrap.CertificateProviderInstance: provider}
+		pc.Roots = identity.RootsOwnTrustDomain
+		own, err := identity.ProviderFragment(pc)
+		if err != nil {
+			return "", fmt.Errorf("dataplane: certificate provider of %s: %w", service, err)
+		}
+		cfg.CertificateProviders = map[string]json.RawMessage{bootstrap.CertificateProviderInstance: provider, bootstrap.OwnTrustDomainProviderInstance: own}
+		cfg.Metadata = map[string]string{clients.OwnTrustDomainRootsMetadataKey: "true"}
 	}
 	raw, err := bootstrap.Generate(cfg)
 	if err != nil {

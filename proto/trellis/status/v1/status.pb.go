@@ -907,9 +907,11 @@ type GetResourcesRequest struct {
 	// The node metadata trellis.rbac_filter is "true".
 	RbacDeclared bool `protobuf:"varint,5,opt,name=rbac_declared,json=rbacDeclared,proto3" json:"rbac_declared,omitempty"`
 	// 1 to 1000 resources.
-	Resources     []*ResourceRef `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resources []*ResourceRef `protobuf:"bytes,6,rep,name=resources,proto3" json:"resources,omitempty"`
+	// The node metadata trellis.own_trust_domain_roots is "true".
+	OwnTrustDomainRootsDeclared bool `protobuf:"varint,7,opt,name=own_trust_domain_roots_declared,json=ownTrustDomainRootsDeclared,proto3" json:"own_trust_domain_roots_declared,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *GetResourcesRequest) Reset() {
@@ -982,6 +984,13 @@ func (x *GetResourcesRequest) GetResources() []*ResourceRef {
 		return x.Resources
 	}
 	return nil
+}
+
+func (x *GetResourcesRequest) GetOwnTrustDomainRootsDeclared() bool {
+	if x != nil {
+		return x.OwnTrustDomainRootsDeclared
+	}
+	return false
 }
 
 type ResourceRef struct {
@@ -2113,14 +2122,15 @@ const file_trellis_status_v1_status_proto_rawDesc = "" +
 	"\fResourceDiff\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x14sent_content_version\x18\x02 \x01(\tR\x12sentContentVersion\x126\n" +
-	"\x17current_content_version\x18\x03 \x01(\tR\x15currentContentVersion\"\x81\x02\n" +
+	"\x17current_content_version\x18\x03 \x01(\tR\x15currentContentVersion\"\xc7\x02\n" +
 	"\x13GetResourcesRequest\x12\x18\n" +
 	"\aprofile\x18\x01 \x01(\tR\aprofile\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12&\n" +
 	"\x0fuser_agent_name\x18\x03 \x01(\tR\ruserAgentName\x12,\n" +
 	"\x12user_agent_version\x18\x04 \x01(\tR\x10userAgentVersion\x12#\n" +
 	"\rrbac_declared\x18\x05 \x01(\bR\frbacDeclared\x12<\n" +
-	"\tresources\x18\x06 \x03(\v2\x1e.trellis.status.v1.ResourceRefR\tresources\"<\n" +
+	"\tresources\x18\x06 \x03(\v2\x1e.trellis.status.v1.ResourceRefR\tresources\x12D\n" +
+	"\x1fown_trust_domain_roots_declared\x18\a \x01(\bR\x1bownTrustDomainRootsDeclared\"<\n" +
 	"\vResourceRef\x12\x19\n" +
 	"\btype_url\x18\x01 \x01(\tR\atypeUrl\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\xb2\x01\n" +

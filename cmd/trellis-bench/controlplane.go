@@ -135,16 +135,16 @@ type streamPhase struct {
 	TrellisRSSBeforeBytes int64 `json:"trellis_rss_before_bytes"`
 	// TrellisHeapGoalBytes is go_memstats_next_gc_bytes from trellis's
 	// /metrics: twice the heap live at the last GC, with GOGC=100.
-	TrellisHeapGoalBytes int64       `json:"trellis_heap_goal_bytes"`
-	GeneratorRSSBytes    int64       `json:"generator_rss_bytes"`
-	IdleCPUCores         float64     `json:"idle_cpu_cores"`
-	ConsulReqPerMin      float64     `json:"consul_requests_per_min_idle"`
+	TrellisHeapGoalBytes int64   `json:"trellis_heap_goal_bytes"`
+	GeneratorRSSBytes    int64   `json:"generator_rss_bytes"`
+	IdleCPUCores         float64 `json:"idle_cpu_cores"`
+	ConsulReqPerMin      float64 `json:"consul_requests_per_min_idle"`
 	// ConsulReqPerMinLong is the same over -consul-window, measured at the
 	// first and the last step of the largest catalog: long enough for the
 	// once-a-minute requests (blocking queries timing out, the ACL
 	// check) to be counted once each, whatever the phase.
-	ConsulReqPerMinLong float64 `json:"consul_requests_per_min_long,omitempty"`
-	Single               changeStats `json:"single"`
+	ConsulReqPerMinLong float64     `json:"consul_requests_per_min_long,omitempty"`
+	Single              changeStats `json:"single"`
 	// Generator is the load generator's totals at the end of the step.
 	Generator loadgen.Stats `json:"generator"`
 }
@@ -452,14 +452,14 @@ func consulBinary(flagValue string) (string, error) {
 
 // cpBench holds what every catalog run shares.
 type cpBench struct {
-	set         cpSettings
-	idle        time.Duration
+	set  cpSettings
+	idle time.Duration
 	// consulWindow: see phase.ConsulReqPerMinLong.
 	consulWindow time.Duration
-	churnDur    time.Duration
-	pushTimeout time.Duration
-	dir         string
-	logger      *slog.Logger
+	churnDur     time.Duration
+	pushTimeout  time.Duration
+	dir          string
+	logger       *slog.Logger
 }
 
 // catalogRun measures one catalog size; a failure is recorded in the

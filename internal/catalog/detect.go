@@ -56,7 +56,10 @@ type result struct {
 	svc     *model.Service // full reads only
 	index   uint64
 	indexes []uint64 // batches: the index of each name
-	err     *consulwatch.Error
+	// checks are the checks of a full read's entries, the service's own
+	// and its nodes', with their status.
+	checks map[checkKey]checkState
+	err    *consulwatch.Error
 	// filtered: the ACL token hid some of the service's instances (full
 	// reads only); svc is not the whole service.
 	filtered bool
@@ -225,6 +228,14 @@ func (w *Watcher) do(ctx context.Context, j job) result {
 	if !j.probe {
 		r.svc = buildService(j.name, entries, w.cfg.ZoneMetaKeys)
 		r.filtered = meta.ResultsFilteredByACLs
+		r.checks = map[checkKey]checkState{}
+		for _, e := range entries {
+			for _, c := range e.Checks {
+				if c != nil {
+					r.checks[checkKey{node: c.Node, id: c.CheckID}] = checkState{status: c.Status, service: c.ServiceName}
+				}
+			}
+		}
 	}
 	return r
 }
@@ -268,9 +279,15 @@ type coordinator struct {
 	jobs    chan job
 	results chan result
 
-	services   map[string]*entry
-	nodeIndex  map[string]map[string]bool         // node -> services with instances on it
-	checks     map[string]map[checkKey]checkState // by state
+	services  map[string]*entry
+	nodeIndex map[string]map[string]bool // node -> services with instances on it
+	// checks is what the coordinator knows of the checks that are not
+	// passing: each state's detector answers, and what reads found since.
+	// A detector compares its answer with it, not with its own last
+	// answer: a check can enter a state and leave it again between two
+	// answers of that state's detector, while a read (prompted by the
+	// other detector) saw it in it.
+	checks     map[checkKey]checkState
 	haveList   bool
 	haveHealth map[string]bool // by state: its detector answered
 	listIndex  uint64
@@ -321,7 +338,7 @@ func newCoordinator(w *Watcher) *coordinator {
 		retryAt:   map[string]time.Time{},
 		touched:   map[string]bool{},
 
-		checks:     map[string]map[checkKey]checkState{},
+		checks:     map[checkKey]checkState{},
 		haveHealth: map[string]bool{},
 
 		unexplained: map[uint64]uint64{},
@@ -490,12 +507,6 @@ func (c *coordinator) onList(ev listEvent) {
 func (c *coordinator) onHealth(ev healthEvent) {
 	first := !c.haveHealth[ev.state]
 	c.haveHealth[ev.state] = true
-	prev := c.checks[ev.state]
-	c.checks[ev.state] = ev.checks
-	if first {
-		c.changed()
-		return // the initial reads cover the initial state
-	}
 	affected := map[string]bool{}
 	note := func(k checkKey, st checkState) {
 		if st.service != "" {
@@ -507,14 +518,20 @@ func (c *coordinator) onHealth(ev healthEvent) {
 		}
 	}
 	for k, st := range ev.checks {
-		if old, ok := prev[k]; !ok || old != st {
+		if old, ok := c.checks[k]; !ok || old != st {
 			note(k, st)
+			c.checks[k] = st
 		}
 	}
-	for k, st := range prev {
-		if _, ok := ev.checks[k]; !ok {
+	for k, st := range c.checks {
+		if _, ok := ev.checks[k]; !ok && st.status == ev.state {
 			note(k, st)
+			delete(c.checks, k)
 		}
+	}
+	if first {
+		c.changed()
+		return // the initial reads cover the initial state
 	}
 	for _, name := range slices.Sorted(maps.Keys(affected)) {
 		if _, ok := c.services[name]; ok {
@@ -667,6 +684,7 @@ func (c *coordinator) onResult(r result) {
 		defer c.reportHidden()
 	}
 	e.retries = 0
+	c.learnChecks(r.checks)
 	if _, ok := c.unexplained[r.index]; ok {
 		c.explained(r.name, r.index)
 	} else if e.svc != nil && len(c.unexplained) > 0 && !sameRegistrations(e.svc, r.svc) {
@@ -700,6 +718,20 @@ func (c *coordinator) onResult(r result) {
 	if e.again {
 		e.again = false
 		c.queueRead(r.name, reasonRetry)
+	}
+}
+
+// learnChecks records the checks a read found: those not passing as they
+// are, the passing ones as such. (A check the read no longer has, gone
+// with its instance, stays until its state's detector answers without it,
+// which costs one more read at most.)
+func (c *coordinator) learnChecks(read map[checkKey]checkState) {
+	for k, st := range read {
+		if st.status == api.HealthPassing {
+			delete(c.checks, k)
+		} else {
+			c.checks[k] = st
+		}
 	}
 }
 

@@ -35,6 +35,28 @@ type fakeConsul struct {
 	// epoch counts hangs: a request that started in an earlier epoch
 	// never gets an answer, like one sent on a connection that died.
 	epoch int
+	// held are the URL paths whose requests wait, answering nothing,
+	// until released (a detector that is not looking).
+	held map[string]bool
+}
+
+// hold makes the requests to a URL path wait until release.
+func (f *fakeConsul) hold(urlPath string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.held == nil {
+		f.held = map[string]bool{}
+	}
+	f.held[urlPath] = true
+}
+
+// release lets the requests to a URL path answer again.
+func (f *fakeConsul) release(urlPath string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.held, urlPath)
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 // fakeResource is one endpoint's current answer.
@@ -237,8 +259,16 @@ func (f *fakeConsul) serve(w http.ResponseWriter, r *http.Request) {
 		if f.down != 0 {
 			status = f.down
 		}
-		res, changed, lost := f.resources[path], f.changed, f.epoch != epoch
+		res, changed, lost, held := f.resources[path], f.changed, f.epoch != epoch, f.held[r.URL.Path]
 		f.mu.Unlock()
+		if held {
+			select {
+			case <-changed:
+				continue
+			case <-r.Context().Done():
+				return
+			}
+		}
 		if lost {
 			<-r.Context().Done()
 			return

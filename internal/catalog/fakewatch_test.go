@@ -652,3 +652,44 @@ func TestSweepDeadlineWaitsForBoth(t *testing.T) {
 		}
 	}
 }
+
+// setCheck sets the answer for service name: one instance on port 1 whose
+// service check has status, and the checks that are not passing.
+func (f *fakeConsul) setCheck(name string, index uint64, status string) {
+	check := &api.HealthCheck{Node: "n1", CheckID: "service:" + name + "-1", ServiceID: name + "-1", ServiceName: name, Status: status}
+	f.set(fakeHealthPath(name), index, []*api.ServiceEntry{{
+		Node:    &api.Node{Node: "n1", Address: "10.0.0.1", Datacenter: "dc1"},
+		Service: &api.AgentService{ID: name + "-1", Service: name, Port: 1},
+		Checks:  api.HealthChecks{{Node: "n1", CheckID: "serfHealth", Status: api.HealthPassing}, check},
+	}})
+	if status == api.HealthPassing {
+		f.setNonPassing(index)
+	} else {
+		f.setNonPassing(index, check)
+	}
+}
+
+// TestCheckThroughAStateItsDetectorMissed: a check goes warning, then
+// critical, then passing while the critical checks' detector is not
+// looking: the warning detector's read saw it critical, so the critical
+// detector's next answer, without it, still reads the service again, and
+// the instance is passing again.
+func TestCheckThroughAStateItsDetectorMissed(t *testing.T) {
+	f := newFakeConsul(t)
+	f.setCheck("a", 10, api.HealthPassing)
+	f.setServices(10, "a")
+	w := startWatcher(t, fakeConfig(t, f))
+	nextSnapshot(t, w, 10*time.Second, instanceIs("a", "a-1", healthIs(model.HealthPassing)))
+
+	const critical = "/v1/health/state/critical"
+	f.hold(critical)
+	f.setCheck("a", 11, api.HealthWarning)
+	nextSnapshot(t, w, 10*time.Second, instanceIs("a", "a-1", healthIs(model.HealthWarning)))
+	f.setCheck("a", 12, api.HealthCritical)
+	nextSnapshot(t, w, 10*time.Second, instanceIs("a", "a-1", healthIs(model.HealthCritical)))
+	f.setCheck("a", 13, api.HealthPassing)
+	// Only the held detector can tell.
+	time.Sleep(300 * time.Millisecond)
+	f.release(critical)
+	nextSnapshot(t, w, 10*time.Second, instanceIs("a", "a-1", healthIs(model.HealthPassing)))
+}

@@ -41,8 +41,11 @@ response ACKed), stream k watching service k mod services, in steps of
 
   - trellis RSS (/proc/<pid>/status VmRSS), and its slope between steps;
   - idle trellis CPU (/proc/<pid>/stat) and Consul requests per minute
-    (trellis_consul_requests_total from trellis /metrics, else the agent's
-    consul_api_http_count without the benchmark's own requests);
+    (trellis_consul_requests_total from trellis /metrics without the index
+    reads of sweeps, trellis_catalog_index_probes_total, which are reported
+    apart; else the agent's consul_api_http_count without the benchmark's
+    own requests), and over -consul-window at the first and last step of
+    the largest catalog;
   - -changes single changes, one at a time, alternating a new instance and a
     check going critical: push latency from just before the Consul write to
     the EDS response at the last stream watching the service, bytes and

@@ -313,7 +313,19 @@ func (s *trellisServer) consulRequests(ctx context.Context) (float64, bool, erro
 	for _, s := range samples {
 		total += s.value
 	}
+	// Index sweeps are counted apart (consulProbes): their rate depends on
+	// the catalog's size and on when the background sweep falls, not on
+	// the streams.
+	for _, smp := range parseMetrics(body, "trellis_catalog_index_probes_total") {
+		total -= smp.value
+	}
 	return total, len(samples) > 0, nil
+}
+
+// consulProbes returns trellis_catalog_index_probes_total: the index reads of
+// sweeps.
+func (s *trellisServer) consulProbes(ctx context.Context) (float64, error) {
+	return s.gauge(ctx, "trellis_catalog_index_probes_total")
 }
 
 // gauge returns the value of an unlabelled metric from trellis's /metrics.

@@ -42,13 +42,13 @@
 //     (consulwatch.IndexProber: one write and a few reads per batch, about
 //     a seventh of the CPU of one request at a time, and a third less of
 //     Consul's), else sent one by one on the readers, at most one sweep
-//     at a time (changes arriving
-//     meanwhile are covered by the next), and a slow background sweep every
-//     Config.SweepInterval catches anything a race between the detectors
-//     could hide. Several unaccounted list indexes are looked for together
+//     at a time (changes arriving meanwhile are covered by the next), and
+//     a slow background sweep every Config.SweepInterval (longer above
+//     2,000 services) catches anything a race between the detectors could
+//     hide. Several unaccounted list indexes are looked for together
 //     (up to 64; a sweep then looks at everything): each is dropped when a
 //     read or probe lands on it, so registration changes that the health
-//     detector also names (most of them) never cost a sweep, even when they
+//     detectors also name (most of them) never cost a sweep, even when they
 //     come faster than the reads; and a list that lost a service accounts
 //     for its own index. Publishing waits at most 4*Config.Coalesce after
 //     the first change, so sustained churn still reaches clients quickly;
@@ -182,7 +182,10 @@ type Config struct {
 	// at once (each holds one connection while it runs). Default: 8.
 	ReadConcurrency int
 	// SweepInterval is the period of the background index sweep that
-	// catches a registration change the detectors could not attribute.
+	// catches a registration change the detectors could not attribute;
+	// catalogs above 2,000 services are swept less often, 60 ms per
+	// service (10,000 services: every 10 minutes), so that background
+	// sweeps average at most about 1,000 index reads a minute.
 	// Default: 2m.
 	SweepInterval time.Duration
 	// Prober reads the indexes of many services at once for sweeps

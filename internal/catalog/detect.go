@@ -401,6 +401,21 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
+// backgroundSweepPerService spaces background sweeps so that they cost
+// Consul at most about 1,000 index reads a minute, whatever the catalog's
+// size.
+const backgroundSweepPerService = 60 * time.Millisecond
+
+// backgroundSweepEvery is the period of the background sweep:
+// Config.SweepInterval, longer for catalogs large enough that a sweep
+// every SweepInterval would average more than 1,000 index reads a minute
+// (10,000 services: every 10 minutes). It only catches what a race
+// between the detectors could hide; every change a detector sees is
+// looked for at once.
+func (c *coordinator) backgroundSweepEvery() time.Duration {
+	return max(c.w.cfg.SweepInterval, time.Duration(len(c.services))*backgroundSweepPerService)
+}
+
 // publishAt is when pending changes are published.
 func (c *coordinator) publishAt() time.Time {
 	latest := c.pending.Add(maxCoalesceFactor * c.w.cfg.Coalesce)
@@ -419,7 +434,7 @@ func (c *coordinator) tick(now time.Time) {
 		}
 	}
 	if !c.nextSweep.After(now) {
-		c.nextSweep = now.Add(c.w.cfg.SweepInterval)
+		c.nextSweep = now.Add(c.backgroundSweepEvery())
 		if c.published {
 			c.w.logger.Debug("background sweep")
 			c.requestSweep(false)

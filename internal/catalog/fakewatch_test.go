@@ -693,3 +693,29 @@ func TestCheckThroughAStateItsDetectorMissed(t *testing.T) {
 	f.release(critical)
 	nextSnapshot(t, w, 10*time.Second, instanceIs("a", "a-1", healthIs(model.HealthPassing)))
 }
+
+// TestBackgroundSweepSpacedForLargeCatalogs: the background sweep runs
+// every SweepInterval, and less often when that would average more than
+// about 1,000 index reads a minute.
+func TestBackgroundSweepSpacedForLargeCatalogs(t *testing.T) {
+	w, err := New(Config{Client: newTestClient(t, "127.0.0.1:1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		services int
+		want     time.Duration
+	}{{0, DefaultSweepInterval}, {2000, DefaultSweepInterval}, {10000, 10 * time.Minute}} {
+		c := newCoordinator(w)
+		for i := range tc.services {
+			c.services[fmt.Sprintf("s%d", i)] = &entry{}
+		}
+		got := c.backgroundSweepEvery()
+		if got != tc.want {
+			t.Errorf("%d services: background sweep every %s, want %s", tc.services, got, tc.want)
+		}
+		if perMin := float64(tc.services) / got.Minutes(); perMin > 1000 {
+			t.Errorf("%d services: %.0f index reads a minute", tc.services, perMin)
+		}
+	}
+}

@@ -299,6 +299,7 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	fs.StringVar(&set.ConsulBinary, "consul", "", "Consul binary (default: $TRELLIS_CONSUL_BIN, else ~/.cache/trellis/tools/consul-v1.16.1)")
 	fs.StringVar(&set.TrellisBinary, "trellis", "", "trellis binary (default: built from ./cmd/trellis with go build)")
 	out := fs.String("o", "", "write the results as JSON to this file")
+	evaluate := fs.String("evaluate", "", "measure nothing: read the results in this JSON file, evaluate the targets again, print them and write the file back")
 	workDir := fs.String("workdir", "", "directory for the processes' logs (default: a new temporary directory, removed when the run succeeds)")
 	verbose := fs.Bool("v", true, "log progress to stderr (-v=false: only warnings)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's own CPU profile to this file")
@@ -307,6 +308,9 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *evaluate != "" {
+		return reevaluate(*evaluate, stdout)
 	}
 	explicit := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
@@ -1131,6 +1135,26 @@ func problems(res *cpResult) []string {
 	return out
 }
 
+// reevaluate reads a result file, evaluates its targets again (the goals
+// are a function of the recorded results), prints it and writes it back.
+func reevaluate(path string, stdout io.Writer) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("-evaluate: %w", err)
+	}
+	var res cpResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("-evaluate %s: %w", path, err)
+	}
+	res.Targets = evaluateTargets(&res)
+	printTable(stdout, &res)
+	data, err = json.MarshalIndent(&res, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
 // evaluateTargets compares the results with the control plane's goals.
 func evaluateTargets(res *cpResult) []target {
 	var out []target
@@ -1139,16 +1163,27 @@ func evaluateTargets(res *cpResult) []target {
 	}
 	// Push p99 to the one stream watching a service, at every catalog
 	// size (steps where each service has one watcher).
+	// Each kind of change apart: a check changing status reaches Trellis
+	// through a health detector, a new passing instance through a sweep.
 	for _, r := range res.Runs {
-		worst, found := 0.0, false
+		worst := map[string]float64{}
 		for _, ph := range r.Phases {
-			if ph.WatchersPerService == 1 && ph.Single.Latency.N > 0 {
-				worst, found = max(worst, ph.Single.Latency.P99), true
+			if ph.WatchersPerService != 1 {
+				continue
+			}
+			if len(ph.Single.ByKind) == 0 && ph.Single.Latency.N > 0 {
+				worst["any"] = max(worst["any"], ph.Single.Latency.P99)
+			}
+			for kind, k := range ph.Single.ByKind {
+				if k.Latency.N > 0 {
+					worst[kind] = max(worst[kind], k.Latency.P99)
+				}
 			}
 		}
-		if found {
-			out = append(out, target{Name: fmt.Sprintf("push p99, one watching stream, %d services", r.Services), Goal: "<= 250 ms",
-				Value: worst, Measured: fmt.Sprintf("%.0f ms (worst step)", worst), Met: worst <= 250})
+		for _, kind := range slices.Sorted(maps.Keys(worst)) {
+			w := worst[kind]
+			out = append(out, target{Name: fmt.Sprintf("push p99, one watching stream, %s changes, %d services", kind, r.Services), Goal: "<= 250 ms",
+				Value: w, Measured: fmt.Sprintf("%.0f ms (worst step)", w), Met: w <= 250})
 		}
 		if f := r.Fanout; f != nil && f.Changes.Latency.N > 0 {
 			v := f.Changes.Latency.P99
@@ -1156,12 +1191,29 @@ func evaluateTargets(res *cpResult) []target {
 				Value: v, Measured: fmt.Sprintf("%.0f ms", v), Met: v <= 500})
 		}
 	}
+	// CPU per change, churn and memory per stream are goals at the
+	// largest catalog, where each service has one watcher at every step
+	// and churn reaches distinct services; smaller catalogs' figures are
+	// printed above (with 10,000 streams on 100 services, each change
+	// goes to 100 streams, and churn comes back to the same services).
+	largest := 0
 	for _, r := range res.Runs {
+		largest = max(largest, r.Services)
+	}
+	for _, r := range res.Runs {
+		if r.Services != largest {
+			continue
+		}
 		if len(r.Phases) > 0 {
 			ph := r.Phases[len(r.Phases)-1]
 			v := ph.Single.CPUMsPerChange
 			out = append(out, target{Name: fmt.Sprintf("trellis CPU per single-instance change, %d services, %d streams", r.Services, ph.Streams), Goal: "<= 20 ms at 10,000 services",
 				Value: v, Measured: fmt.Sprintf("%.1f ms (raw %.1f ms)", v, ph.Single.CPUMsPerChangeRaw), Met: v <= 20})
+			for _, kind := range slices.Sorted(maps.Keys(ph.Single.ByKind)) {
+				k := ph.Single.ByKind[kind]
+				out = append(out, target{Name: fmt.Sprintf("  of which %s changes", kind), Goal: "<= 20 ms at 10,000 services",
+					Value: k.CPUMsPerChange, Measured: fmt.Sprintf("%.1f ms", k.CPUMsPerChange), Met: k.CPUMsPerChange <= 20})
+			}
 		}
 		if c := r.Churn; c != nil {
 			out = append(out, target{Name: fmt.Sprintf("trellis CPU during churn at %.0f changes/s, %d services", c.AchievedPerS, r.Services), Goal: "< 0.5 core",

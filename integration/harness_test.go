@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -84,6 +85,10 @@ type trellisServer struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	// started: /readyz answered once (a restart keeps the ports);
+	// portRetries counts the starts moved to other ports.
+	started     bool
+	portRetries int
 }
 
 // startTrellis runs `trellis server` against the Consul agent at consulAddr
@@ -132,21 +137,56 @@ func (s *trellisServer) Start() {
 	s.mu.Lock()
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
-	waitFor(s.t, 60*time.Second, "trellis /readyz", func() error {
+	deadline := time.Now().Add(60 * time.Second)
+	var last error
+	for {
 		select {
 		case <-done:
-			return fmt.Errorf("trellis exited")
+			log := s.Log()
+			movable := strings.HasPrefix(s.xdsAddr, "127.0.0.1:") && strings.HasPrefix(s.adminAddr, "127.0.0.1:")
+			if !s.started && movable && strings.Contains(log, "address already in use") && s.portRetries < 3 {
+				// Another process took a port freeAddr found free: take
+				// two others. (A restart keeps its ports, and so does a
+				// server whose address a test chose.)
+				s.portRetries++
+				s.t.Logf("trellis could not listen (a port was taken meanwhile); retrying on other ports")
+				s.movePorts()
+				s.Start()
+				return
+			}
+			s.t.Fatalf("trellis exited before /readyz answered 200; log (tail):\n%s", log[max(0, len(log)-5000):])
 		default:
 		}
 		code, body, err := s.get("/readyz")
-		if err != nil {
-			return err
+		if err == nil && code == http.StatusOK {
+			s.started = true
+			return
 		}
-		if code != http.StatusOK {
-			return fmt.Errorf("readyz %d: %s", code, body)
+		if err == nil {
+			err = fmt.Errorf("readyz %d: %s", code, body)
 		}
-		return nil
-	})
+		last = err
+		if time.Now().After(deadline) {
+			log := s.Log()
+			s.t.Fatalf("timed out after 1m0s waiting for trellis /readyz: %v; log (tail):\n%s", last, log[max(0, len(log)-5000):])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// movePorts picks new xDS and admin addresses, replacing them in the
+// arguments.
+func (s *trellisServer) movePorts() {
+	xds, admin := freeAddr(s.t), freeAddr(s.t)
+	for i, a := range s.args {
+		switch a {
+		case s.xdsAddr:
+			s.args[i] = xds
+		case s.adminAddr:
+			s.args[i] = admin
+		}
+	}
+	s.xdsAddr, s.adminAddr = xds, admin
 }
 
 // Stop sends SIGTERM and waits for the process to exit.

@@ -231,26 +231,37 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// connCounts counts a test server's connections: open now, the most open
+// at once, and opened in all.
+type connCounts struct{ open, peak, opened atomic.Int32 }
+
+// countConns counts the connections of srv, which must not be started.
+func countConns(srv *httptest.Server) *connCounts {
+	c := &connCounts{}
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			c.opened.Add(1)
+			if n := c.open.Add(1); n > c.peak.Load() {
+				c.peak.Store(n)
+			}
+		case http.StateClosed, http.StateHijacked:
+			c.open.Add(-1)
+		}
+	}
+	return c
+}
+
 // TestNewClientBoundsConnections: however many requests run at once, the
 // client never holds more than MaxConns connections, and it counts them.
 func TestNewClientBoundsConnections(t *testing.T) {
-	var open, peak atomic.Int32
 	release := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		<-release
 		w.Header().Set("X-Consul-Index", "1")
 		fmt.Fprint(w, `{}`)
 	}))
-	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		switch st {
-		case http.StateNew:
-			if n := open.Add(1); n > peak.Load() {
-				peak.Store(n)
-			}
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
-		}
-	}
+	conns := countConns(srv)
 	srv.Start()
 	defer srv.Close()
 
@@ -269,11 +280,11 @@ func TestNewClientBoundsConnections(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, func() bool { return open.Load() == 3 })
+	waitFor(t, func() bool { return conns.open.Load() == 3 })
 	time.Sleep(50 * time.Millisecond) // would let a 4th connection appear
 	close(release)
 	wg.Wait()
-	if p := peak.Load(); p > 3 {
+	if p := conns.peak.Load(); p > 3 {
 		t.Errorf("peak connections %d, want at most 3", p)
 	}
 	if n := testutil.CollectAndCount(reg, "trellis_consul_requests_total"); n != 1 {

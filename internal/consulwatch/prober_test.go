@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -205,23 +204,12 @@ func TestIndexProberErrors(t *testing.T) {
 // TestIndexProberBoundsConnections: however many batches run at once, the
 // prober holds at most its connections, and reuses them.
 func TestIndexProberBoundsConnections(t *testing.T) {
-	var open, peak, opened atomic.Int32
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(time.Millisecond)
 		w.Header().Set("X-Consul-Index", "7")
 		fmt.Fprint(w, "[]")
 	}))
-	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		switch st {
-		case http.StateNew:
-			opened.Add(1)
-			if n := open.Add(1); n > peak.Load() {
-				peak.Store(n)
-			}
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
-		}
-	}
+	conns := countConns(srv)
 	srv.Start()
 	defer srv.Close()
 	cfg := api.DefaultConfig()
@@ -241,7 +229,7 @@ func TestIndexProberBoundsConnections(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if p, o := peak.Load(), opened.Load(); p > 2 || o > 2 {
+	if p, o := conns.peak.Load(), conns.opened.Load(); p > 2 || o > 2 {
 		t.Errorf("peak connections %d, opened %d, want at most 2 of each", p, o)
 	}
 }

@@ -1,88 +1,16 @@
 package certprovider
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"math/big"
-	"net/url"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	grpccertprovider "google.golang.org/grpc/credentials/tls/certprovider"
+
+	"github.com/trellis-mesh/trellis/identity/internal/testca"
 )
-
-// testCA is a trust domain's X.509 authority.
-type testCA struct {
-	td   spiffeid.TrustDomain
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t *testing.T, td string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: td},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{td: spiffeid.RequireTrustDomainFromString(td), cert: cert, key: key}
-}
-
-// svid issues an X.509 SVID of the CA's trust domain with path.
-func (ca *testCA) svid(t *testing.T, path string) *x509svid.SVID {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := spiffeid.RequireFromPath(ca.td, path)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
-}
-
-func (ca *testCA) bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
-}
 
 // verifies reports whether leaf verifies against roots as a client
 // certificate, as grpc-go's xDS server credentials verify one.
@@ -92,10 +20,10 @@ func verifies(leaf *x509.Certificate, roots *x509.CertPool) bool {
 }
 
 func TestKeyMaterialRoots(t *testing.T) {
-	own, federated := newTestCA(t, "trellis.test"), newTestCA(t, "other.test")
-	svid := own.svid(t, "/ns/default/dc/dc1/svc/echo")
-	local, foreign := own.svid(t, "/ns/default/dc/dc1/svc/web"), federated.svid(t, "/ns/default/dc/dc1/svc/web")
-	bundles := x509bundle.NewSet(own.bundle(), federated.bundle())
+	own, federated := testca.New(t, "trellis.test"), testca.New(t, "other.test")
+	svid := own.SVID(t, "/ns/default/dc/dc1/svc/echo")
+	local, foreign := own.SVID(t, "/ns/default/dc/dc1/svc/web"), federated.SVID(t, "/ns/default/dc/dc1/svc/web")
+	bundles := x509bundle.NewSet(own.X509Bundle(), federated.X509Bundle())
 
 	tests := []struct {
 		name        string
@@ -107,7 +35,7 @@ func TestKeyMaterialRoots(t *testing.T) {
 	}{
 		{name: "all", bundles: bundles, wantDomains: []string{"other.test", "trellis.test"}, wantForeign: true, wantLocal: true},
 		{name: "own trust domain", bundles: bundles, ownTD: true, wantDomains: []string{"trellis.test"}, wantLocal: true},
-		{name: "own trust domain without its bundle", bundles: x509bundle.NewSet(federated.bundle()), ownTD: true, wantDomains: nil},
+		{name: "own trust domain without its bundle", bundles: x509bundle.NewSet(federated.X509Bundle()), ownTD: true, wantDomains: nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,15 +2,10 @@ package spiffetls_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/url"
 	"strings"
@@ -29,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/trellis-mesh/trellis/identity/certprovider"
+	"github.com/trellis-mesh/trellis/identity/internal/testca"
 	"github.com/trellis-mesh/trellis/identity/spiffetls"
 	"github.com/trellis-mesh/trellis/internal/testutil/spiretest"
 )
@@ -176,73 +172,6 @@ func TestMTLSWithSPIRE(t *testing.T) {
 	}
 }
 
-// testCA is a trust domain's CA for the edge cases SPIRE does not produce
-// on demand (expired SVIDs, certificates that are not SVIDs).
-type testCA struct {
-	td   spiffeid.TrustDomain
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newCA(t *testing.T, td string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: td},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		URIs:                  []*url.URL{{Scheme: "spiffe", Host: td}},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{td: spiffeid.RequireTrustDomainFromString(td), cert: cert, key: key}
-}
-
-// issue returns a leaf for uri (none when empty), valid until notAfter.
-func (ca *testCA) issue(t *testing.T, uri string, notAfter time.Time) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		NotBefore:    time.Now().Add(-2 * time.Hour),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	if uri != "" {
-		u, err := url.Parse(uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = []*url.URL{u}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
-}
-
 // staticSource serves fixed key material, or an error.
 type staticSource struct {
 	km  *grpccertprovider.KeyMaterial
@@ -253,10 +182,10 @@ func (s staticSource) KeyMaterial(context.Context) (*grpccertprovider.KeyMateria
 	return s.km, s.err
 }
 
-func bundleMap(cas ...*testCA) map[string]*spiffebundle.Bundle {
+func bundleMap(cas ...*testca.CA) map[string]*spiffebundle.Bundle {
 	m := map[string]*spiffebundle.Bundle{}
 	for _, ca := range cas {
-		m[ca.td.Name()] = spiffebundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+		m[ca.TrustDomain.Name()] = spiffebundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.Cert})
 	}
 	return m
 }
@@ -266,21 +195,21 @@ func bundleMap(cas ...*testCA) map[string]*spiffebundle.Bundle {
 // SPIFFE ID, and a local source without key material.
 func TestHandshakeEdgeCases(t *testing.T) {
 	hour := time.Now().Add(time.Hour)
-	trellis := newCA(t, "trellis.test")
-	other := newCA(t, "other.test")
+	trellis := testca.New(t, "trellis.test")
+	other := testca.New(t, "other.test")
 	serverID := "spiffe://trellis.test/trellis/control-plane"
 	serverSrc := staticSource{km: &grpccertprovider.KeyMaterial{
-		Certs:           []tls.Certificate{trellis.issue(t, serverID, hour)},
+		Certs:           []tls.Certificate{trellis.Issue(t, serverID, hour)},
 		SPIFFEBundleMap: bundleMap(trellis, other),
 	}}
 	srv := startServer(t, spiffetls.ServerCredentials(serverSrc, spiffetls.AuthorizeTrustDomains()))
 
-	client := func(cert tls.Certificate, cas ...*testCA) staticSource {
+	client := func(cert tls.Certificate, cas ...*testca.CA) staticSource {
 		return staticSource{km: &grpccertprovider.KeyMaterial{Certs: []tls.Certificate{cert}, SPIFFEBundleMap: bundleMap(cas...)}}
 	}
-	rootsOnly := func(cert tls.Certificate, ca *testCA) staticSource {
+	rootsOnly := func(cert tls.Certificate, ca *testca.CA) staticSource {
 		pool := x509.NewCertPool()
-		pool.AddCert(ca.cert)
+		pool.AddCert(ca.Cert)
 		return staticSource{km: &grpccertprovider.KeyMaterial{Certs: []tls.Certificate{cert}, Roots: pool}}
 	}
 	tests := []struct {
@@ -295,36 +224,36 @@ func TestHandshakeEdgeCases(t *testing.T) {
 	}{
 		{
 			name:     "same trust domain",
-			src:      client(trellis.issue(t, "spiffe://trellis.test/a", hour), trellis),
+			src:      client(trellis.Issue(t, "spiffe://trellis.test/a", hour), trellis),
 			wantPeer: "spiffe://trellis.test/a",
 		},
 		{
 			name:     "roots without a bundle map",
-			src:      rootsOnly(trellis.issue(t, "spiffe://trellis.test/b", hour), trellis),
+			src:      rootsOnly(trellis.Issue(t, "spiffe://trellis.test/b", hour), trellis),
 			wantPeer: "spiffe://trellis.test/b",
 		},
 		{
 			// Its chain verifies (the server holds other.test's bundle)
 			// but the server accepts only its own trust domain.
 			name:      "client of a federated trust domain not accepted",
-			src:       client(other.issue(t, "spiffe://other.test/a", hour), trellis, other),
+			src:       client(other.Issue(t, "spiffe://other.test/a", hour), trellis, other),
 			trust:     spiffetls.AuthorizeAny(),
 			serverErr: "spiffe://other.test/a is not in an accepted trust domain [trellis.test]",
 		},
 		{
 			name:      "expired client SVID",
-			src:       client(trellis.issue(t, "spiffe://trellis.test/old", time.Now().Add(-time.Minute)), trellis),
+			src:       client(trellis.Issue(t, "spiffe://trellis.test/old", time.Now().Add(-time.Minute)), trellis),
 			serverErr: "expired",
 		},
 		{
 			name: "client certificate without a SPIFFE ID",
-			src:  client(trellis.issue(t, "", hour), trellis),
+			src:  client(trellis.Issue(t, "", hour), trellis),
 			// The client itself refuses to use it.
 			wantErr: "not an X.509 SVID",
 		},
 		{
 			name:    "client without trust in the server's trust domain",
-			src:     client(other.issue(t, "spiffe://other.test/b", hour), other),
+			src:     client(other.Issue(t, "spiffe://other.test/b", hour), other),
 			wantErr: "trellis.test",
 		},
 		{
@@ -434,9 +363,9 @@ type otherAuth struct{}
 func (otherAuth) AuthType() string { return "alts" }
 
 func TestPeerIDFromAuthInfo(t *testing.T) {
-	ca := newCA(t, "trellis.test")
-	svid := ca.issue(t, "spiffe://trellis.test/a", time.Now().Add(time.Hour))
-	plain := ca.issue(t, "", time.Now().Add(time.Hour))
+	ca := testca.New(t, "trellis.test")
+	svid := ca.Issue(t, "spiffe://trellis.test/a", time.Now().Add(time.Hour))
+	plain := ca.Issue(t, "", time.Now().Add(time.Hour))
 	id, _ := url.Parse("spiffe://trellis.test/b")
 	tests := []struct {
 		name    string
@@ -470,9 +399,9 @@ func TestPeerIDFromAuthInfo(t *testing.T) {
 
 // TestSourceAdapters: a Source seen through go-spiffe's interfaces.
 func TestSourceAdapters(t *testing.T) {
-	ca := newCA(t, "trellis.test")
+	ca := testca.New(t, "trellis.test")
 	src := staticSource{km: &grpccertprovider.KeyMaterial{
-		Certs:           []tls.Certificate{ca.issue(t, "spiffe://trellis.test/a", time.Now().Add(time.Hour))},
+		Certs:           []tls.Certificate{ca.Issue(t, "spiffe://trellis.test/a", time.Now().Add(time.Hour))},
 		SPIFFEBundleMap: bundleMap(ca),
 	}}
 	svid, err := spiffetls.SVIDSource(src).GetX509SVID()
@@ -481,7 +410,7 @@ func TestSourceAdapters(t *testing.T) {
 	}
 	td := spiffeid.RequireTrustDomainFromString("trellis.test")
 	b, err := spiffetls.BundleSource(src).GetX509BundleForTrustDomain(td)
-	if err != nil || !b.HasX509Authority(ca.cert) {
+	if err != nil || !b.HasX509Authority(ca.Cert) {
 		t.Fatalf("GetX509BundleForTrustDomain(%s) = %v, %v", td, b, err)
 	}
 	if _, err := spiffetls.BundleSource(src).GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.test")); err == nil || !strings.Contains(err.Error(), `no trust bundle for trust domain "other.test"`) {

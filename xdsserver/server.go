@@ -39,6 +39,14 @@ const (
 	DefaultShutdownGrace = 5 * time.Second
 	// maxConcurrentStreams bounds the streams one connection may open.
 	maxConcurrentStreams = 1_000_000
+	// ackWindow is the HTTP/2 flow-control window the server grants each
+	// connection and stream for what clients send: requests and ACKs of
+	// a few hundred bytes. Setting it turns off grpc-go's bandwidth-delay
+	// estimator on the server side, which otherwise answers the first
+	// data frame after every quiet spell (every ACK of a push) with a
+	// PING of its own: one more write and one more read on each side per
+	// client per push, for a window ADS never needs to grow.
+	ackWindow = 64 * 1024
 )
 
 // Config configures a Server.
@@ -156,6 +164,8 @@ func New(cfg Config) (*Server, error) {
 		// holding 32 KiB per connection between them would cost 320 MiB
 		// at 10,000 clients.
 		grpc.SharedWriteBuffer(true),
+		grpc.InitialWindowSize(ackWindow),
+		grpc.InitialConnWindowSize(ackWindow),
 	}
 	opts = append(opts, cfg.ServerOptions...)
 	s := &Server{watcher: watcher, logger: logger, tracker: tr, opts: opts, grace: grace, scope: cfg.Scope, services: cfg.Services}

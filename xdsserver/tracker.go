@@ -105,7 +105,8 @@ type Locality struct {
 
 // ContentVersioner tells the content versions (package xdscache) of the
 // resources a client of a profile is served: for each of names, the version,
-// or no entry when the resource is not served. *ProfileCaches implements it,
+// or no entry when the resource is not served, in a new map the caller
+// owns. *ProfileCaches implements it,
 // and so does CacheVersions for a single cache.
 type ContentVersioner interface {
 	ContentVersions(profile, typeURL string, names []string) map[string]string
@@ -413,7 +414,9 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 	ts.status.AckedAt = now
 	t.totals.ACKs++
 	t.acks.WithLabelValues(label).Inc()
-	t.logger.Debug("xDS response accepted", "node", st.status.NodeID, "stream", id, "type", typeURL, "version", req.GetVersionInfo())
+	if t.logger.Enabled(context.Background(), slog.LevelDebug) { // spares every ACK the arguments' allocations
+		t.logger.Debug("xDS response accepted", "node", st.status.NodeID, "stream", id, "type", typeURL, "version", req.GetVersionInfo())
+	}
 	return nil
 }
 
@@ -432,10 +435,11 @@ func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoveryv3
 			profile = st.status.Profile
 		}
 		t.mu.Unlock()
-		got := t.versions.ContentVersions(profile, resp.GetTypeUrl(), req.GetResourceNames())
-		content = make(map[string]string, len(req.GetResourceNames()))
+		content = t.versions.ContentVersions(profile, resp.GetTypeUrl(), req.GetResourceNames())
 		for _, name := range req.GetResourceNames() {
-			content[name] = got[name]
+			if _, ok := content[name]; !ok {
+				content[name] = "" // not served
+			}
 		}
 	}
 	t.mu.Lock()

@@ -1,7 +1,9 @@
 package catalog
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"reflect"
@@ -24,6 +26,16 @@ type listEvent struct {
 	// filtered: the ACL token hides some services, so a service missing
 	// from tags may still be registered.
 	filtered bool
+	// same: Consul answered exactly the bytes of the previous answer
+	// (tags is then the previous answer's map): only the index moved.
+	same bool
+}
+
+// serviceList is one answer of the service list, decoded.
+type serviceList struct {
+	tags map[string][]string
+	body json.RawMessage
+	same bool
 }
 
 // healthEvent is one answer of the non-passing checks detector.
@@ -83,25 +95,44 @@ const (
 // watchList runs the service-list detector.
 func (w *Watcher) watchList(ctx context.Context, out chan<- listEvent) {
 	// empty and filtered describe the last answer; Fetch and Succeeded run
-	// one after the other on this goroutine.
+	// one after the other on this goroutine. A registration that changes
+	// no service's tags (a new instance, an address edit) moves the list's
+	// index and leaves its body byte for byte the same (Consul encodes
+	// the map with sorted keys): the body last handed to the coordinator
+	// spares decoding it, and the coordinator comparing it, at every such
+	// change.
 	var empty, filtered bool
-	consulwatch.Run(ctx, w.tracker, consulwatch.Query[map[string][]string]{
+	var lastBody json.RawMessage
+	var lastTags map[string][]string
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[serviceList]{
 		Name: "service list",
-		Fetch: func(opts *api.QueryOptions) (map[string][]string, *api.QueryMeta, error) {
-			services, meta, err := w.cfg.Client.Catalog().Services(opts)
+		Fetch: func(opts *api.QueryOptions) (serviceList, *api.QueryMeta, error) {
+			var body json.RawMessage
+			meta, err := w.cfg.Client.Raw().Query("/v1/catalog/services", &body, opts)
 			if err != nil {
-				return nil, nil, err
+				return serviceList{}, nil, err
+			}
+			empty, filtered = len(lastTags) == 0, meta != nil && meta.ResultsFilteredByACLs
+			if lastTags != nil && bytes.Equal(body, lastBody) {
+				return serviceList{tags: lastTags, same: true}, meta, nil
+			}
+			var services map[string][]string
+			if err := json.Unmarshal(body, &services); err != nil {
+				return serviceList{}, nil, fmt.Errorf("decode the service list: %w", err)
 			}
 			tags := make(map[string][]string, len(services))
 			for name, t := range services {
 				tags[name] = sortedTags(t)
 			}
-			empty, filtered = len(services) == 0, meta != nil && meta.ResultsFilteredByACLs
-			return tags, meta, nil
+			empty = len(services) == 0
+			return serviceList{tags: tags, body: body}, meta, nil
 		},
-		Changed: func(tags map[string][]string, meta *api.QueryMeta) bool {
+		Changed: func(list serviceList, meta *api.QueryMeta) bool {
 			select {
-			case out <- listEvent{tags: tags, index: meta.LastIndex, filtered: meta.ResultsFilteredByACLs}:
+			case out <- listEvent{tags: list.tags, index: meta.LastIndex, filtered: meta.ResultsFilteredByACLs, same: list.same}:
+				if !list.same {
+					lastBody, lastTags = list.body, list.tags
+				}
 				return true
 			case <-ctx.Done():
 				return false
@@ -301,7 +332,10 @@ type coordinator struct {
 	unexplained map[uint64]uint64
 	sweepGen    uint64   // counts the sweeps started
 	sweepQueue  []string // services left to probe in the running sweep
-	batches     int      // Prober batches in flight
+	// byName is every service's name, sorted; nil once a service came
+	// or went, until the next sweep sorts them again.
+	byName  []string
+	batches int // Prober batches in flight
 	// proberFailed is when a Prober batch last failed: probes go one by
 	// one until proberRetry has passed.
 	proberFailed time.Time
@@ -464,11 +498,17 @@ func (c *coordinator) onList(ev listEvent) {
 	if first {
 		c.changed() // an empty catalog is a complete one
 	}
+	if ev.same && !first {
+		// The services and their tags are what the last answer said.
+		c.onListIndex(ev, false)
+		return
+	}
 	for name, tags := range ev.tags {
 		e, ok := c.services[name]
 		switch {
 		case !ok:
 			c.services[name] = &entry{tags: tags}
+			c.byName = nil
 			reason := reasonList
 			if first {
 				reason = reasonInitial
@@ -489,6 +529,7 @@ func (c *coordinator) onList(ev listEvent) {
 		c.dropNodes(name, e.nodes)
 		hiddenGone = hiddenGone || e.hidden
 		delete(c.services, name)
+		c.byName = nil
 		delete(c.retryAt, name)
 		c.touched[name] = true
 		removed = true
@@ -497,11 +538,17 @@ func (c *coordinator) onList(ev listEvent) {
 	if hiddenGone {
 		c.reportHidden()
 	}
+	c.onListIndex(ev, first || removed)
+}
+
+// onListIndex looks for the registration change behind a new index of the
+// service list, unless the list's answer accounted for it (explained).
+func (c *coordinator) onListIndex(ev listEvent, explained bool) {
 	switch {
-	case first || ev.index <= c.listIndex:
-	case removed:
-		// The write at this index removed a service's last instance: the
-		// list itself accounts for it.
+	case ev.index <= c.listIndex:
+	case explained:
+		// The first answer, or the write at this index removed a
+		// service's last instance: the list itself accounts for it.
 	case len(c.unexplained) >= maxUnexplained:
 		// Too many registration changes unaccounted for at once: look at
 		// every service, and forget them.
@@ -803,27 +850,51 @@ func (c *coordinator) startSweep(now time.Time) {
 	c.sweepGen++
 	c.sweepCancellable = c.againCancellable
 	c.lastSweep = now
-	type byChange struct {
-		name string
-		at   time.Time
-	}
-	order := make([]byChange, 0, len(c.services))
-	for name, e := range c.services {
-		order = append(order, byChange{name, e.lastChange})
-	}
-	slices.SortFunc(order, func(a, b byChange) int {
-		if !a.at.Equal(b.at) {
-			return b.at.Compare(a.at) // most recently changed first
-		}
-		return strings.Compare(a.name, b.name)
-	})
-	c.sweepQueue = make([]string, len(order))
-	for i, o := range order {
-		c.sweepQueue[i] = o.name
-	}
+	c.sweepQueue = c.sweepOrder()
 	c.w.metrics.sweeps.Inc()
 	c.w.counted(0, 1)
 	c.w.logger.Debug("index sweep", "services", len(c.sweepQueue))
+}
+
+// sweepOrder is the order a sweep probes the services in: the
+// probeBatch most recently changed first, newest first (a registration
+// change often follows others to the same service), then every other
+// service by name. Only the times are sorted whole: a sweep of 10,000
+// services starts in a fraction of a millisecond.
+func (c *coordinator) sweepOrder() []string {
+	if c.byName == nil {
+		c.byName = slices.Sorted(maps.Keys(c.services))
+	}
+	order := make([]string, 0, len(c.byName))
+	if len(c.byName) <= probeBatch {
+		order = append(order, c.byName...)
+		slices.SortStableFunc(order, func(a, b string) int {
+			return c.services[b].lastChange.Compare(c.services[a].lastChange)
+		})
+		return order
+	}
+	times := make([]int64, 0, len(c.byName))
+	for _, name := range c.byName {
+		times = append(times, c.services[name].lastChange.UnixNano())
+	}
+	slices.Sort(times)
+	threshold := times[len(times)-probeBatch]
+	recent := map[string]bool{}
+	for _, name := range c.byName {
+		if len(order) < probeBatch && c.services[name].lastChange.UnixNano() >= threshold {
+			order = append(order, name)
+			recent[name] = true
+		}
+	}
+	slices.SortStableFunc(order, func(a, b string) int {
+		return c.services[b].lastChange.Compare(c.services[a].lastChange)
+	})
+	for _, name := range c.byName {
+		if !recent[name] {
+			order = append(order, name)
+		}
+	}
+	return order
 }
 
 // complete reports whether the first snapshot can be published: both

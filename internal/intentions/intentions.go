@@ -312,16 +312,18 @@ func (w *Watcher) process(entries []api.ConfigEntry, index uint64) {
 		return
 	}
 	w.published = next
+	// The counter and the status are updated before the snapshot can be
+	// received, so whoever holds it sees them count it.
+	w.snapshots.Inc()
+	w.mu.Lock()
+	w.status.Synced = true
+	w.mu.Unlock()
 	w.latest.Store(next)
 	select {
 	case <-w.snapshot:
 	default:
 	}
 	w.snapshot <- next // never blocks: Run is the only sender
-	w.snapshots.Inc()
-	w.mu.Lock()
-	w.status.Synced = true
-	w.mu.Unlock()
 	w.logger.Debug("intentions published", "intentions", next.Len(), "ignored", len(ignored), "index", index)
 }
 

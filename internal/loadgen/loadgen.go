@@ -116,6 +116,9 @@ type Generator struct {
 	streams []*stream
 	// connUse is how many streams the last connection carries.
 	connUse int
+
+	// memo decodes each distinct resource once for every stream.
+	memo decodeMemo
 	// readyCh is closed, and replaced, whenever the ready count reaches
 	// the number of streams or a stream fails: WaitReady re-checks then.
 	readyCh  chan struct{}

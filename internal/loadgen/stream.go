@@ -196,7 +196,7 @@ func (s *stream) handle(ads discoveryv3.AggregatedDiscoveryService_StreamAggrega
 	ev := Event{At: at, Bytes: uint32(size), Resources: uint16(min(len(resp.GetResources()), 1<<16-1)), Type: t}
 	st := &s.types[t]
 	st.nonce = resp.GetNonce()
-	endpoints, children, decodeErr := decode(t, resp.GetResources())
+	endpoints, children, decodeErr := g.memo.decodeAll(t, resp.GetResources())
 	if decodeErr != nil {
 		ev.NACKed = true
 		s.record(ev)
@@ -322,66 +322,120 @@ func (s *stream) resetEvents() {
 	s.events = s.events[:0]
 }
 
-// decode reads the resources of a response of type t: for endpoints, how
-// many a client would use; for the other types, the names of the next
-// type each resource refers to.
-func decode(t Type, resources []*anypb.Any) (endpoints int, children map[string][]string, err error) {
+// maxMemo bounds the distinct resource encodings a Generator remembers
+// the decoding of; past it the memo starts again empty.
+const maxMemo = 8192
+
+// decodeMemo remembers what each distinct resource encoding decoded to.
+// Every stream watching a resource receives the same bytes: decoding them
+// once per push instead of once per stream keeps the generator's own CPU,
+// which shares the machine with the control plane it measures, small,
+// while each stream still ACKs or NACKs exactly what a decoding says.
+type decodeMemo struct {
+	mu sync.Mutex
+	m  map[memoKey]decoded
+}
+
+type memoKey struct{ typeURL, value string }
+
+// decoded is what one resource says to a stream: its name and the names
+// of the next type it refers to, or its usable endpoints.
+type decoded struct {
+	name      string
+	refs      []string
+	endpoints int
+	err       error
+}
+
+func (m *decodeMemo) decode(t Type, a *anypb.Any) decoded {
+	m.mu.Lock()
+	d, ok := m.m[memoKey{a.GetTypeUrl(), string(a.GetValue())}]
+	m.mu.Unlock()
+	if ok {
+		return d
+	}
+	d = decodeResource(t, a)
+	m.mu.Lock()
+	if m.m == nil || len(m.m) >= maxMemo {
+		m.m = make(map[memoKey]decoded)
+	}
+	m.m[memoKey{a.GetTypeUrl(), string(a.GetValue())}] = d
+	m.mu.Unlock()
+	return d
+}
+
+// decodeAll decodes a response's resources as a client of type t would: the
+// usable endpoints of ClusterLoadAssignments, else each resource's
+// references to the next type, by resource name. The reference slices are
+// shared between streams: they must not be modified.
+func (m *decodeMemo) decodeAll(t Type, resources []*anypb.Any) (endpoints int, children map[string][]string, err error) {
 	if t != ClusterLoadAssignment {
 		children = make(map[string][]string, len(resources))
 	}
 	for _, a := range resources {
-		if a.GetTypeUrl() == resourceWrapperURL {
-			var w discoveryv3.Resource
-			if err := a.UnmarshalTo(&w); err != nil {
-				return 0, nil, fmt.Errorf("decode resource wrapper: %w", err)
-			}
-			a = w.GetResource()
+		d := m.decode(t, a)
+		if d.err != nil {
+			return 0, nil, d.err
 		}
-		if a.GetTypeUrl() != typeURLs[t] {
-			return 0, nil, fmt.Errorf("resource of type %q in a %s response", a.GetTypeUrl(), t)
-		}
-		switch t {
-		case Listener:
-			var l listenerv3.Listener
-			if err := a.UnmarshalTo(&l); err != nil {
-				return 0, nil, fmt.Errorf("decode Listener: %w", err)
-			}
-			routes, err := listenerRoutes(&l)
-			if err != nil {
-				return 0, nil, fmt.Errorf("Listener %q: %w", l.GetName(), err)
-			}
-			children[l.GetName()] = routes
-		case RouteConfiguration:
-			var rc routev3.RouteConfiguration
-			if err := a.UnmarshalTo(&rc); err != nil {
-				return 0, nil, fmt.Errorf("decode RouteConfiguration: %w", err)
-			}
-			children[rc.GetName()] = routeClusters(&rc)
-		case Cluster:
-			var c clusterv3.Cluster
-			if err := a.UnmarshalTo(&c); err != nil {
-				return 0, nil, fmt.Errorf("decode Cluster: %w", err)
-			}
-			if c.GetType() != clusterv3.Cluster_EDS {
-				// LOGICAL_DNS and aggregate clusters subscribe to no
-				// endpoints of their own here.
-				children[c.GetName()] = nil
-				continue
-			}
-			name := c.GetEdsClusterConfig().GetServiceName()
-			if name == "" {
-				name = c.GetName()
-			}
-			children[c.GetName()] = []string{name}
-		case ClusterLoadAssignment:
-			var cla endpointv3.ClusterLoadAssignment
-			if err := a.UnmarshalTo(&cla); err != nil {
-				return 0, nil, fmt.Errorf("decode ClusterLoadAssignment: %w", err)
-			}
-			endpoints += usableEndpoints(&cla)
+		endpoints += d.endpoints
+		if children != nil {
+			children[d.name] = d.refs
 		}
 	}
 	return endpoints, children, nil
+}
+
+// decodeResource decodes one resource of a response of type t.
+func decodeResource(t Type, a *anypb.Any) decoded {
+	if a.GetTypeUrl() == resourceWrapperURL {
+		var w discoveryv3.Resource
+		if err := a.UnmarshalTo(&w); err != nil {
+			return decoded{err: fmt.Errorf("decode resource wrapper: %w", err)}
+		}
+		a = w.GetResource()
+	}
+	if a.GetTypeUrl() != typeURLs[t] {
+		return decoded{err: fmt.Errorf("resource of type %q in a %s response", a.GetTypeUrl(), t)}
+	}
+	switch t {
+	case Listener:
+		var l listenerv3.Listener
+		if err := a.UnmarshalTo(&l); err != nil {
+			return decoded{err: fmt.Errorf("decode Listener: %w", err)}
+		}
+		routes, err := listenerRoutes(&l)
+		if err != nil {
+			return decoded{err: fmt.Errorf("Listener %q: %w", l.GetName(), err)}
+		}
+		return decoded{name: l.GetName(), refs: routes}
+	case RouteConfiguration:
+		var rc routev3.RouteConfiguration
+		if err := a.UnmarshalTo(&rc); err != nil {
+			return decoded{err: fmt.Errorf("decode RouteConfiguration: %w", err)}
+		}
+		return decoded{name: rc.GetName(), refs: routeClusters(&rc)}
+	case Cluster:
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			return decoded{err: fmt.Errorf("decode Cluster: %w", err)}
+		}
+		if c.GetType() != clusterv3.Cluster_EDS {
+			// LOGICAL_DNS and aggregate clusters subscribe to no
+			// endpoints of their own here.
+			return decoded{name: c.GetName()}
+		}
+		name := c.GetEdsClusterConfig().GetServiceName()
+		if name == "" {
+			name = c.GetName()
+		}
+		return decoded{name: c.GetName(), refs: []string{name}}
+	default: // ClusterLoadAssignment
+		var cla endpointv3.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			return decoded{err: fmt.Errorf("decode ClusterLoadAssignment: %w", err)}
+		}
+		return decoded{name: cla.GetClusterName(), endpoints: usableEndpoints(&cla)}
+	}
 }
 
 // listenerRoutes returns the route configuration a client Listener names

@@ -397,16 +397,18 @@ func (w *Watcher) process(pairs consulapi.KVPairs, index uint64) {
 	}
 	w.published = revisions
 	snap := &Snapshot{Policies: policies, Revisions: maps.Clone(revisions), Index: index}
+	// The counter and the status are updated before the snapshot can be
+	// received, so whoever holds it sees them count it.
+	w.snapshots.Inc()
+	w.mu.Lock()
+	w.status.Synced = true
+	w.mu.Unlock()
 	w.latest.Store(snap)
 	select {
 	case <-w.snapshot:
 	default:
 	}
 	w.snapshot <- snap // never blocks: Run is the only sender
-	w.snapshots.Inc()
-	w.mu.Lock()
-	w.status.Synced = true
-	w.mu.Unlock()
 	w.logger.Debug("policies published", "policies", len(policies), "index", index)
 }
 

@@ -3,7 +3,6 @@ package xdsserver_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"syscall"
@@ -60,24 +59,10 @@ func BenchmarkFanout(b *testing.B) {
 		gen++
 	}
 	apply()
-	srv, err := xdsserver.New(xdsserver.Config{Cache: c})
-	if err != nil {
-		b.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, addr := serveXDS(b, xdsserver.Config{Cache: c})
 	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, lis) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			b.Error(err)
-		}
-	}()
-	lg, err := loadgen.New(loadgen.Config{Target: lis.Addr().String(), MaxEventsPerStream: 64})
+	defer cancel()
+	lg, err := loadgen.New(loadgen.Config{Target: addr, MaxEventsPerStream: 64})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -152,21 +152,28 @@ func startBackend(t *testing.T) *net.TCPAddr {
 // server and its address.
 func startServer(t *testing.T, c *xdscache.Cache, reg prometheus.Registerer) (*xdsserver.Server, string) {
 	t.Helper()
-	srv, err := xdsserver.New(xdsserver.Config{Cache: c, Registerer: reg, Logger: testLogger(t)})
+	return serveXDS(t, xdsserver.Config{Cache: c, Registerer: reg, Logger: testLogger(t)})
+}
+
+// serveXDS serves a Server made from cfg on 127.0.0.1 until the test or
+// benchmark ends, and returns the server and its address.
+func serveXDS(tb testing.TB, cfg xdsserver.Config) (*xdsserver.Server, string) {
+	tb.Helper()
+	srv, err := xdsserver.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
+			tb.Errorf("Serve: %v", err)
 		}
 	})
 	return srv, lis.Addr().String()

@@ -353,13 +353,8 @@ func TestConsulACLs(t *testing.T) {
 // connection, with the same TLS settings): README's policy is found
 // complete, and a token without node:read is reported by the token check.
 func TestConsulACLsOverHTTPS(t *testing.T) {
-	ca := newPEMCA(t)
-	serverCert, serverKey := ca.issue(t, "server.dc1.consul", 2)
-	clientCert, clientKey := ca.issue(t, "trellis", 3)
-	caPath := filepath.Join(ca.dir, "ca.pem")
-	consul := consultest.Start(t, consultest.Options{HTTPS: true, Token: "root", HCL: []string{aclAgentHCL, fmt.Sprintf(
-		`tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = true } }`,
-		caPath, serverCert, serverKey)}})
+	certs := newConsulTLS(t)
+	consul := consultest.Start(t, consultest.Options{HTTPS: true, Token: "root", HCL: []string{aclAgentHCL, certs.agentHCL()}})
 	root := consul.Client(t)
 	startBackend(t, consul, "echo", "echo-1", backendOptions{})
 	policy := readmeACLPolicy(t)
@@ -368,10 +363,7 @@ func TestConsulACLsOverHTTPS(t *testing.T) {
 		t.Fatalf("README's ACL policy has no node_prefix rule:\n%s", policy)
 	}
 
-	t.Setenv("CONSUL_HTTP_SSL", "true")
-	t.Setenv("CONSUL_CACERT", caPath)
-	t.Setenv("CONSUL_CLIENT_CERT", clientCert)
-	t.Setenv("CONSUL_CLIENT_KEY", clientKey)
+	certs.setClientEnv(t)
 	full := startTrellisWithToken(t, consul.HTTPSAddr(), aclToken(t, root, "https-full", policy))
 	partial := startTrellisWithToken(t, consul.HTTPSAddr(), aclToken(t, root, "https-no-node", noNode))
 

@@ -33,11 +33,14 @@ import (
 const controlplaneUsage = `Usage: trellis-bench controlplane [flags]
 
 For each catalog size, starts a stock consul agent -dev on loopback ports,
-registers the catalog (services svc-00000... with -instances instances each,
-one check per instance) through /v1/txn, starts the real trellis server and
-waits for /readyz. It then opens ADS streams (LDS -> RDS -> CDS -> EDS, every
-response ACKed), stream k watching service k mod services, in steps of
--streams, and at each step measures:
+its HTTPS API enabled beside its HTTP API (with a certificate from a CA made
+for the run), registers the catalog (services svc-00000... with -instances
+instances each, one check per instance) through /v1/txn over HTTP, starts
+the real trellis server, pointed at Consul's HTTPS address (or with
+-consul-scheme http its HTTP address), and waits for /readyz. It then opens
+ADS streams (LDS -> RDS -> CDS -> EDS, every response ACKed), stream k
+watching service k mod services, in steps of -streams, and at each step
+measures:
 
   - trellis RSS (/proc/<pid>/status VmRSS), and its slope between steps;
   - idle trellis CPU (/proc/<pid>/stat) and Consul requests per minute
@@ -86,6 +89,9 @@ type cpSettings struct {
 	ConsulBinary      string  `json:"consul_binary"`
 	TrellisBinary     string  `json:"trellis_binary"`
 	ConsulStockLimits bool    `json:"consul_stock_limits"`
+	// ConsulScheme is how trellis reaches Consul: "https" (its HTTPS API,
+	// where Consul serves HTTP/2) or "http".
+	ConsulScheme string `json:"consul_scheme"`
 }
 
 type cpResult struct {
@@ -297,6 +303,7 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 	fs.BoolVar(&set.Quick, "quick", false, "a short run: 100 and 1,000 services and streams, fewer changes, shorter windows")
 	pushTimeout := fs.Duration("push-timeout", 10*time.Second, "how long to wait for a push before counting it missed")
 	fs.StringVar(&set.ConsulBinary, "consul", "", "Consul binary (default: $TRELLIS_CONSUL_BIN, else ~/.cache/trellis/tools/consul-v1.16.1)")
+	fs.StringVar(&set.ConsulScheme, "consul-scheme", consulSchemeHTTPS, "the Consul API trellis uses: https (Consul's HTTPS API, the only one where Consul serves HTTP/2) or http; the agent serves both either way")
 	fs.StringVar(&set.TrellisBinary, "trellis", "", "trellis binary (default: built from ./cmd/trellis with go build)")
 	out := fs.String("o", "", "write the results as JSON to this file")
 	evaluate := fs.String("evaluate", "", "measure nothing: read the results in this JSON file, evaluate the targets again, print them and write the file back")
@@ -350,6 +357,8 @@ func controlplaneMain(ctx context.Context, args []string, stdout io.Writer) erro
 		return fmt.Errorf("-streams-per-conn %d: accepted: 1 or more", set.StreamsPerConn)
 	case *idle <= 0:
 		return fmt.Errorf("-idle %s: accepted: a positive duration", *idle)
+	case set.ConsulScheme != consulSchemeHTTPS && set.ConsulScheme != consulSchemeHTTP:
+		return fmt.Errorf("-consul-scheme %q: accepted: %s, %s", set.ConsulScheme, consulSchemeHTTPS, consulSchemeHTTP)
 	}
 	set.Services, set.Streams = services, streams
 	set.ChurnDurationS, set.IdleS, set.PushTimeoutS = churnDur.Seconds(), idle.Seconds(), pushTimeout.Seconds()
@@ -502,7 +511,7 @@ func (b *cpBench) measureCatalog(ctx context.Context, run *catalogRun) error {
 	run.CatalogWriteS = time.Since(start).Seconds()
 	log.Info("catalog written", "seconds", run.CatalogWriteS)
 
-	trellis, readyIn, err := startTrellis(ctx, b.set.TrellisBinary, consul.addr, dir, 5*time.Minute)
+	trellis, readyIn, err := startTrellis(ctx, b.set.TrellisBinary, consul.endpoint(b.set.ConsulScheme), dir, 5*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -1247,8 +1256,13 @@ func evaluateTargets(res *cpResult) []target {
 }
 
 func printTable(w io.Writer, res *cpResult) {
-	fmt.Fprintf(w, "control plane benchmark: %d CPUs, %s, streams per connection %d, %d changes per step, took %.0f s\n",
-		res.Machine.CPUs, res.Machine.GoVersion, res.Settings.StreamsPerConn, res.Settings.Changes, res.DurationS)
+	scheme := res.Settings.ConsulScheme
+	if scheme == "" {
+		// Results recorded without the setting were measured over HTTP.
+		scheme = consulSchemeHTTP
+	}
+	fmt.Fprintf(w, "control plane benchmark: %d CPUs, %s, trellis to Consul over %s, streams per connection %d, %d changes per step, took %.0f s\n",
+		res.Machine.CPUs, res.Machine.GoVersion, scheme, res.Settings.StreamsPerConn, res.Settings.Changes, res.DurationS)
 	for _, r := range res.Runs {
 		fmt.Fprintf(w, "\n%d services x %d instances: catalog written in %.1f s, trellis ready in %.1f s (%.1f s CPU); Consul requests from %s\n",
 			r.Services, r.InstancesPerService, r.CatalogWriteS, r.TrellisReadyS, r.TrellisReadyCPUS, r.ConsulRequestsSource)

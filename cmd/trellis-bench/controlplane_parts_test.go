@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"io"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -99,6 +103,33 @@ func TestIntListFlag(t *testing.T) {
 	for _, bad := range []string{"", "0", "-5", "10,x"} {
 		if err := l.Set(bad); err == nil {
 			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+}
+
+func TestConsulSchemeFlag(t *testing.T) {
+	for _, bad := range []string{"", "HTTPS", "grpc", "https,http"} {
+		err := controlplaneMain(context.Background(), []string{"-consul-scheme", bad}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "-consul-scheme") || !strings.Contains(err.Error(), "accepted: https, http") {
+			t.Errorf("-consul-scheme %q: error %v, want one naming the flag and its accepted values", bad, err)
+		}
+	}
+}
+
+func TestConsulEndpoint(t *testing.T) {
+	a := &consulAgent{addr: "127.0.0.1:8500", httpsAddr: "127.0.0.1:8501", caFile: "/run/consul-tls/ca.pem"}
+	tests := []struct {
+		scheme   string
+		wantAddr string
+		wantEnv  []string
+	}{
+		{scheme: consulSchemeHTTPS, wantAddr: "https://127.0.0.1:8501", wantEnv: []string{"CONSUL_HTTP_ADDR=https://127.0.0.1:8501", "CONSUL_CACERT=/run/consul-tls/ca.pem"}},
+		{scheme: consulSchemeHTTP, wantAddr: "127.0.0.1:8500", wantEnv: []string{"CONSUL_HTTP_ADDR=127.0.0.1:8500"}},
+	}
+	for _, tt := range tests {
+		e := a.endpoint(tt.scheme)
+		if e.addr != tt.wantAddr || !slices.Equal(e.env(), tt.wantEnv) {
+			t.Errorf("endpoint(%s) = %q with env %q, want %q with env %q", tt.scheme, e.addr, e.env(), tt.wantAddr, tt.wantEnv)
 		}
 	}
 }

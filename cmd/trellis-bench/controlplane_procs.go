@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/trellis-mesh/trellis/internal/testutil/pemca"
 )
 
 // process is a child process the benchmark owns: Consul or trellis.
@@ -153,22 +156,46 @@ func freePorts(n int, udp []bool) ([]int, error) {
 	return out, nil
 }
 
-// consulAgent is a stock `consul agent -dev` on loopback ports. Its only
-// setting beyond the command line is Prometheus retention for its
-// telemetry, so that its request counters can be read; its limits (among
-// them http_max_conns_per_client = 200) are the defaults.
+// consulAgent is a stock `consul agent -dev` on loopback ports, serving
+// its HTTP API and its HTTPS API (where Consul serves HTTP/2). Its only
+// settings beyond the command line are Prometheus retention for its
+// telemetry, so that its request counters can be read, and the HTTPS API's
+// certificate, from a CA of its own, without client certificates; its
+// limits (among them http_max_conns_per_client = 200) are the defaults.
 type consulAgent struct {
 	*process
-	addr   string
+	// addr and httpsAddr are the HTTP and HTTPS API addresses, host:port.
+	addr, httpsAddr string
+	// caFile is the PEM file of the CA that signed the HTTPS certificate.
+	caFile string
+	// client is the benchmark's own client, over HTTP.
 	client *consulapi.Client
 }
 
 const benchNode = "bench-agent"
 
+// The values of -consul-scheme.
+const (
+	consulSchemeHTTPS = "https"
+	consulSchemeHTTP  = "http"
+)
+
+// consulTLSDir is the directory, in the run's, of the agent's CA and HTTPS
+// certificate.
+const consulTLSDir = "consul-tls"
+
 func startConsul(ctx context.Context, bin, dir string) (*consulAgent, error) {
-	ports, err := freePorts(4, []bool{false, true, true, false})
+	ports, err := freePorts(5, []bool{false, true, true, false, false})
 	if err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
+	}
+	ca, err := pemca.New(filepath.Join(dir, consulTLSDir))
+	if err != nil {
+		return nil, fmt.Errorf("consul HTTPS certificate: %w", err)
+	}
+	certFile, keyFile, err := ca.Issue("server.dc1.consul", 2)
+	if err != nil {
+		return nil, fmt.Errorf("consul HTTPS certificate: %w", err)
 	}
 	args := []string{"agent", "-dev",
 		"-node", benchNode,
@@ -177,16 +204,27 @@ func startConsul(ctx context.Context, bin, dir string) (*consulAgent, error) {
 		"-serf-lan-port", strconv.Itoa(ports[1]),
 		"-serf-wan-port", strconv.Itoa(ports[2]),
 		"-server-port", strconv.Itoa(ports[3]),
-		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1", "-https-port", "-1",
+		"-https-port", strconv.Itoa(ports[4]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-log-level", "warn",
 		"-hcl", "disable_update_check = true",
 		"-hcl", `telemetry { prometheus_retention_time = "24h" disable_hostname = true }`,
+		"-hcl", consulHTTPSConfig(ca.CertFile(), certFile, keyFile),
 	}
 	p, err := startProcess("consul", bin, args, os.Environ(), filepath.Join(dir, "consul.log"))
 	if err != nil {
 		return nil, err
 	}
-	a := &consulAgent{process: p, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))}
+	a := &consulAgent{
+		process:   p,
+		addr:      net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		httpsAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[4])),
+		caFile:    ca.CertFile(),
+	}
+	httpsProbe := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12},
+	}}
+	defer httpsProbe.CloseIdleConnections()
 	cfg := consulapi.DefaultNonPooledConfig()
 	cfg.Address = a.addr
 	cfg.Scheme = "http"
@@ -203,6 +241,9 @@ func startConsul(ctx context.Context, bin, dir string) (*consulAgent, error) {
 	for {
 		err := a.ready(ctx)
 		if err == nil {
+			err = a.httpsReady(ctx, httpsProbe)
+		}
+		if err == nil {
 			return a, nil
 		}
 		if perr := p.alive(); perr != nil {
@@ -214,6 +255,13 @@ func startConsul(ctx context.Context, bin, dir string) (*consulAgent, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// consulHTTPSConfig is the agent's tls stanza (Consul 1.16's syntax): its
+// HTTPS API serves certFile and asks clients for no certificate.
+func consulHTTPSConfig(caFile, certFile, keyFile string) string {
+	return fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = false } }`,
+		caFile, certFile, keyFile)
 }
 
 func (a *consulAgent) ready(ctx context.Context) error {
@@ -235,6 +283,55 @@ func (a *consulAgent) ready(ctx context.Context) error {
 		return errors.New("agent node not in the catalog yet")
 	}
 	return nil
+}
+
+// httpsReady checks that the HTTPS API answers with the agent's
+// certificate: GET /v1/status/leader through client, which trusts the
+// agent's CA only.
+func (a *consulAgent) httpsReady(ctx context.Context, client *http.Client) error {
+	url := "https://" + a.httpsAddr + "/v1/status/leader"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("HTTPS API: %w", err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTPS API: GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// consulEndpoint is how trellis reaches the agent: the address of
+// --consul-addr and CONSUL_HTTP_ADDR (https://host:port for the HTTPS API,
+// host:port for the HTTP API) and, over HTTPS, the CA file of
+// CONSUL_CACERT.
+type consulEndpoint struct {
+	addr   string
+	caFile string
+}
+
+// endpoint returns the agent's endpoint for scheme, one of
+// consulSchemeHTTPS and consulSchemeHTTP.
+func (a *consulAgent) endpoint(scheme string) consulEndpoint {
+	if scheme == consulSchemeHTTP {
+		return consulEndpoint{addr: a.addr}
+	}
+	return consulEndpoint{addr: "https://" + a.httpsAddr, caFile: a.caFile}
+}
+
+// env returns the variables Consul's clients read (api.DefaultConfig) for
+// the endpoint.
+func (e consulEndpoint) env() []string {
+	env := []string{"CONSUL_HTTP_ADDR=" + e.addr}
+	if e.caFile != "" {
+		env = append(env, "CONSUL_CACERT="+e.caFile)
+	}
+	return env
 }
 
 // benchPaths are the HTTP API paths (as Consul's telemetry labels them)
@@ -267,7 +364,7 @@ type trellisServer struct {
 	xdsAddr, adminAddr string
 }
 
-func startTrellis(ctx context.Context, bin, consulAddr, dir string, timeout time.Duration) (*trellisServer, time.Duration, error) {
+func startTrellis(ctx context.Context, bin string, consul consulEndpoint, dir string, timeout time.Duration) (*trellisServer, time.Duration, error) {
 	ports, err := freePorts(2, []bool{false, false})
 	if err != nil {
 		return nil, 0, fmt.Errorf("trellis: %w", err)
@@ -276,8 +373,8 @@ func startTrellis(ctx context.Context, bin, consulAddr, dir string, timeout time
 		xdsAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 		adminAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
 	}
-	args := []string{"server", "--xds-listen", s.xdsAddr, "--admin-listen", s.adminAddr, "--consul-addr", consulAddr, "--log-level", "info"}
-	env := append(os.Environ(), "CONSUL_HTTP_ADDR="+consulAddr)
+	args := []string{"server", "--xds-listen", s.xdsAddr, "--admin-listen", s.adminAddr, "--consul-addr", consul.addr, "--log-level", "info"}
+	env := append(os.Environ(), consul.env()...)
 	start := time.Now()
 	p, err := startProcess("trellis", bin, args, env, filepath.Join(dir, "trellis.log"))
 	if err != nil {

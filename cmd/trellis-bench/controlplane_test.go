@@ -13,7 +13,7 @@ import (
 
 // TestControlplaneSmoke runs a short control-plane benchmark end to end:
 // a real Consul agent with stock limits, the real trellis binary (built
-// from ./cmd/trellis) and 50 real ADS streams; every stream must ACK all
+// from ./cmd/trellis, reaching Consul over HTTPS) and 50 real ADS streams; every stream must ACK all
 // four types, every push must arrive at the streams watching the changed
 // service and nowhere else.
 func TestControlplaneSmoke(t *testing.T) {
@@ -41,6 +41,9 @@ func TestControlplaneSmoke(t *testing.T) {
 	}
 	if len(res.Problems) != 0 {
 		t.Errorf("problems: %v", res.Problems)
+	}
+	if res.Settings.ConsulScheme != "https" {
+		t.Errorf("settings: Consul scheme %q, want the default, https", res.Settings.ConsulScheme)
 	}
 	if len(res.Runs) != 1 {
 		t.Fatalf("%d runs, want 1", len(res.Runs))

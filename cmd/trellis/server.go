@@ -34,6 +34,7 @@ type serverOptions struct {
 	consulToken    string
 	consulDC       string
 	consulMaxConns int
+	consulWatches  int
 	excludeWarning bool
 	disablePanic   bool
 	zoneMetaKeys   []string
@@ -89,6 +90,7 @@ dns://127.0.0.1:8600/trellis-xds.service.consul:18000.`,
 	f.StringVar(&opts.consulAddr, "consul-addr", "", "Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	f.StringVar(&opts.consulToken, "consul-token", "", "Consul ACL token (default: CONSUL_HTTP_TOKEN)")
 	f.IntVar(&opts.consulMaxConns, "consul-max-conns", consulwatch.DefaultMaxConns, "most TCP connections to Consul at once, shared by every watch and read (Consul refuses an address above limits.http_max_conns_per_client, default 200, shared by every Consul client of the host)")
+	f.IntVar(&opts.consulWatches, "consul-service-watches", defaultServiceWatches, fmt.Sprintf("over Consul's HTTPS API, how many services are each watched with a blocking query of their own, multiplexed over HTTP/2 on their own connections (%d blocking queries per connection): changes to them reach clients without an index sweep; 0 turns them off (plain HTTP never has them)", consulwatch.StreamsPerConn))
 	f.StringVar(&opts.consulDC, "consul-datacenter", "", "Consul datacenter to serve (default: the agent's)")
 	f.BoolVar(&opts.excludeWarning, "exclude-warning", false, "send no calls to instances whose checks are warning (default: they receive calls)")
 	f.BoolVar(&opts.disablePanic, "disable-panic-routing", false, "when no instance of a service is healthy, send calls to none (default: to all instances not in maintenance)")
@@ -120,38 +122,79 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	}
 }
 
+// defaultServiceWatches is --consul-service-watches' default: a catalog
+// of 10,000 services watched whole, on 50 connections.
+const defaultServiceWatches = 10000
+
+// consulClients are the server's Consul clients.
+type consulClients struct {
+	// client is shared by every component: its connections, and the
+	// prober's, are bounded together by --consul-max-conns.
+	client *consulapi.Client
+	// prober is the catalog's index prober, nil when the bound leaves
+	// it no connection.
+	prober *consulwatch.IndexProber
+	// watch runs the catalog's per-service watches (watches of them),
+	// over HTTP/2 on connections of its own; nil over plain HTTP.
+	watch   *consulapi.Client
+	watches int
+	addr    string
+}
+
 // consulClient builds the Consul client every component of the server
 // shares, and the catalog's index prober: connections bounded together by
 // --consul-max-conns, requests counted. The prober gets up to
 // consulwatch.DefaultProbeConns of the connections the watches do not
 // need; at the minimum bound there is none, and sweeps probe through the
-// client (nil prober).
-func consulClient(opts serverOptions, reg prometheus.Registerer) (*consulapi.Client, *consulwatch.IndexProber, string, error) {
+// client (nil prober). Over HTTPS, a multiplexed client carries the
+// per-service watches (--consul-service-watches), on at most
+// consulwatch.MultiplexedConns of them more connections.
+func consulClient(opts serverOptions, reg prometheus.Registerer) (consulClients, error) {
 	cfg := consulAPIConfig(opts)
 	least := 5
 	if opts.consulMaxConns < least {
-		return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted: 5 or more (the catalog's three detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
+		return consulClients{}, fmt.Errorf("--consul-max-conns %d: accepted: 5 or more (the catalog's three detectors, the policy and intention watches each hold one)", opts.consulMaxConns)
 	}
 	if opts.consulConfig.enabled {
 		least = 11
 		if opts.consulMaxConns < least {
-			return nil, nil, "", fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 11 or more (the catalog's three detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
+			return consulClients{}, fmt.Errorf("--consul-max-conns %d: accepted with --consul-config-entries: 11 or more (the catalog's three detectors, the policy and intention watches and the five config entry lists each hold one, and chain reads need one more)", opts.consulMaxConns)
 		}
 	}
-	ccfg := consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Registerer: reg}
+	if opts.consulWatches < 0 {
+		return consulClients{}, fmt.Errorf("--consul-service-watches %d: accepted: 0 (none) or a positive number", opts.consulWatches)
+	}
+	requests, err := consulwatch.NewRequestsCounter(reg)
+	if err != nil {
+		return consulClients{}, err
+	}
+	out := consulClients{addr: cfg.Address}
+	ccfg := consulwatch.ClientConfig{API: cfg, MaxConns: opts.consulMaxConns, Requests: requests}
 	if spare := opts.consulMaxConns - least; spare > 0 {
 		ccfg.ProbeConns = min(spare, consulwatch.DefaultProbeConns)
-		client, prober, err := consulwatch.NewClientAndProber(ccfg)
-		if err != nil {
-			return nil, nil, "", fmt.Errorf("consul client: %w", err)
-		}
-		return client, prober, cfg.Address, nil
+		out.client, out.prober, err = consulwatch.NewClientAndProber(ccfg)
+	} else {
+		out.client, err = consulwatch.NewClient(ccfg)
 	}
-	client, err := consulwatch.NewClient(ccfg)
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("consul client: %w", err)
+		return consulClients{}, fmt.Errorf("consul client: %w", err)
 	}
-	return client, nil, cfg.Address, nil
+	if opts.consulWatches > 0 && consulHTTPS(cfg) {
+		out.watch, err = consulwatch.NewMultiplexedClient(ccfg, opts.consulWatches)
+		if err != nil {
+			return consulClients{}, fmt.Errorf("consul client for the service watches: %w", err)
+		}
+		out.watches = opts.consulWatches
+	}
+	return out, nil
+}
+
+// consulHTTPS reports whether cfg addresses Consul's HTTPS API.
+func consulHTTPS(cfg *consulapi.Config) bool {
+	if scheme, _, ok := strings.Cut(cfg.Address, "://"); ok {
+		return scheme == "https"
+	}
+	return cfg.Scheme == "https"
 }
 
 // consulAPIConfig is Consul's configuration as Consul's own tools read it
@@ -188,10 +231,11 @@ func runServer(ctx context.Context, opts serverOptions) error {
 	log.SetOutput(stdlogWriter{logger: logger})
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	client, prober, consulAddr, err := consulClient(opts, registry)
+	consul, err := consulClient(opts, registry)
 	if err != nil {
 		return err
 	}
+	client, prober, consulAddr := consul.client, consul.prober, consul.addr
 	consulMetrics, err := consulwatch.NewMetrics(registry)
 	if err != nil {
 		return err
@@ -218,6 +262,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		ConsulMetrics: consulMetrics,
 		ACL:           acl,
 		ZoneMetaKeys:  opts.zoneMetaKeys,
+		Watches:       consul.watches,
+		WatchClient:   consul.watch,
 	}
 	if prober != nil {
 		// A nil *IndexProber in the interface would not read as none.
@@ -362,7 +408,8 @@ func runServer(ctx context.Context, opts serverOptions) error {
 		xdsLis.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
-	logger.Info("trellis server starting", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "consul", consulAddr)
+	logger.Info("trellis server starting", "xds", xdsLis.Addr().String(), "admin", adminLis.Addr().String(), "consul", consulAddr,
+		"service_watches", consul.watches, "service_watch_conns", map[bool]int{true: consulwatch.MultiplexedConns(consul.watches)}[consul.watches > 0])
 	registration, err := newReplicaRegistration(opts.ha, client, xdsLis.Addr(), adminLis.Addr(), opts.tls.xdsTLS, logger)
 	if err != nil {
 		xdsLis.Close()

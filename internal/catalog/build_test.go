@@ -172,6 +172,7 @@ func TestNewConfig(t *testing.T) {
 		{name: "no client", cfg: Config{}, wantErr: "catalog: Config.Client is required"},
 		{name: "negative duration", cfg: Config{Client: client, Coalesce: -time.Second}, wantErr: "catalog: Config.Coalesce is -1s; accepted: a positive duration, or 0 for the default (50ms)"},
 		{name: "negative probe batches", cfg: Config{Client: client, ProbeBatches: -1}, wantErr: "catalog: Config.ProbeBatches is -1; accepted: a positive number, or 0 for the default (2)"},
+		{name: "watches without a client", cfg: Config{Client: client, Watches: 3}, wantErr: "catalog: Config.Watches is 3 without a Config.WatchClient; accepted: a client for that many concurrent blocking queries (consulwatch.NewMultiplexedClient)"},
 		{name: "defaults", cfg: Config{Client: client}},
 	}
 	for _, tt := range tests {
@@ -197,6 +198,7 @@ func TestNewConfig(t *testing.T) {
 				ReadConcurrency: 8,
 				SweepInterval:   2 * time.Minute,
 				ProbeBatches:    2,
+				WatchWaitTime:   5 * time.Minute,
 			}
 			got := w.cfg
 			got.Logger = nil

@@ -114,6 +114,7 @@ const (
 	DefaultMaxBackoff      = 5 * time.Second
 	DefaultReadConcurrency = 8
 	DefaultSweepInterval   = 2 * time.Minute
+	DefaultWatchWaitTime   = 5 * time.Minute
 )
 
 const (
@@ -196,6 +197,22 @@ type Config struct {
 	// ProbeBatches bounds the Prober batches in flight at once: give it
 	// the Prober's connections. Default: consulwatch.DefaultProbeConns.
 	ProbeBatches int
+	// Watches is how many services are each watched with a blocking query
+	// of their own, through WatchClient: a change to a watched service
+	// reaches a snapshot with Consul's answer to that query, without a
+	// detector or a sweep having to find it. The services beyond it (and
+	// those the ACL token hides) are looked after by the detectors and
+	// sweeps. Default: 0, no service is watched on its own.
+	Watches int
+	// WatchClient runs the per-service watches: it must carry Watches
+	// concurrent blocking queries on a few connections, as
+	// consulwatch.NewMultiplexedClient(cfg, Watches) does over HTTP/2.
+	// Required with Watches.
+	WatchClient *api.Client
+	// WatchWaitTime is how long one per-service blocking query waits for
+	// a change; a quiet catalog of 10,000 watched services costs Consul
+	// about 10,000/WatchWaitTime requests. Default: 5m.
+	WatchWaitTime time.Duration
 }
 
 // IndexProber reads the indexes of many services at once: for each name,
@@ -227,6 +244,8 @@ type Status struct {
 	Hidden []string
 	// Reads counts service reads, Sweeps index sweeps, since the start.
 	Reads, Sweeps uint64
+	// Watches is the number of services watched each on its own.
+	Watches int
 }
 
 // Watcher watches Consul and publishes snapshots. Create it with New and
@@ -252,6 +271,7 @@ type metrics struct {
 	reads     *prometheus.CounterVec
 	sweeps    prometheus.Counter
 	probes    prometheus.Counter
+	watches   prometheus.Gauge
 }
 
 // Reasons a service is read, as counted by trellis_catalog_reads_total.
@@ -261,6 +281,7 @@ const (
 	reasonHealth  = "health"
 	reasonSweep   = "sweep"
 	reasonRetry   = "retry"
+	reasonWatch   = "watch"
 )
 
 func newMetrics() metrics {
@@ -283,7 +304,7 @@ func newMetrics() metrics {
 		}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_catalog_reads_total",
-			Help: "Service reads from Consul, by what asked for them (initial, list, health, sweep, retry).",
+			Help: "Service reads from Consul, by what asked for them (initial, list, health, sweep, retry; watch: a per-service watch's answer that changed the service).",
 		}, []string{"reason"}),
 		sweeps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trellis_catalog_sweeps_total",
@@ -293,15 +314,19 @@ func newMetrics() metrics {
 			Name: "trellis_catalog_index_probes_total",
 			Help: "Per-service index probes sent by sweeps.",
 		}),
+		watches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_catalog_service_watches",
+			Help: "Services watched each with a blocking query of its own (multiplexed over HTTP/2).",
+		}),
 	}
-	for _, r := range []string{reasonInitial, reasonList, reasonHealth, reasonSweep, reasonRetry} {
+	for _, r := range []string{reasonInitial, reasonList, reasonHealth, reasonSweep, reasonRetry, reasonWatch} {
 		m.reads.WithLabelValues(r)
 	}
 	return m
 }
 
 func (m metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.reachable, m.errors, m.services, m.snapshots, m.reads, m.sweeps, m.probes} {
+	for _, c := range []prometheus.Collector{m.reachable, m.errors, m.services, m.snapshots, m.reads, m.sweeps, m.probes, m.watches} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -326,6 +351,7 @@ func New(cfg Config) (*Watcher, error) {
 		{"ProbeInterval", &cfg.ProbeInterval, DefaultProbeInterval},
 		{"MaxBackoff", &cfg.MaxBackoff, DefaultMaxBackoff},
 		{"SweepInterval", &cfg.SweepInterval, DefaultSweepInterval},
+		{"WatchWaitTime", &cfg.WatchWaitTime, DefaultWatchWaitTime},
 	} {
 		switch {
 		case *d.value < 0:
@@ -345,6 +371,12 @@ func New(cfg Config) (*Watcher, error) {
 		return nil, fmt.Errorf("catalog: Config.ProbeBatches is %d; accepted: a positive number, or 0 for the default (%d)", cfg.ProbeBatches, consulwatch.DefaultProbeConns)
 	case cfg.ProbeBatches == 0:
 		cfg.ProbeBatches = consulwatch.DefaultProbeConns
+	}
+	switch {
+	case cfg.Watches < 0:
+		return nil, fmt.Errorf("catalog: Config.Watches is %d; accepted: 0 (no per-service watch) or a positive number", cfg.Watches)
+	case cfg.Watches > 0 && cfg.WatchClient == nil:
+		return nil, fmt.Errorf("catalog: Config.Watches is %d without a Config.WatchClient; accepted: a client for that many concurrent blocking queries (consulwatch.NewMultiplexedClient)", cfg.Watches)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -417,8 +449,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	c := newCoordinator(w)
 	var wg sync.WaitGroup
+	c := newCoordinator(w, ctx, &wg)
 	wg.Go(func() { w.tracker.Run(ctx) })
 	wg.Go(func() { w.watchList(ctx, c.lists) })
 	for _, state := range checkStates {

@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/consulwatch"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/testutil/consultest"
+	"github.com/trellis-mesh/trellis/internal/testutil/pemca"
 )
 
 // waitCatalog polls the agent's catalog until it lists every service in
@@ -62,11 +63,23 @@ func healthIs(want model.Health) func(model.Instance) error {
 	}
 }
 
-func TestWatchConsulAgent(t *testing.T) { testWatchConsulAgent(t, false) }
+// How testWatchConsulAgent watches Consul.
+const (
+	viaReads   = "reads"   // detectors, reads, sweeps one probe at a time
+	viaBatches = "batches" // the same, sweeps through a consulwatch.IndexProber
+	viaWatches = "watches" // every service watched on its own, over HTTP/2
+)
+
+func TestWatchConsulAgent(t *testing.T) { testWatchConsulAgent(t, viaReads) }
 
 // TestWatchConsulAgentBatchedProbes: the same, with sweeps through a
 // consulwatch.IndexProber, which the registration edits need.
-func TestWatchConsulAgentBatchedProbes(t *testing.T) { testWatchConsulAgent(t, true) }
+func TestWatchConsulAgentBatchedProbes(t *testing.T) { testWatchConsulAgent(t, viaBatches) }
+
+// TestWatchConsulAgentServiceWatches: the same over Consul's HTTPS API,
+// every service watched on its own through a multiplexed client: every
+// change, registration edits included, is found without a probe.
+func TestWatchConsulAgentServiceWatches(t *testing.T) { testWatchConsulAgent(t, viaWatches) }
 
 // countingProber counts the batches of an IndexProber.
 type countingProber struct {
@@ -79,8 +92,22 @@ func (p *countingProber) ServiceIndexes(ctx context.Context, names []string, tag
 	return p.next.ServiceIndexes(ctx, names, tag)
 }
 
-func testWatchConsulAgent(t *testing.T, batched bool) {
-	agent := consultest.Start(t, consultest.Options{NodeMeta: map[string]string{"zone": "z-node"}})
+func testWatchConsulAgent(t *testing.T, via string) {
+	opts := consultest.Options{NodeMeta: map[string]string{"zone": "z-node"}}
+	var ca *pemca.CA
+	if via == viaWatches {
+		var err error
+		if ca, err = pemca.New(t.TempDir()); err != nil {
+			t.Fatal(err)
+		}
+		cert, key, err := ca.Issue("server.dc1.consul", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.HTTPS = true
+		opts.HCL = []string{fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q } }`, ca.CertFile(), cert, key)}
+	}
+	agent := consultest.Start(t, opts)
 	c := agent.Client(t)
 
 	// Many services before the watcher starts: its first snapshot must hold
@@ -102,7 +129,7 @@ func testWatchConsulAgent(t *testing.T, batched bool) {
 
 	cfg := Config{Client: newTestClient(t, agent.HTTPAddr()), ProbeInterval: 500 * time.Millisecond}
 	var prober *countingProber
-	if batched {
+	if via != viaReads {
 		apiCfg := api.DefaultConfig()
 		apiCfg.Address = agent.HTTPAddr()
 		client, p, err := consulwatch.NewClientAndProber(consulwatch.ClientConfig{API: apiCfg, MaxConns: 12})
@@ -111,6 +138,16 @@ func testWatchConsulAgent(t *testing.T, batched bool) {
 		}
 		prober = &countingProber{next: p}
 		cfg.Client, cfg.Prober = client, prober
+	}
+	if via == viaWatches {
+		apiCfg := api.DefaultConfig()
+		apiCfg.Address = "https://" + agent.HTTPSAddr()
+		apiCfg.TLSConfig.CAFile = ca.CertFile()
+		watch, err := consulwatch.NewMultiplexedClient(consulwatch.ClientConfig{API: apiCfg}, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Watches, cfg.WatchClient = 100, watch
 	}
 	w := startWatcher(t, cfg)
 
@@ -283,8 +320,16 @@ func testWatchConsulAgent(t *testing.T, batched bool) {
 			}
 			step.do(t)
 			last = nextSnapshot(t, w, 10*time.Second, step.want)
-			if prober != nil && strings.HasPrefix(step.name, "weights") && prober.batches.Load() == before {
+			switch {
+			case via == viaBatches && strings.HasPrefix(step.name, "weights") && prober.batches.Load() == before:
 				t.Error("a registration edit no detector names was found without a probe batch")
+			case via == viaWatches && prober.batches.Load() != before:
+				t.Errorf("%d probe batches for a change to a watched service, want 0", prober.batches.Load()-before)
+			}
+			if via == viaWatches {
+				if st := w.Status(); st.Watches != len(last.Services) {
+					t.Errorf("%d services watched, want every one of the %d", st.Watches, len(last.Services))
+				}
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -255,20 +256,66 @@ func (w *Watcher) do(ctx context.Context, j job) result {
 		w.cfg.ACL.Failed("catalog", aclSourceReads, err)
 		return result{job: j, err: w.tracker.Failure(what, err)}
 	}
+	if j.probe {
+		return result{job: j, index: meta.LastIndex}
+	}
+	return w.readResult(j, entries, meta)
+}
+
+// readResult is the result of a full read of a service.
+func (w *Watcher) readResult(j job, entries []*api.ServiceEntry, meta *api.QueryMeta) result {
 	r := result{job: j, index: meta.LastIndex}
-	if !j.probe {
-		r.svc = buildService(j.name, entries, w.cfg.ZoneMetaKeys)
-		r.filtered = meta.ResultsFilteredByACLs
-		r.checks = map[checkKey]checkState{}
-		for _, e := range entries {
-			for _, c := range e.Checks {
-				if c != nil {
-					r.checks[checkKey{node: c.Node, id: c.CheckID}] = checkState{status: c.Status, service: c.ServiceName}
-				}
+	r.svc = buildService(j.name, entries, w.cfg.ZoneMetaKeys)
+	r.filtered = meta.ResultsFilteredByACLs
+	r.checks = map[checkKey]checkState{}
+	for _, e := range entries {
+		for _, c := range e.Checks {
+			if c != nil {
+				r.checks[checkKey{node: c.Node, id: c.CheckID}] = checkState{status: c.Status, service: c.ServiceName}
 			}
 		}
 	}
 	return r
+}
+
+// watchAnswer is a per-service watch's answer with a new index.
+type watchAnswer struct {
+	id uint64 // the watch's, see serviceWatch
+	result
+}
+
+// serviceWatch is a running per-service watch.
+type serviceWatch struct {
+	id     uint64
+	cancel context.CancelFunc
+}
+
+// watchService runs the blocking query of one service, from index (the
+// one it was last read at), handing every answer whose index moved to out.
+func (w *Watcher) watchService(ctx context.Context, name string, id, index uint64, out chan<- watchAnswer) {
+	consulwatch.Run(ctx, w.tracker, consulwatch.Query[result]{
+		Name:  "service " + name,
+		Index: index,
+		Fetch: func(opts *api.QueryOptions) (result, *api.QueryMeta, error) {
+			entries, meta, err := w.cfg.WatchClient.Health().Service(name, "", false, opts)
+			if err != nil || meta == nil {
+				return result{}, meta, err
+			}
+			return w.readResult(job{name: name}, entries, meta), meta, nil
+		},
+		Changed: func(r result, _ *api.QueryMeta) bool {
+			select {
+			case out <- watchAnswer{id: id, result: r}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		},
+		Failed:      func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("catalog", aclSourceReads, err) },
+		WaitTime:    w.cfg.WatchWaitTime,
+		MinInterval: w.cfg.MinInterval,
+		MaxBackoff:  w.cfg.MaxBackoff,
+	})
 }
 
 type constError string
@@ -294,6 +341,9 @@ type entry struct {
 	queued, reading, again bool
 	reason                 string
 	retries                int
+	// watch is the service's own watch, nil when it has none: a watched
+	// service is never read, probed or swept, its watch answers instead.
+	watch *serviceWatch
 	// lastChange is when a read last found the service changed; sweeps
 	// probe the most recently changed services first, since changes come
 	// in bursts (a deploy registers, then deregisters, instances).
@@ -309,6 +359,19 @@ type coordinator struct {
 	healths chan healthEvent
 	jobs    chan job
 	results chan result
+	answers chan watchAnswer
+
+	// ctx and wg own the per-service watches' goroutines.
+	ctx      context.Context
+	wg       *sync.WaitGroup
+	watching int    // running per-service watches
+	watchSeq uint64 // the last watch's id
+	// applied are the indexes that reads and watch answers found
+	// services at, the latest appliedKept of them (appliedOrder): a list
+	// index among them is accounted for when the list's answer arrives
+	// after the service's.
+	applied      map[uint64]bool
+	appliedOrder []uint64
 
 	services  map[string]*entry
 	nodeIndex map[string]map[string]bool // node -> services with instances on it
@@ -359,7 +422,7 @@ type coordinator struct {
 	quietUntil time.Time
 }
 
-func newCoordinator(w *Watcher) *coordinator {
+func newCoordinator(w *Watcher, ctx context.Context, wg *sync.WaitGroup) *coordinator {
 	n := w.cfg.ReadConcurrency
 	return &coordinator{
 		w:         w,
@@ -367,6 +430,10 @@ func newCoordinator(w *Watcher) *coordinator {
 		healths:   make(chan healthEvent),
 		jobs:      make(chan job, n),
 		results:   make(chan result, n),
+		answers:   make(chan watchAnswer),
+		ctx:       ctx,
+		wg:        wg,
+		applied:   map[uint64]bool{},
 		services:  map[string]*entry{},
 		nodeIndex: map[string]map[string]bool{},
 		retryAt:   map[string]time.Time{},
@@ -395,6 +462,8 @@ func (c *coordinator) run(ctx context.Context) {
 			c.onHealth(ev)
 		case r := <-c.results:
 			c.onResult(r)
+		case a := <-c.answers:
+			c.onAnswer(a)
 		case <-timer.C:
 		}
 		c.tick(time.Now())
@@ -527,6 +596,7 @@ func (c *coordinator) onList(ev listEvent) {
 			continue
 		}
 		c.dropNodes(name, e.nodes)
+		c.stopWatch(e)
 		hiddenGone = hiddenGone || e.hidden
 		delete(c.services, name)
 		c.byName = nil
@@ -537,6 +607,9 @@ func (c *coordinator) onList(ev listEvent) {
 	}
 	if hiddenGone {
 		c.reportHidden()
+	}
+	if removed {
+		c.fillWatches()
 	}
 	c.onListIndex(ev, first || removed)
 }
@@ -549,6 +622,9 @@ func (c *coordinator) onListIndex(ev listEvent, explained bool) {
 	case explained:
 		// The first answer, or the write at this index removed a
 		// service's last instance: the list itself accounts for it.
+	case c.applied[ev.index]:
+		// A read or a watch answer already found a service written at
+		// this index.
 	case len(c.unexplained) >= maxUnexplained:
 		// Too many registration changes unaccounted for at once: look at
 		// every service, and forget them.
@@ -605,8 +681,8 @@ func (c *coordinator) onHealth(ev healthEvent) {
 // queueRead asks for a full read of a listed service.
 func (c *coordinator) queueRead(name, reason string) {
 	e, ok := c.services[name]
-	if !ok {
-		return
+	if !ok || e.watch != nil {
+		return // a watched service's watch answers any change
 	}
 	if e.reading {
 		e.again = true
@@ -642,8 +718,8 @@ func (c *coordinator) dispatch() {
 			name := c.sweepQueue[0]
 			c.sweepQueue = c.sweepQueue[1:]
 			e, ok := c.services[name]
-			if !ok || e.queued || e.reading || e.svc == nil {
-				continue // being read anyway
+			if !ok || e.queued || e.reading || e.svc == nil || e.watch != nil {
+				continue // being read anyway, or watched
 			}
 			batch = append(batch, name)
 		}
@@ -659,8 +735,8 @@ func (c *coordinator) dispatch() {
 		name := c.sweepQueue[0]
 		c.sweepQueue = c.sweepQueue[1:]
 		e, ok := c.services[name]
-		if !ok || e.queued || e.reading || e.svc == nil {
-			continue // being read anyway
+		if !ok || e.queued || e.reading || e.svc == nil || e.watch != nil {
+			continue // being read anyway, or watched
 		}
 		c.w.metrics.probes.Inc()
 		c.jobs <- job{name: name, probe: true}
@@ -713,10 +789,32 @@ func (c *coordinator) onResult(r result) {
 		if _, ok := c.unexplained[r.index]; ok {
 			c.explained(r.name, r.index)
 		}
+		c.noteApplied(r.index)
 		return
 	}
 	e.reading = false
 	c.w.counted(1, 0)
+	c.applyRead(r.name, e, r)
+}
+
+// onAnswer applies a per-service watch's answer.
+func (c *coordinator) onAnswer(a watchAnswer) {
+	e, ok := c.services[a.name]
+	if !ok || e.watch == nil || e.watch.id != a.id {
+		return // from a watch stopped since
+	}
+	if a.filtered {
+		// The token hides some of the service's instances now: reads
+		// keep its last whole read and try again (applyRead), and the
+		// first whole one watches it again.
+		c.stopWatch(e)
+	}
+	c.w.metrics.reads.WithLabelValues(reasonWatch).Inc()
+	c.applyRead(a.name, e, a.result)
+}
+
+// applyRead applies a full read of a listed service, or a watch's answer.
+func (c *coordinator) applyRead(name string, e *entry, r result) {
 	if r.err != nil {
 		e.retries++
 		c.retryAt[r.name] = time.Now().Add(min(time.Duration(e.retries)*250*time.Millisecond, c.w.cfg.MaxBackoff))
@@ -763,6 +861,7 @@ func (c *coordinator) onResult(r result) {
 		}
 	}
 	e.index = r.index
+	c.noteApplied(r.index)
 	if e.svc == nil || !reflect.DeepEqual(e.svc, r.svc) {
 		e.lastChange = time.Now()
 		c.dropNodes(r.name, e.nodes)
@@ -777,10 +876,85 @@ func (c *coordinator) onResult(r result) {
 		}
 		c.changed()
 	}
+	if c.startWatch(name, e) {
+		// The watch blocks at this read's index: it answers whatever
+		// the trigger that arrived meanwhile changed.
+		e.again = false
+		return
+	}
 	if e.again {
 		e.again = false
 		c.queueRead(r.name, reasonRetry)
 	}
+}
+
+// appliedKept is how many indexes of reads and watch answers are kept
+// (coordinator.applied).
+const appliedKept = 256
+
+// noteApplied records that a read found a service at index.
+func (c *coordinator) noteApplied(index uint64) {
+	if c.applied[index] {
+		return
+	}
+	c.applied[index] = true
+	c.appliedOrder = append(c.appliedOrder, index)
+	if len(c.appliedOrder) > appliedKept {
+		delete(c.applied, c.appliedOrder[0])
+		c.appliedOrder = c.appliedOrder[1:]
+	}
+}
+
+// startWatch gives a service read whole its own watch, blocking at the
+// read's index, if Config.Watches allows one more; it reports whether the
+// service is watched.
+func (c *coordinator) startWatch(name string, e *entry) bool {
+	if e.watch != nil {
+		return true
+	}
+	if c.watching >= c.w.cfg.Watches || e.hidden || e.svc == nil || e.queued || e.reading {
+		return false
+	}
+	c.watchSeq++
+	ctx, cancel := context.WithCancel(c.ctx)
+	e.watch = &serviceWatch{id: c.watchSeq, cancel: cancel}
+	delete(c.retryAt, name)
+	c.setWatching(c.watching + 1)
+	id, index, answers := c.watchSeq, e.index, c.answers
+	c.wg.Go(func() { c.w.watchService(ctx, name, id, index, answers) })
+	return true
+}
+
+// stopWatch stops a service's watch, if it has one.
+func (c *coordinator) stopWatch(e *entry) {
+	if e.watch == nil {
+		return
+	}
+	e.watch.cancel()
+	e.watch = nil
+	c.setWatching(c.watching - 1)
+}
+
+// fillWatches gives the watches that services removed left free to
+// services read whole and not watched yet.
+func (c *coordinator) fillWatches() {
+	if c.watching >= c.w.cfg.Watches || len(c.services) <= c.watching {
+		return
+	}
+	for name, e := range c.services {
+		if c.watching >= c.w.cfg.Watches {
+			return
+		}
+		c.startWatch(name, e)
+	}
+}
+
+func (c *coordinator) setWatching(n int) {
+	c.watching = n
+	c.w.metrics.watches.Set(float64(n))
+	c.w.mu.Lock()
+	c.w.status.Watches = n
+	c.w.mu.Unlock()
 }
 
 // learnChecks records the checks a read found: those not passing as they

@@ -1,10 +1,12 @@
 package catalog
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -256,7 +258,7 @@ func TestErrorsBackOffAndKeepLastSnapshot(t *testing.T) {
 		names = append(names, mf.GetName())
 	}
 	want := []string{"trellis_catalog_consul_reachable", "trellis_catalog_errors_total", "trellis_catalog_index_probes_total",
-		"trellis_catalog_reads_total", "trellis_catalog_services", "trellis_catalog_snapshots_total", "trellis_catalog_sweeps_total"}
+		"trellis_catalog_reads_total", "trellis_catalog_service_watches", "trellis_catalog_services", "trellis_catalog_snapshots_total", "trellis_catalog_sweeps_total"}
 	if !slices.Equal(names, want) {
 		t.Errorf("registered metrics %v, want %v", names, want)
 	}
@@ -566,12 +568,13 @@ func TestRateLimitIsReportedAsSuch(t *testing.T) {
 	})
 }
 
-// TestRegistrationChangesInARowAccountedForByReads: two registration
-// changes in a row, the second seen while the first is still unaccounted
-// for, are looked for together: the probes of the two services that
-// changed last (a sweep goes most recently changed first) account for
-// both and the sweep stops, where one unaccounted index at a time meant
-// probing every service.
+// TestRegistrationChangesInARowAccountedForByReads: list indexes that
+// reads already found services written at cost no sweep; two
+// registration changes in a row that no read saw, the second seen while
+// the first is still unaccounted for, are looked for together: the
+// probes of the two services that changed last (a sweep goes most
+// recently changed first) account for both and the sweep stops, where
+// one unaccounted index at a time meant probing every service.
 func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 	f := newFakeConsul(t)
 	var names []string
@@ -615,13 +618,24 @@ func TestRegistrationChangesInARowAccountedForByReads(t *testing.T) {
 	seen(11)
 	f.setServices(12, names...)
 	seen(12)
-	// The sweeps account for both, then stop, far from every service: the
-	// probes in flight when the two answers are taken in, and perhaps a
-	// second sweep when the first ended before 12 arrived.
-	waitFor(t, 5*time.Second, func() bool { return metricValue(t, w, "trellis_catalog_index_probes_total") > probes })
+	// The reads found s003 at 11 and s310 at 12: both list indexes are
+	// accounted for when they arrive, and no sweep probes anything (the
+	// list's answers take longer than the sweep's grace to be seen here).
 	time.Sleep(300 * time.Millisecond)
-	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got > float64(len(names)*3/4) {
-		t.Errorf("%v of %d services probed for two changes the first probes account for, want at most %d", got, len(names), len(names)*3/4)
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got != 0 {
+		t.Errorf("%v of %d services probed for two changes reads accounted for, want 0", got, len(names))
+	}
+
+	// Address-only changes to the same two (no check moves): only a sweep
+	// can find them, and it starts with them.
+	f.setInstances("s003", 13, 5)
+	seen(13)
+	f.setInstances("s310", 14, 6)
+	seen(14)
+	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"s003": {5}, "s310": {6}}))
+	time.Sleep(300 * time.Millisecond)
+	if got := metricValue(t, w, "trellis_catalog_index_probes_total") - probes; got < 1 || got > float64(len(names)*3/4) {
+		t.Errorf("%v of %d services probed for two changes the first probes account for, want 1 to %d", got, len(names), len(names)*3/4)
 	}
 }
 
@@ -643,7 +657,7 @@ func TestSweepDeadlineWaitsForBoth(t *testing.T) {
 		{"swept just now, grace passed", now, now.Add(-time.Second), now.Add(minSweepGap)},
 		{"both passed", now.Add(-time.Hour), now.Add(-time.Second), now.Add(-time.Second)},
 	} {
-		c := newCoordinator(w)
+		c := newCoordinator(w, context.Background(), &sync.WaitGroup{})
 		c.nextSweep = now.Add(time.Hour)
 		c.sweepAgain = true
 		c.lastSweep, c.sweepNotBefore = tc.lastSweep, tc.notBefore
@@ -706,7 +720,7 @@ func TestBackgroundSweepSpacedForLargeCatalogs(t *testing.T) {
 		services int
 		want     time.Duration
 	}{{0, DefaultSweepInterval}, {2000, DefaultSweepInterval}, {10000, 10 * time.Minute}} {
-		c := newCoordinator(w)
+		c := newCoordinator(w, context.Background(), &sync.WaitGroup{})
 		for i := range tc.services {
 			c.services[fmt.Sprintf("s%d", i)] = &entry{}
 		}

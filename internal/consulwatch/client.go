@@ -29,6 +29,10 @@ type ClientConfig struct {
 	MaxConns int
 	// Registerer receives trellis_consul_requests_total{code}. Default: nil.
 	Registerer prometheus.Registerer
+	// Requests, when set, counts the requests instead of a counter
+	// registered with Registerer: clients of one process share it
+	// (NewRequestsCounter).
+	Requests *prometheus.CounterVec
 	// ProbeConns is how many of the MaxConns connections NewClientAndProber
 	// gives its IndexProber; the client keeps the others.
 	// Default: DefaultProbeConns (2).
@@ -43,7 +47,7 @@ func NewClient(cfg ClientConfig) (*api.Client, error) {
 	if err := checkClientConfig(&cfg); err != nil {
 		return nil, err
 	}
-	requests, err := newRequestsCounter(cfg.Registerer)
+	requests, err := cfg.requests()
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +68,7 @@ func NewClientAndProber(cfg ClientConfig) (*api.Client, *IndexProber, error) {
 	if cfg.ProbeConns == 0 {
 		cfg.ProbeConns = min(DefaultProbeConns, cfg.MaxConns-1)
 	}
-	requests, err := newRequestsCounter(cfg.Registerer)
+	requests, err := cfg.requests()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -92,7 +96,17 @@ func checkClientConfig(cfg *ClientConfig) error {
 	return nil
 }
 
-func newRequestsCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
+// requests is the counter of the client's requests.
+func (cfg ClientConfig) requests() (*prometheus.CounterVec, error) {
+	if cfg.Requests != nil {
+		return cfg.Requests, nil
+	}
+	return NewRequestsCounter(cfg.Registerer)
+}
+
+// NewRequestsCounter returns trellis_consul_requests_total, registered with
+// reg unless it is nil, for ClientConfig.Requests.
+func NewRequestsCounter(reg prometheus.Registerer) (*prometheus.CounterVec, error) {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "trellis_consul_requests_total",
 		Help: "HTTP requests sent to Consul, by response status code (\"error\" when no response arrived).",

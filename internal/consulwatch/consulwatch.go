@@ -63,6 +63,10 @@ type Query[T any] struct {
 	// Equal reports whether two results hold the same data; equal results
 	// are not handed on. Default: every result whose index moved is.
 	Equal func(a, b T) bool
+	// Index is the index the first query blocks at: a read at Index was
+	// already handed on elsewhere, so the first result handed on is a
+	// change after it. Default: 0, the first answer is handed on.
+	Index uint64
 	// Changed receives every changed result with its metadata. Returning
 	// false stops the watch.
 	Changed func(result T, meta *api.QueryMeta) bool
@@ -109,7 +113,7 @@ func Run[T any](ctx context.Context, t *Tracker, q Query[T]) {
 	defer t.forget(key)
 
 	var (
-		index    uint64
+		index    = q.Index
 		last     T
 		received bool
 		backoff  time.Duration

@@ -39,9 +39,13 @@ func newConsulTLS(t *testing.T) consulTLS {
 
 // agentHCL is the agent's tls stanza: its HTTPS API serves the server
 // certificate and requires client certificates from the CA.
-func (c consulTLS) agentHCL() string {
-	return fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = true } }`,
-		c.ca.CertFile(), c.serverCert, c.serverKey)
+func (c consulTLS) agentHCL() string { return c.agentTLSHCL(true) }
+
+// agentTLSHCL is the agent's tls stanza, requiring client certificates
+// on HTTPS or not.
+func (c consulTLS) agentTLSHCL(verifyIncoming bool) string {
+	return fmt.Sprintf(`tls { defaults { ca_file = %q cert_file = %q key_file = %q } https { verify_incoming = %t } }`,
+		c.ca.CertFile(), c.serverCert, c.serverKey, verifyIncoming)
 }
 
 // setClientEnv configures the Consul clients the test starts as Consul's

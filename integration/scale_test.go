@@ -260,6 +260,69 @@ func TestStockConsulAtScale(t *testing.T) {
 	s.requireAllACKed(t)
 }
 
+// TestStockConsulAtScaleOverHTTPS: the same over Consul's HTTPS API,
+// where every service is also watched on its own over HTTP/2: 2,000
+// services are ready and served, watched whole, over at most
+// --consul-max-conns connections plus one per 200 watched services, the
+// neighbour is never refused, and an address-only change reaches a
+// client with no index probe.
+func TestStockConsulAtScaleOverHTTPS(t *testing.T) {
+	const services, maxConns = 2000, 16
+	certs := newConsulTLS(t)
+	agent := consultest.Start(t, consultest.Options{HTTPS: true, HCL: []string{certs.agentTLSHCL(false)}})
+	client := agent.Client(t)
+	registerMany(t, client, "scale", 0, services)
+	nb := startNeighbour(t, agent)
+
+	certs.setClientEnv(t)
+	start := time.Now()
+	s := startTrellis(t, agent.HTTPSAddr(), "--consul-max-conns", strconv.Itoa(maxConns))
+	t.Logf("ready with %d services after %s", services, time.Since(start).Round(time.Millisecond))
+	startBackend(t, agent, "echo", "echo-1", backendOptions{})
+	moved, _ := startBackend(t, agent, "other", "moved", backendOptions{})
+	conn := dialXDS(t, s.bootstrapFor(t, "scale-client"), "xds:///echo")
+	waitForInstances(t, conn, 30*time.Second, "echo-1")
+
+	waitFor(t, 30*time.Second, "every service served and watched", func() error {
+		clusters := s.servedClusters(t)
+		for i := 0; i < services; i++ {
+			if _, ok := clusters[fmt.Sprintf("scale-%05d", i)]; !ok {
+				return fmt.Errorf("scale-%05d not served (%d clusters)", i, len(clusters))
+			}
+		}
+		if w := s.metricValue(t, "trellis_catalog_service_watches"); w < services {
+			return fmt.Errorf("%v services watched, want at least %d", w, services)
+		}
+		return nil
+	})
+	bound := maxConns + (services+10+199)/200 // the catalog's, and the watches'
+	peak := 0
+	for range 10 {
+		peak = max(peak, consulConns(t, s.pid(), agent.HTTPSAddr()))
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("connections to Consul: %d (bound %d)", peak, bound)
+	if peak > bound || peak == 0 {
+		t.Errorf("trellis holds %d connections to Consul, want 1..%d", peak, bound)
+	}
+
+	probes := s.metricValue(t, "trellis_catalog_index_probes_total")
+	changed := time.Now()
+	reregisterOnly(t, agent, "echo", "echo-1", moved.addr, nil)
+	waitForShare(t, conn, 30*time.Second, 50, 1, 1, func(id string) bool { return id == "moved" })
+	t.Logf("address-only change reached the client after %s", time.Since(changed).Round(time.Millisecond))
+	if got := s.metricValue(t, "trellis_catalog_index_probes_total") - probes; got != 0 {
+		t.Errorf("%v index probes for an address change to a watched service, want 0", got)
+	}
+
+	nb.Stop()
+	nb.requireNoErrors(t)
+	if strings.Contains(s.Log(), "Unsolicited response") || strings.Contains(s.Log(), "%!") {
+		t.Errorf("unstructured or garbled lines in the log")
+	}
+	s.requireAllACKed(t)
+}
+
 // TestCatalogGrowsPastAndShrinksBelow200 follows a catalog across the
 // default per-address connection limit and back: the services metric
 // equals Consul's count throughout, and Consul stays reachable.
@@ -329,6 +392,26 @@ func countAll(t testing.TB, client *api.Client) int {
 	return len(services)
 }
 
+// reregisterOnly registers instance id of service again at addr with
+// meta, its TTL check kept passing: a registration-only change, no check
+// moves (checked).
+func reregisterOnly(t *testing.T, agent *consultest.Agent, service, id, addr string, meta map[string]string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	checkBefore := agent.CatalogCheckStatus(t, consultest.TTLCheckID(id))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reg := &api.AgentServiceRegistration{ID: id, Name: service, Address: "127.0.0.1", Port: p, Meta: meta,
+		Check: &api.AgentServiceCheck{CheckID: consultest.TTLCheckID(id), Name: "ttl " + id, TTL: consultest.ServiceTTL.String(), Status: api.HealthPassing}}
+	if err := agent.Client(t).Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if after := agent.CatalogCheckStatus(t, consultest.TTLCheckID(id)); after != checkBefore {
+		t.Fatalf("the check of %s went %s -> %s: not a registration-only change", id, checkBefore, after)
+	}
+}
+
 // TestRegistrationOnlyChangesReachClients: an instance moved to another
 // port, and instances whose meta (which a policy's subsets select on)
 // changed, with no check changing at all, reach a running client.
@@ -345,19 +428,7 @@ func TestRegistrationOnlyChangesReachClients(t *testing.T) {
 	waitForShare(t, conn, 30*time.Second, 50, 1, 1, func(id string) bool { return id == "echo-2" })
 	reregister := func(id, addr string, meta map[string]string) {
 		t.Helper()
-		_, port, _ := net.SplitHostPort(addr)
-		p, _ := strconv.Atoi(port)
-		checkBefore := agent.CatalogCheckStatus(t, consultest.TTLCheckID(id))
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		reg := &api.AgentServiceRegistration{ID: id, Name: "echo", Address: "127.0.0.1", Port: p, Meta: meta,
-			Check: &api.AgentServiceCheck{CheckID: consultest.TTLCheckID(id), Name: "ttl " + id, TTL: consultest.ServiceTTL.String(), Status: api.HealthPassing}}
-		if err := agent.Client(t).Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
-			t.Fatal(err)
-		}
-		if after := agent.CatalogCheckStatus(t, consultest.TTLCheckID(id)); after != checkBefore {
-			t.Fatalf("the check of %s went %s -> %s: not a registration-only change", id, checkBefore, after)
-		}
+		reregisterOnly(t, agent, "echo", id, addr, meta)
 	}
 	changed := time.Now()
 	reregister("echo-1", a.addr, map[string]string{"version": "v2"})

@@ -287,7 +287,7 @@ func newResources(v ContentVersioner) *scrapeGauges {
 		fill: func(vec *prometheus.GaugeVec) {
 			for profile, cache := range caches() {
 				for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
-					vec.WithLabelValues(typeLabel(typeURL), profile).Set(float64(len(cache.Names(typeURL))))
+					vec.WithLabelValues(typeLabel(typeURL), profile).Set(float64(cache.Len(typeURL)))
 				}
 			}
 		},

@@ -198,7 +198,7 @@ func TestNewConfig(t *testing.T) {
 				ReadConcurrency: 8,
 				SweepInterval:   2 * time.Minute,
 				ProbeBatches:    2,
-				WatchWaitTime:   5 * time.Minute,
+				WatchWaitTime:   10 * time.Minute,
 			}
 			got := w.cfg
 			got.Logger = nil

@@ -70,10 +70,11 @@
 // so any change to a watched service, an address or meta edit included,
 // reaches a snapshot with one answer, in milliseconds, whatever the
 // catalog's size; a quiet catalog costs one answer per service every
-// Config.WatchWaitTime (5 minutes). A service is watched from the index
-// of its first whole read; from then on it is never read, probed or swept
-// (one source per service, so answers cannot overtake one another), and
-// the list index its answer carries is accounted for whichever of the two
+// Config.WatchWaitTime (10 minutes, the longest Consul waits: 1,000
+// answers a minute for 10,000 services). A service is watched from the
+// index of its first whole read; from then on it is never read, probed or
+// swept (one source per service, so answers cannot overtake one
+// another), and the list index its answer carries is accounted for whichever of the two
 // arrives first. A watch answering with instances hidden by ACLs stops,
 // and the service goes back to reads until one is whole; a removed
 // service's watch stops and goes to a service that had none. Services
@@ -141,7 +142,7 @@ const (
 	DefaultMaxBackoff      = 5 * time.Second
 	DefaultReadConcurrency = 8
 	DefaultSweepInterval   = 2 * time.Minute
-	DefaultWatchWaitTime   = 5 * time.Minute
+	DefaultWatchWaitTime   = 10 * time.Minute
 )
 
 const (
@@ -238,7 +239,7 @@ type Config struct {
 	WatchClient *api.Client
 	// WatchWaitTime is how long one per-service blocking query waits for
 	// a change; a quiet catalog of 10,000 watched services costs Consul
-	// about 10,000/WatchWaitTime requests. Default: 5m.
+	// about 10,000/WatchWaitTime requests. Default: 10m, the longest Consul waits.
 	WatchWaitTime time.Duration
 }
 

@@ -322,6 +322,9 @@ func TestListenerAliases(t *testing.T) {
 	if diff := cmp.Diff([]string{"other", "svc", "svc:8080"}, c.Names(resource.ListenerType)); diff != "" {
 		t.Errorf("Names (-want +got):\n%s", diff)
 	}
+	if got := c.Len(resource.ListenerType); got != 3 {
+		t.Errorf("Len = %d, want 3 (aliases included)", got)
+	}
 
 	// An unrelated change does not touch the alias.
 	c.Apply(Resources{resource.ListenerType: {"svc": listener("svc", "v1"), "other": listener("other", "o2")}})

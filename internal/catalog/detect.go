@@ -314,8 +314,26 @@ func (w *Watcher) watchService(ctx context.Context, name string, id, index uint6
 		Failed:      func(err *consulwatch.Error, _ time.Duration) { w.cfg.ACL.Failed("catalog", aclSourceReads, err) },
 		WaitTime:    w.cfg.WatchWaitTime,
 		MinInterval: w.cfg.MinInterval,
-		MaxBackoff:  w.cfg.MaxBackoff,
+		// Every retry waits the whole backoff: see watchBackoffPerWatch.
+		FirstBackoff: w.watchBackoff(),
+		MaxBackoff:   w.watchBackoff(),
+		// The detectors and the probe speak for Consul's reachability.
+		Secondary: true,
 	})
+}
+
+// watchBackoffPerWatch spaces the retries of failing per-service watches
+// so that together they send Consul at most about 100 requests a second
+// (10,000 watches: each retries every 100 s) while it refuses them (a
+// revoked token, rate limiting): one Consul problem fails them all at
+// once, and thousands of exponential backoffs starting at 250 ms would
+// hammer it. A Consul that was unreachable does not wait for them: the
+// Tracker wakes every watch as soon as it answers again.
+const watchBackoffPerWatch = 10 * time.Millisecond
+
+// watchBackoff caps the wait between a per-service watch's failed queries.
+func (w *Watcher) watchBackoff() time.Duration {
+	return max(w.cfg.MaxBackoff, time.Duration(w.cfg.Watches)*watchBackoffPerWatch)
 }
 
 type constError string

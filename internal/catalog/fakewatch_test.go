@@ -293,35 +293,53 @@ func TestRecoveryWakesWatches(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFakeConsul(t)
-			f.setServices(10, "a")
-			f.setInstances("a", 10, 1)
-			cfg := fakeConfig(t, f)
-			cfg.WaitTime = 10 * time.Second
-			cfg.MaxBackoff = 10 * time.Second
-			w := startWatcher(t, cfg)
-			nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
-			// Let the watches block on their next queries.
-			waitRequests(t, f, fakeListPath, func(r []uint64) bool { return slices.Contains(r, 10) })
-
-			tt.outage(t, f)
-			waitStatus(t, w, 5*time.Second, func(s Status) error {
-				if s.Reachable {
-					return fmt.Errorf("still reachable")
-				}
-				return nil
-			})
-			tt.recovery(f)
-			recovered := time.Now()
-			f.setInstances("b", 11, 2)
-			f.setServices(11, "a", "b")
-			nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {2}}))
-			// Probe interval 200ms, probe timeout 1s, plus slack.
-			if d := time.Since(recovered); d > 2500*time.Millisecond {
-				t.Errorf("change published %s after Consul recovered, want about a probe interval", d)
+		for _, watched := range []bool{false, true} {
+			name := tt.name
+			if watched {
+				// a's own watch, waiting out its long backoff unless woken.
+				name += ", service watched"
 			}
-		})
+			t.Run(name, func(t *testing.T) {
+				f := newFakeConsul(t)
+				f.setServices(10, "a")
+				f.setInstances("a", 10, 1)
+				cfg := fakeConfig(t, f)
+				if watched {
+					cfg = watchConfig(t, f, 10)
+				}
+				cfg.WaitTime = 10 * time.Second
+				cfg.MaxBackoff = 10 * time.Second
+				w := startWatcher(t, cfg)
+				nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}}))
+				// Let the watches block on their next queries.
+				waitRequests(t, f, fakeListPath, func(r []uint64) bool { return slices.Contains(r, 10) })
+				if watched {
+					waitRequests(t, f, fakeHealthPath("a"), watchedFrom(10))
+				}
+
+				tt.outage(t, f)
+				waitStatus(t, w, 5*time.Second, func(s Status) error {
+					if s.Reachable {
+						return fmt.Errorf("still reachable")
+					}
+					return nil
+				})
+				tt.recovery(f)
+				recovered := time.Now()
+				f.setInstances("b", 11, 2)
+				f.setServices(11, "a", "b")
+				want := map[string][]int{"a": {1}, "b": {2}}
+				if watched {
+					f.setInstances("a", 12, 3)
+					want["a"] = []int{3}
+				}
+				nextSnapshot(t, w, 20*time.Second, hasPorts(want))
+				// Probe interval 200ms, probe timeout 1s, plus slack.
+				if d := time.Since(recovered); d > 2500*time.Millisecond {
+					t.Errorf("change published %s after Consul recovered, want about a probe interval", d)
+				}
+			})
+		}
 	}
 }
 

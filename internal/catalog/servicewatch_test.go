@@ -175,3 +175,22 @@ func TestWatchConfig(t *testing.T) {
 		t.Errorf("Watches with a WatchClient: %v", err)
 	}
 }
+
+// TestWatchBackoffBoundsRetries: failing watches together retry at most
+// about 100 times a second, however many there are.
+func TestWatchBackoffBoundsRetries(t *testing.T) {
+	client := newTestClient(t, "127.0.0.1:1")
+	for _, watches := range []int{1, 100, 1000, 10000} {
+		w, err := New(Config{Client: client, Watches: watches, WatchClient: client})
+		if err != nil {
+			t.Fatal(err)
+		}
+		backoff := w.watchBackoff()
+		if backoff < DefaultMaxBackoff {
+			t.Errorf("%d watches: backoff %s, below Config.MaxBackoff", watches, backoff)
+		}
+		if perSecond := float64(watches) / backoff.Seconds(); perSecond > 100 {
+			t.Errorf("%d watches retrying every %s: %.0f requests a second", watches, backoff, perSecond)
+		}
+	}
+}

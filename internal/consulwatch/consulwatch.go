@@ -84,6 +84,16 @@ type Query[T any] struct {
 	// MaxBackoff caps the wait between failed queries. Default:
 	// DefaultMaxBackoff (5s).
 	MaxBackoff time.Duration
+	// FirstBackoff is the wait after the first failed query; later ones
+	// double it up to MaxBackoff. Default: 250ms (or MaxBackoff if
+	// smaller).
+	FirstBackoff time.Duration
+	// Secondary watches are one of many alike (one per service, say)
+	// beside the component's primary watches: their failures are counted
+	// and reported (Failed) but leave the component's reachability to the
+	// primary watches and the probe, which see the same Consul. They
+	// still resume at once when the Tracker wakes every watch.
+	Secondary bool
 	// SkipFiltered keeps results that Consul filtered by ACLs
 	// (QueryMeta.ResultsFilteredByACLs) from Changed, so that what is in
 	// effect stays the last complete read; once the token sees everything
@@ -152,10 +162,15 @@ func Run[T any](ctx context.Context, t *Tracker, q Query[T]) {
 				backoff = 0
 				continue
 			}
-			backoff = nextBackoff(backoff, q.MaxBackoff)
+			backoff = nextBackoff(backoff, q.FirstBackoff, q.MaxBackoff)
 			failed = true
-			werr := newError(q.Name, err)
-			t.failure(key, werr)
+			var werr *Error
+			if q.Secondary {
+				werr = t.Failure(q.Name, err)
+			} else {
+				werr = newError(q.Name, err)
+				t.failure(key, werr)
+			}
 			if q.Failed != nil {
 				q.Failed(werr, backoff)
 			}
@@ -215,12 +230,15 @@ func jittered(d time.Duration) time.Duration {
 	return d + rand.N(d)
 }
 
-// nextBackoff doubles prev up to max, with up to 25% jitter so that
-// replicas do not retry in step.
-func nextBackoff(prev, max time.Duration) time.Duration {
+// nextBackoff doubles prev up to max, starting at first (firstBackoff
+// when 0), with up to 25% jitter so that replicas do not retry in step.
+func nextBackoff(prev, first, max time.Duration) time.Duration {
+	if first <= 0 {
+		first = firstBackoff
+	}
 	next := 2 * prev
 	if prev == 0 {
-		next = min(firstBackoff, max)
+		next = min(first, max)
 	}
 	if next > max {
 		next = max

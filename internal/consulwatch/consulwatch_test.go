@@ -106,13 +106,77 @@ func TestNextBackoff(t *testing.T) {
 	var b time.Duration
 	for i := 0; i < 10; i++ {
 		prev := b
-		b = nextBackoff(b, max)
+		b = nextBackoff(b, 0, max)
 		if b <= 0 || b > max {
 			t.Fatalf("backoff %s after %s, want within (0, %s]", b, prev, max)
 		}
 	}
 	if b < max*3/4 {
 		t.Errorf("backoff settled at %s, want near the cap %s", b, max)
+	}
+	if b := nextBackoff(0, time.Second, max); b < 750*time.Millisecond || b > time.Second {
+		t.Errorf("first backoff %s, want FirstBackoff (1s) less up to 25%%", b)
+	}
+	if b := nextBackoff(0, 0, max); b > firstBackoff {
+		t.Errorf("first backoff %s by default, want at most %s", b, firstBackoff)
+	}
+}
+
+// TestSecondaryWatchLeavesReachability: a secondary watch's failures are
+// counted, but Consul stays reachable while the probe answers, and it
+// waits FirstBackoff before trying again.
+func TestSecondaryWatchLeavesReachability(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `"127.0.0.1:8300"`)
+	}))
+	defer srv.Close()
+	client, err := api.NewClient(&api.Config{Address: srv.Listener.Addr().String(), HttpClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "e"})
+	tr, err := NewTracker(TrackerConfig{Client: client, Component: "test", ProbeInterval: 20 * time.Millisecond, Errors: errs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { tr.Run(ctx) })
+	waitFor(t, func() bool { return tr.Status().Reachable })
+
+	const first = 300 * time.Millisecond
+	calls := make(chan time.Time, 4)
+	wg.Go(func() {
+		Run(ctx, tr, Query[int]{
+			Name: "service x",
+			Fetch: func(*api.QueryOptions) (int, *api.QueryMeta, error) {
+				calls <- time.Now()
+				return 0, nil, api.StatusError{Code: 403, Body: "Permission denied"}
+			},
+			Changed:      func(int, *api.QueryMeta) bool { return false },
+			FirstBackoff: first,
+			MaxBackoff:   time.Hour,
+			Secondary:    true,
+		})
+	})
+	t0 := <-calls
+	var t1 time.Time
+	select {
+	case t1 = <-calls:
+	case <-ctx.Done():
+		t.Fatal("no second try")
+	}
+	cancel()
+	if gap := t1.Sub(t0); gap < first*3/4 {
+		t.Errorf("second try after %s, want FirstBackoff (%s) less up to 25%%", gap, first)
+	}
+	if st := tr.Status(); !st.Reachable {
+		t.Errorf("a secondary watch's failure made Consul unreachable: %+v", st)
+	}
+	if got := testutil.ToFloat64(errs); got < 1 {
+		t.Errorf("errors counted %v, want the secondary watch's", got)
 	}
 }
 

@@ -46,7 +46,7 @@ node_prefix "" { policy = "read" }`
 		}
 		return p, tok.SecretID
 	}
-	watch := func(secret string) (*Watcher, *consulwatch.ACL) {
+	watch := func(secret string, watches int) (*Watcher, *consulwatch.ACL) {
 		t.Helper()
 		tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}
 		t.Cleanup(tr.CloseIdleConnections)
@@ -59,6 +59,9 @@ node_prefix "" { policy = "read" }`
 			t.Fatal(err)
 		}
 		cfg := Config{Client: client, ACL: acl, MaxBackoff: 200 * time.Millisecond}
+		if watches > 0 {
+			cfg.Watches, cfg.WatchClient = watches, client
+		}
 		return startWatcher(t, cfg), acl
 	}
 	nodeReadReported := func(acl *consulwatch.ACL) error {
@@ -72,7 +75,7 @@ node_prefix "" { policy = "read" }`
 
 	t.Run("never read whole", func(t *testing.T) {
 		_, secret := token("no-node", noNode)
-		w, acl := watch(secret)
+		w, acl := watch(secret, 0)
 		snap := nextSnapshot(t, w, 20*time.Second, func(*model.Snapshot) error { return nil })
 		if len(snap.Services) != 0 {
 			t.Errorf("first snapshot holds %d services read through a filter, want none", len(snap.Services))
@@ -88,39 +91,68 @@ node_prefix "" { policy = "read" }`
 		}
 	})
 
-	t.Run("loses node:read while served", func(t *testing.T) {
-		policy, secret := token("full", full)
-		w, acl := watch(secret)
-		nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"web": {9001}}))
+	for _, watches := range []int{0, 10} {
+		name := "loses node:read while served"
+		if watches > 0 {
+			// Its own watch answers filtered: reads take over, and the
+			// first whole one watches it again. (Consul checks a
+			// blocking query's token when the query starts: the one
+			// waiting when node:read goes may answer web-2 whole; the
+			// next, web-3, is filtered.)
+			name += " and watched"
+		}
+		t.Run(name, func(t *testing.T) {
+			policy, secret := token(fmt.Sprintf("full-%d", watches), full)
+			w, acl := watch(secret, watches)
+			nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"web": {9001}}))
+			if watches > 0 {
+				waitStatus(t, w, 10*time.Second, func(st Status) error {
+					if st.Watches != st.Services {
+						return fmt.Errorf("%d of %d services watched", st.Watches, st.Services)
+					}
+					return nil
+				})
+			}
 
-		policy.Rules = noNode
-		if _, _, err := root.ACL().PolicyUpdate(policy, nil); err != nil {
-			t.Fatal(err)
-		}
-		consul.RegisterService(t, &api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.1", Port: 9002})
-		waitStatus(t, w, 20*time.Second, func(st Status) error {
-			if !slices.Contains(st.Hidden, "web") {
-				return fmt.Errorf("hidden %v, want web", st.Hidden)
+			policy.Rules = noNode
+			if _, _, err := root.ACL().PolicyUpdate(policy, nil); err != nil {
+				t.Fatal(err)
 			}
-			return nodeReadReported(acl)
-		})
-		if got := ports(w.Latest(), "web"); !slices.Equal(got, []int{9001}) {
-			t.Errorf("web's ports while its read is filtered: %v, want its last complete read [9001]", got)
-		}
+			id2, id3 := fmt.Sprintf("web-2-%d", watches), fmt.Sprintf("web-3-%d", watches)
+			consul.RegisterService(t, &api.AgentServiceRegistration{ID: id2, Name: "web", Address: "127.0.0.1", Port: 9002})
+			consul.RegisterService(t, &api.AgentServiceRegistration{ID: id3, Name: "web", Address: "127.0.0.1", Port: 9003})
+			waitStatus(t, w, 20*time.Second, func(st Status) error {
+				if !slices.Contains(st.Hidden, "web") {
+					return fmt.Errorf("hidden %v, want web", st.Hidden)
+				}
+				return nodeReadReported(acl)
+			})
+			got := ports(w.Latest(), "web")
+			if !slices.Equal(got, []int{9001}) && (watches == 0 || !slices.Equal(got, []int{9001, 9002})) {
+				t.Errorf("web's ports while its read is filtered: %v, want its last complete read ([9001], or [9001 9002] answered to a watch under the old token)", got)
+			}
 
-		policy.Rules = full
-		if _, _, err := root.ACL().PolicyUpdate(policy, nil); err != nil {
-			t.Fatal(err)
-		}
-		nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"web": {9001, 9002}}))
-		waitStatus(t, w, 10*time.Second, func(st Status) error {
-			if len(st.Hidden) != 0 {
-				return fmt.Errorf("hidden %v after node:read is back", st.Hidden)
+			policy.Rules = full
+			if _, _, err := root.ACL().PolicyUpdate(policy, nil); err != nil {
+				t.Fatal(err)
 			}
-			if err := nodeReadReported(acl); err == nil {
-				return fmt.Errorf("node:read still reported: %v", acl.Problems())
-			}
-			return nil
+			nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"web": {9001, 9002, 9003}}))
+			waitStatus(t, w, 10*time.Second, func(st Status) error {
+				if len(st.Hidden) != 0 {
+					return fmt.Errorf("hidden %v after node:read is back", st.Hidden)
+				}
+				if err := nodeReadReported(acl); err == nil {
+					return fmt.Errorf("node:read still reported: %v", acl.Problems())
+				}
+				if watches > 0 && st.Watches != st.Services {
+					return fmt.Errorf("%d of %d services watched after node:read is back", st.Watches, st.Services)
+				}
+				return nil
+			})
+			// The next run starts from web-1 alone.
+			consul.DeregisterService(t, id2)
+			consul.DeregisterService(t, id3)
+			nextSnapshot(t, w, 20*time.Second, hasPorts(map[string][]int{"web": {9001}}))
 		})
-	})
+	}
 }

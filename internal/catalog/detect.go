@@ -297,6 +297,15 @@ func (w *Watcher) watchService(ctx context.Context, name string, id, index uint6
 		Name:  "service " + name,
 		Index: index,
 		Fetch: func(opts *api.QueryOptions) (result, *api.QueryMeta, error) {
+			// A blocking health read is served by the agent's streaming
+			// backend (use_streaming_backend, on by default), which
+			// drops what the token may not see without saying so
+			// (no X-Consul-Results-Filtered-By-ACLs): a partial service
+			// would pass for the whole. A read sorted near a node is
+			// always a blocking query on the servers, which says so. The
+			// sort costs one coordinate lookup and does not wake the
+			// query; buildService orders the instances itself.
+			opts.Near = "_agent"
 			entries, meta, err := w.cfg.WatchClient.Health().Service(name, "", false, opts)
 			if err != nil || meta == nil {
 				return result{}, meta, err

@@ -74,18 +74,24 @@
 // answers a minute for 10,000 services). A service is watched from the
 // index of its first whole read; from then on it is never read, probed or
 // swept (one source per service, so answers cannot overtake one
-// another), and the list index its answer carries is accounted for whichever of the two
-// arrives first. A watch answering with instances hidden by ACLs stops,
-// and the service goes back to reads until one is whole; a removed
-// service's watch stops and goes to a service that had none. Services
-// beyond Config.Watches are looked after by the detectors and sweeps
-// above, which keep running for them and for what the watches cannot
-// see.
+// another), and the list index its answer carries is accounted for
+// whichever of the two arrives first. Watches read near the agent
+// (?near=_agent): a plain blocking health read is answered by the
+// agent's streaming backend, which leaves out what the token may not see
+// without saying so. A watch answering with instances hidden by ACLs
+// stops, and the service goes back to reads until one is whole; a
+// removed service's watch stops and goes to a service that had none.
+// Failing watches retry together at about 100 requests a second, and
+// leave Consul's reachability to the detectors and the probe, which wakes
+// them when Consul is back. Services beyond Config.Watches are looked
+// after by the detectors and sweeps above, which keep running for them
+// and for what the watches cannot see.
 //
 // Connections: at most Config's client bound (consulwatch.NewClient or
 // NewClientAndProber, default 16) shared by the three detectors, the
 // readers, the prober and the reachability probe, plus the WatchClient's
-// own (consulwatch.MultiplexedConns(Config.Watches)). Work per change: a check
+// own (consulwatch.MultiplexedConns(Config.Watches)). Work per change (of
+// a service no watch follows): a check
 // changing status costs one detector answer (proportional to the checks in
 // its old and new states) and one service read; a registration edit costs
 // the service list (proportional to the number of services) and, when no

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testutil/pemca"
 )
 
 // Configurations, in their canonical order.
@@ -466,18 +468,32 @@ func (h *harness) setup(ctx context.Context) error {
 		}
 	}
 	if want[ConfigTLS] {
-		if err := writeTLSFiles(h.cfg.Dir); err != nil {
-			return err
+		// A CA and, signed by it, the server's and the client's
+		// certificates: ECDSA P-256, like SPIRE's default SVIDs.
+		ca, err := pemca.New(h.cfg.Dir)
+		if err != nil {
+			return fmt.Errorf("dataplane: TLS files: %w", err)
 		}
-		files := func(side string) []string {
-			return []string{"--ca", filepath.Join(h.cfg.Dir, "ca.pem"), "--cert", filepath.Join(h.cfg.Dir, side+".pem"),
-				"--key", filepath.Join(h.cfg.Dir, side+"-key.pem")}
+		files := func(name string, serial int64) ([]string, error) {
+			cert, key, err := ca.Issue(name, serial)
+			if err != nil {
+				return nil, fmt.Errorf("dataplane: TLS files: %w", err)
+			}
+			return []string{"--ca", ca.CertFile(), "--cert", cert, "--key", key}, nil
 		}
-		s, err := h.startServer(ctx, "server-tls", nil, nil, append([]string{"--mode", ModeTLS}, files("server")...)...)
+		serverFiles, err := files(tlsServerName, 2)
 		if err != nil {
 			return err
 		}
-		h.clients[ConfigTLS] = clientSpec{args: append([]string{"--mode", ModeTLS, "--target", s.addr, "--server-name", tlsServerName}, files("client")...), srv: s}
+		clientFiles, err := files("bench-client", 3)
+		if err != nil {
+			return err
+		}
+		s, err := h.startServer(ctx, "server-tls", nil, nil, append([]string{"--mode", ModeTLS}, serverFiles...)...)
+		if err != nil {
+			return err
+		}
+		h.clients[ConfigTLS] = clientSpec{args: append([]string{"--mode", ModeTLS, "--target", s.addr, "--server-name", tlsServerName}, clientFiles...), srv: s}
 	}
 	if want[ConfigXDSMTLS] || want[ConfigXDSMTLSPolicy] {
 		if err := m.registerSVID(ctx, serviceClient); err != nil {
@@ -669,3 +685,6 @@ func loadAverage() float64 {
 	f, _ := strconv.ParseFloat(strings.Fields(string(raw) + " 0")[0], 64)
 	return f
 }
+
+// tlsServerName is the DNS name in the TLS server certificate of (c).
+const tlsServerName = "bench-server"

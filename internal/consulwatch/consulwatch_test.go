@@ -126,24 +126,12 @@ func TestNextBackoff(t *testing.T) {
 // counted, but Consul stays reachable while the probe answers, and it
 // waits FirstBackoff before trying again.
 func TestSecondaryWatchLeavesReachability(t *testing.T) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprint(w, `"127.0.0.1:8300"`)
-	}))
-	defer srv.Close()
-	client, err := api.NewClient(&api.Config{Address: srv.Listener.Addr().String(), HttpClient: srv.Client()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "e"})
-	tr, err := NewTracker(TrackerConfig{Client: client, Component: "test", ProbeInterval: 20 * time.Millisecond, Errors: errs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	tr, ctx, cancel := runTracker(t, func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, `"127.0.0.1:8300"`)
+	}, TrackerConfig{Errors: errs})
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { tr.Run(ctx) })
 	waitFor(t, func() bool { return tr.Status().Reachable })
 
 	const first = 300 * time.Millisecond
@@ -227,33 +215,44 @@ func containsAny(s string, subs ...string) bool {
 	return false
 }
 
+// runTracker runs a Tracker of cfg (Client and Component filled in)
+// against a fake Consul answering with handler, until the test ends or
+// the returned cancel is called.
+func runTracker(t *testing.T, handler http.HandlerFunc, cfg TrackerConfig) (*Tracker, context.Context, context.CancelFunc) {
+	t.Helper()
+	srv := httptest.NewServer(handler)
+	t.Cleanup(srv.Close)
+	client, err := api.NewClient(&api.Config{Address: srv.Listener.Addr().String(), HttpClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Client, cfg.Component, cfg.ProbeInterval = client, "test", 20*time.Millisecond
+	tr, err := NewTracker(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Go(func() { tr.Run(ctx) })
+	return tr, ctx, cancel
+}
+
 // TestTrackerWakesWatchesWhenConsulReturns: a watch backing off after a
 // failure is retried as soon as the probe sees Consul again, without
 // waiting for its backoff.
 func TestTrackerWakesWatchesWhenConsulReturns(t *testing.T) {
 	var leaderOK atomic.Bool
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	reachable := prometheus.NewGauge(prometheus.GaugeOpts{Name: "r"})
+	tr, ctx, cancel := runTracker(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v1/status/leader" && leaderOK.Load() {
 			fmt.Fprint(w, `"127.0.0.1:8300"`)
 			return
 		}
 		http.Error(w, "down", http.StatusServiceUnavailable)
-	}))
-	defer srv.Close()
-	client, err := api.NewClient(&api.Config{Address: srv.Listener.Addr().String(), HttpClient: srv.Client()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reachable := prometheus.NewGauge(prometheus.GaugeOpts{Name: "r"})
-	tr, err := NewTracker(TrackerConfig{Client: client, Component: "test", ProbeInterval: 20 * time.Millisecond, Reachable: reachable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	}, TrackerConfig{Reachable: reachable})
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { tr.Run(ctx) })
 
 	var calls atomic.Int32
 	got := make(chan struct{})

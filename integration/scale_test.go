@@ -213,6 +213,18 @@ func (s *trellisServer) servedClusters(t testing.TB) map[string]string {
 	return res["widest"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]
 }
 
+// servesScale reports whether the server serves a Cluster for each of the
+// services scale-00000 .. scale-(n-1) that registerMany writes.
+func (s *trellisServer) servesScale(t testing.TB, n int) error {
+	clusters := s.servedClusters(t)
+	for i := range n {
+		if _, ok := clusters[fmt.Sprintf("scale-%05d", i)]; !ok {
+			return fmt.Errorf("scale-%05d not served (%d clusters)", i, len(clusters))
+		}
+	}
+	return nil
+}
+
 // TestStockConsulAtScale: against a Consul agent with its default limits
 // (http_max_conns_per_client = 200), 2,000 services become ready and are
 // served over a bounded number of connections, while another client of
@@ -233,15 +245,7 @@ func TestStockConsulAtScale(t *testing.T) {
 	conn := dialXDS(t, s.bootstrapFor(t, "scale-client"), "xds:///echo")
 	waitForInstances(t, conn, 30*time.Second, "echo-1")
 
-	waitFor(t, 30*time.Second, "every service served", func() error {
-		clusters := s.servedClusters(t)
-		for i := 0; i < services; i++ {
-			if _, ok := clusters[fmt.Sprintf("scale-%05d", i)]; !ok {
-				return fmt.Errorf("scale-%05d not served (%d clusters)", i, len(clusters))
-			}
-		}
-		return nil
-	})
+	waitFor(t, 30*time.Second, "every service served", func() error { return s.servesScale(t, services) })
 	peak := 0
 	for range 10 {
 		peak = max(peak, consulConns(t, s.pid(), agent.HTTPAddr()))
@@ -284,11 +288,8 @@ func TestStockConsulAtScaleOverHTTPS(t *testing.T) {
 	waitForInstances(t, conn, 30*time.Second, "echo-1")
 
 	waitFor(t, 30*time.Second, "every service served and watched", func() error {
-		clusters := s.servedClusters(t)
-		for i := 0; i < services; i++ {
-			if _, ok := clusters[fmt.Sprintf("scale-%05d", i)]; !ok {
-				return fmt.Errorf("scale-%05d not served (%d clusters)", i, len(clusters))
-			}
+		if err := s.servesScale(t, services); err != nil {
+			return err
 		}
 		if w := s.metricValue(t, "trellis_catalog_service_watches"); w < services {
 			return fmt.Errorf("%v services watched, want at least %d", w, services)

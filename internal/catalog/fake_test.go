@@ -123,6 +123,15 @@ func (f *fakeConsul) setNotReady(names ...string) {
 	f.changed = make(chan struct{})
 }
 
+// setOnePortEach lists names at index, each with one passing instance on
+// port 1 written at the same index.
+func (f *fakeConsul) setOnePortEach(index uint64, names ...string) {
+	for _, n := range names {
+		f.setInstances(n, index, 1)
+	}
+	f.setServices(index, names...)
+}
+
 // setServices sets the service list (every service without tags).
 func (f *fakeConsul) setServices(index uint64, names ...string) {
 	list := make(map[string][]string, len(names))

@@ -535,10 +535,7 @@ func TestHealthChangeReadsOnlyItsService(t *testing.T) {
 func TestUnattributedRegistrationChangeFoundBySweep(t *testing.T) {
 	f := newFakeConsul(t)
 	names := []string{"a", "b", "c"}
-	for _, n := range names {
-		f.setInstances(n, 10, 1)
-	}
-	f.setServices(10, names...)
+	f.setOnePortEach(10, names...)
 	w := startWatcher(t, fakeConfig(t, f))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {1}, "c": {1}}))
 	reads := metricValue(t, w, "trellis_catalog_index_probes_total")

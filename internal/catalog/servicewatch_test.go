@@ -33,10 +33,7 @@ func watchedFrom(index uint64) func([]uint64) bool {
 func TestWatchedServiceChangesNeedNoSweep(t *testing.T) {
 	f := newFakeConsul(t)
 	names := []string{"a", "b", "c"}
-	for _, n := range names {
-		f.setInstances(n, 10, 1)
-	}
-	f.setServices(10, names...)
+	f.setOnePortEach(10, names...)
 	w := startWatcher(t, watchConfig(t, f, 10))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {1}, "c": {1}}))
 	for _, n := range names {
@@ -86,10 +83,7 @@ func TestWatchedServiceChangesNeedNoSweep(t *testing.T) {
 func TestWatchesBeyondTheBoundAreSwept(t *testing.T) {
 	f := newFakeConsul(t)
 	names := []string{"a", "b", "c"}
-	for _, n := range names {
-		f.setInstances(n, 10, 1)
-	}
-	f.setServices(10, names...)
+	f.setOnePortEach(10, names...)
 	w := startWatcher(t, watchConfig(t, f, 2))
 	nextSnapshot(t, w, 10*time.Second, hasPorts(map[string][]int{"a": {1}, "b": {1}, "c": {1}}))
 	waitStatus(t, w, 5*time.Second, func(st Status) error {

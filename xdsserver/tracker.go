@@ -137,10 +137,35 @@ type tracker struct {
 	// to its ACK.
 	ackLatency *prometheus.HistogramVec
 
+	// byType holds the metrics of each known type, resolved once: a
+	// label lookup on every response and ACK of 10,000 streams is not
+	// free.
+	byType map[string]*typeMetrics
+
 	mu      sync.Mutex
 	streams map[int64]*streamState
 	totals  Totals
+	// sent remembers the content versions recorded for recent responses
+	// (see sentContent), shared by every stream sent the same response.
+	sent map[sentKey]map[string]string
 }
+
+// typeMetrics are the metrics of one resource type.
+type typeMetrics struct {
+	responses, acks, nacks prometheus.Counter
+	ackLatency             prometheus.Observer
+}
+
+// sentKey identifies a response's content: the cache version it was
+// encoded at (go-control-plane's LinearCache names its state, not its
+// resources, in VersionInfo), for a profile, of a type, for a set of
+// names.
+type sentKey struct {
+	profile, typeURL, version, names string
+}
+
+// maxSentContent bounds tracker.sent; past it the memo starts again.
+const maxSentContent = 256
 
 type streamState struct {
 	status StreamStatus
@@ -188,14 +213,31 @@ func newTracker(logger *slog.Logger, reg prometheus.Registerer) (*tracker, error
 		}
 	}
 	// Known types start at zero so that rate() works from the first event.
+	t.byType = make(map[string]*typeMetrics, 4)
 	for _, typeURL := range []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType} {
-		l := typeLabel(typeURL)
-		t.responses.WithLabelValues(l)
-		t.acks.WithLabelValues(l)
-		t.nacks.WithLabelValues(l)
-		t.ackLatency.WithLabelValues(l)
+		t.byType[typeURL] = t.newTypeMetrics(typeURL)
 	}
 	return t, nil
+}
+
+func (t *tracker) newTypeMetrics(typeURL string) *typeMetrics {
+	l := typeLabel(typeURL)
+	return &typeMetrics{
+		responses:  t.responses.WithLabelValues(l),
+		acks:       t.acks.WithLabelValues(l),
+		nacks:      t.nacks.WithLabelValues(l),
+		ackLatency: t.ackLatency.WithLabelValues(l),
+	}
+}
+
+// metricsOf returns the metrics of typeURL; t.byType is read-only, so a
+// type outside it (a client asking for one the server does not serve) is
+// resolved on each call.
+func (t *tracker) metricsOf(typeURL string) *typeMetrics {
+	if m, ok := t.byType[typeURL]; ok {
+		return m
+	}
+	return t.newTypeMetrics(typeURL)
 }
 
 // ackLatencyBuckets span a client on the same host (about a millisecond)
@@ -379,16 +421,20 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		// The server ignores a request answering an older response.
 		return nil
 	}
-	names := slices.Clone(req.GetResourceNames())
-	slices.Sort(names)
-	ts.status.ResourceNames = slices.Compact(names)
+	if names := req.GetResourceNames(); !slices.Equal(names, ts.status.ResourceNames) {
+		// A new slice: snapshots share the old one. An ACK names what the
+		// last request named, so this is rare.
+		names = slices.Clone(names)
+		slices.Sort(names)
+		ts.status.ResourceNames = slices.Compact(names)
+	}
 	if nonce == "" || nonce == ts.answered {
 		return nil
 	}
 	ts.answered = nonce
 	ts.status.Pending = false
 	now := time.Now()
-	label := typeLabel(typeURL)
+	m := t.metricsOf(typeURL)
 	if detail := req.GetErrorDetail(); detail != nil {
 		ts.status.NACKs++
 		ts.status.LastNACKVersion = ts.status.SentVersion
@@ -401,19 +447,19 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 		}
 		ts.status.NACKHistory = append(slices.Clip(slices.Clone(history)), NACK{Version: ts.status.SentVersion, Error: detail.GetMessage(), At: now})
 		t.totals.NACKs++
-		t.nacks.WithLabelValues(label).Inc()
+		m.nacks.Inc()
 		t.logger.Warn("xDS response rejected by client", "node", st.status.NodeID, "user_agent", st.status.UserAgent, "profile", st.status.Profile, "peer", st.status.Peer,
 			"stream", id, "type", typeURL, "version", ts.status.SentVersion, "error", detail.GetMessage())
 		return nil
 	}
 	ts.status.ACKs++
 	if !ts.status.SentAt.IsZero() {
-		t.ackLatency.WithLabelValues(label).Observe(now.Sub(ts.status.SentAt).Seconds())
+		m.ackLatency.Observe(now.Sub(ts.status.SentAt).Seconds())
 	}
 	ts.status.AckedVersion = req.GetVersionInfo()
 	ts.status.AckedAt = now
 	t.totals.ACKs++
-	t.acks.WithLabelValues(label).Inc()
+	m.acks.Inc()
 	if t.logger.Enabled(context.Background(), slog.LevelDebug) { // spares every ACK the arguments' allocations
 		t.logger.Debug("xDS response accepted", "node", st.status.NodeID, "stream", id, "type", typeURL, "version", req.GetVersionInfo())
 	}
@@ -423,44 +469,67 @@ func (t *tracker) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) e
 // OnStreamResponse implements sotw.Callbacks.
 //
 // With a ContentVersioner, the content versions of the requested names are
-// looked up (outside the tracker's lock) as the response is recorded: a
-// change applied between the response's encoding and this callback is then
-// recorded as sent, and is corrected by the response that change causes.
+// looked up as the response is recorded: a change applied between the
+// response's encoding and this callback is then recorded as sent, and is
+// corrected by the response that change causes. Every stream sent the
+// same response (same profile, type, names and cache version) shares the
+// first lookup, which is the closest to the encoding of them all: a push
+// of one resource to 10,000 streams looks it up once.
 func (t *tracker) OnStreamResponse(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
-	var content map[string]string
-	if t.versions != nil && len(req.GetResourceNames()) > 0 {
-		t.mu.Lock()
-		var profile string
-		if st, ok := t.streams[id]; ok {
-			profile = st.status.Profile
-		}
-		t.mu.Unlock()
-		content = t.versions.ContentVersions(profile, resp.GetTypeUrl(), req.GetResourceNames())
-		for _, name := range req.GetResourceNames() {
-			if _, ok := content[name]; !ok {
-				content[name] = "" // not served
-			}
-		}
-	}
+	typeURL := resp.GetTypeUrl()
+	t.metricsOf(typeURL).responses.Inc()
+	now := time.Now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.totals.Responses++
-	t.responses.WithLabelValues(typeLabel(resp.GetTypeUrl())).Inc()
 	st, ok := t.streams[id]
 	if !ok {
+		t.mu.Unlock()
 		return
 	}
-	ts, ok := st.types[resp.GetTypeUrl()]
+	var content map[string]string
+	if t.versions != nil && len(req.GetResourceNames()) > 0 {
+		key := sentKey{profile: st.status.Profile, typeURL: typeURL, version: resp.GetVersionInfo(), names: strings.Join(req.GetResourceNames(), "\x00")}
+		if content, ok = t.sent[key]; !ok {
+			// Looked up under the lock: the streams sent the same
+			// response all arrive here at once, and each would miss
+			// while the first one waited to store its lookup. The
+			// caches never call the tracker, so the lock order is one
+			// way.
+			content = t.sentContent(st.status.Profile, typeURL, req.GetResourceNames())
+			if len(t.sent) >= maxSentContent {
+				clear(t.sent)
+			}
+			if t.sent == nil {
+				t.sent = make(map[sentKey]map[string]string)
+			}
+			t.sent[key] = content
+		}
+	}
+	defer t.mu.Unlock()
+	ts, ok := st.types[typeURL]
 	if !ok {
-		ts = &typeState{status: TypeStatus{TypeURL: resp.GetTypeUrl()}}
-		st.types[resp.GetTypeUrl()] = ts
+		ts = &typeState{status: TypeStatus{TypeURL: typeURL}}
+		st.types[typeURL] = ts
 	}
 	ts.status.SentVersion = resp.GetVersionInfo()
 	ts.status.SentNonce = resp.GetNonce()
 	ts.status.SentResources = len(resp.GetResources())
-	ts.status.SentAt = time.Now()
+	ts.status.SentAt = now
 	ts.status.Pending = true
 	ts.status.SentContent = content
+}
+
+// sentContent is the content version of each of names in the caches of
+// profile, "" for a name not served. The map is shared between streams:
+// nobody may modify it.
+func (t *tracker) sentContent(profile, typeURL string, names []string) map[string]string {
+	content := t.versions.ContentVersions(profile, typeURL, names)
+	for _, name := range names {
+		if _, ok := content[name]; !ok {
+			content[name] = "" // not served
+		}
+	}
+	return content
 }
 
 // snapshot returns the status of every open stream, sorted by ID, each

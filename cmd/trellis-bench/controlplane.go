@@ -235,7 +235,8 @@ type fanoutResult struct {
 	// ServerSent is, per change, the time from the Consul write to the
 	// moment trellis handed the last stream its response (from
 	// /debug/xds/streams, read after each change and left out of the CPU
-	// figures): the difference to Changes.Latency is the time the
+	// figures, as is the garbage collection it causes, which ends
+	// before the next change): the difference to Changes.Latency is the time the
 	// responses spent in transit and in the load generator, which shares
 	// the machine.
 	ServerSent dist `json:"server_sent_last_stream"`
@@ -711,6 +712,7 @@ func (b *cpBench) fanout(ctx context.Context, trellis *trellisServer, m *meter, 
 		return nil, err
 	}
 	sleep(ctx, 2*time.Second)
+	settle(ctx, trellis.pid(), idleCPU)
 	var changes []func() (change, error)
 	for c := range b.set.FanoutChanges {
 		if c%2 == 0 {
@@ -849,6 +851,11 @@ func (b *cpBench) measureChangesThen(ctx context.Context, gen *loadgen.Generator
 			}
 			a0 := time.Now()
 			after(t0)
+			// What after made trellis do (reading the status of every
+			// stream) leaves garbage whose collection would otherwise
+			// run during the next change: the next change starts from
+			// a quiet trellis, as the first one does.
+			settle(ctx, m.trellis.pid(), idleCPU)
 			c1, err := procCPU(m.trellis.pid())
 			if err != nil {
 				return st, err
@@ -1071,6 +1078,29 @@ func medianRSS(ctx context.Context, pid int) (int64, error) {
 	}
 	slices.Sort(v)
 	return v[1], nil
+}
+
+// settle waits until process pid is quiet: a window of settleWindow in
+// which it used no more than twice its idle CPU (idleCores, in cores), and
+// at least 10 % of a core, which /proc's clock ticks can tell from idle.
+// It gives up after settleMax: a process that never quiets down is
+// measured as it is.
+func settle(ctx context.Context, pid int, idleCores float64) {
+	const (
+		settleWindow = 200 * time.Millisecond
+		settleMax    = 5 * time.Second
+	)
+	quiet := time.Duration(max(0.1, 2*idleCores) * float64(settleWindow))
+	deadline := time.Now().Add(settleMax)
+	prev, err := procCPU(pid)
+	for err == nil && ctx.Err() == nil && time.Now().Before(deadline) {
+		sleep(ctx, settleWindow)
+		var cur time.Duration
+		if cur, err = procCPU(pid); err == nil && cur-prev <= quiet {
+			return
+		}
+		prev = cur
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -125,6 +126,12 @@ type stream struct {
 
 	mu     sync.Mutex
 	events []Event
+	// newest holds, per type, the At of the newest event of that type in
+	// the log plus one (0: none), so that a waiter polling thousands of
+	// streams for an event at or after some instant can pass over a
+	// stream that has none without taking its lock. Events are recorded
+	// in time order, so no event of a type is newer than its entry.
+	newest [numTypes]atomic.Int64
 }
 
 func newStream(g *Generator, index int, service string) *stream {
@@ -283,6 +290,7 @@ func (s *stream) record(ev Event) {
 		return
 	}
 	s.events = append(s.events, ev)
+	s.newest[ev.Type].Store(int64(ev.At) + 1)
 }
 
 func (s *stream) eventsCopy() []Event {
@@ -292,6 +300,9 @@ func (s *stream) eventsCopy() []Event {
 }
 
 func (s *stream) firstAfter(t Type, at time.Duration) (Event, bool) {
+	if t >= numTypes || s.newest[t].Load() <= int64(at) {
+		return Event{}, false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ev := range s.events {
@@ -320,6 +331,9 @@ func (s *stream) resetEvents() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.events = s.events[:0]
+	for t := range s.newest {
+		s.newest[t].Store(0)
+	}
 }
 
 // maxMemo bounds the distinct resource encodings a Generator remembers

@@ -56,10 +56,7 @@ func (v *countingVersions) count() int {
 // one lookup, and a new cache version, other names or another profile get
 // their own.
 func TestSentContentSharedBetweenStreams(t *testing.T) {
-	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := openTracker(t)
 	versions := &countingVersions{content: map[string]map[string]string{}}
 	tr.versions = versions
 	versions.set("grpc-go", "svc", "c1")
@@ -136,14 +133,7 @@ func TestSentContentSharedBetweenStreams(t *testing.T) {
 // free of duplicates however the client orders it, and an ACK naming the
 // same keeps it.
 func TestRequestKeepsSortedNames(t *testing.T) {
-	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := tr.OnStreamOpen(ctx, 1, resource.AnyType); err != nil {
-		t.Fatal(err)
-	}
+	tr := openTracker(t, 1)
 	names := func() []string {
 		for _, ts := range tr.snapshot()[0].Types {
 			return ts.ResourceNames
@@ -166,4 +156,20 @@ func TestRequestKeepsSortedNames(t *testing.T) {
 			t.Errorf("request %v: ResourceNames %s, want %s", req.names, got, req.want)
 		}
 	}
+}
+
+// openTracker returns a tracker without logs or exported metrics, with a
+// stream open for each of ids.
+func openTracker(tb testing.TB, ids ...int64) *tracker {
+	tb.Helper()
+	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := tr.OnStreamOpen(context.Background(), id, resource.AnyType); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return tr
 }

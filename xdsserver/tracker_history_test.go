@@ -3,11 +3,9 @@ package xdsserver
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/status"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -17,14 +15,8 @@ import (
 // TestNACKHistoryBounded drives the tracker through more NACKs than it
 // keeps: the newest MaxNACKHistory remain, oldest first.
 func TestNACKHistoryBounded(t *testing.T) {
-	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := openTracker(t, 1)
 	ctx := context.Background()
-	if err := tr.OnStreamOpen(ctx, 1, resource.AnyType); err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"svc"}
 	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resource.ClusterType, ResourceNames: names}
 	if err := tr.OnStreamRequest(1, req); err != nil {
@@ -53,16 +45,14 @@ func TestNACKHistoryBounded(t *testing.T) {
 // BenchmarkSnapshot10k is the copy of the status of 10,000 streams of four
 // types each that every status read starts from.
 func BenchmarkSnapshot10k(b *testing.B) {
-	tr, err := newTracker(slog.New(slog.DiscardHandler), prometheus.NewRegistry())
-	if err != nil {
-		b.Fatal(err)
+	ids := make([]int64, 10_000)
+	for i := range ids {
+		ids[i] = int64(i + 1)
 	}
+	tr := openTracker(b, ids...)
 	ctx := context.Background()
 	types := []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
-	for id := int64(1); id <= 10_000; id++ {
-		if err := tr.OnStreamOpen(ctx, id, resource.AnyType); err != nil {
-			b.Fatal(err)
-		}
+	for _, id := range ids {
 		for _, typeURL := range types {
 			req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprint("n", id)}, TypeUrl: typeURL, ResourceNames: []string{"svc"}}
 			if err := tr.OnStreamRequest(id, req); err != nil {

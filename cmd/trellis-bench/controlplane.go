@@ -235,10 +235,10 @@ type fanoutResult struct {
 	// ServerSent is, per change, the time from the Consul write to the
 	// moment trellis handed the last stream its response (from
 	// /debug/xds/streams, read after each change and left out of the CPU
-	// figures, as is the garbage collection it causes, which ends
-	// before the next change): the difference to Changes.Latency is the time the
-	// responses spent in transit and in the load generator, which shares
-	// the machine.
+	// figures, as is the garbage collection it causes, which ends before
+	// the next change): the difference to Changes.Latency is the time
+	// the responses spent in transit and in the load generator, which
+	// shares the machine.
 	ServerSent dist `json:"server_sent_last_stream"`
 	// ServerSentError says why ServerSent is missing, if it is.
 	ServerSentError string `json:"server_sent_error,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,6 +92,33 @@ func svidOnDisk(dir string) (*x509svid.SVID, error) {
 	return x509svid.Load(f.Cert, f.Key)
 }
 
+// eachFileParses checks that the certificate and key files each hold what
+// they should, whole, taken one at a time.
+func eachFileParses(f identity.Files) error {
+	cert, err := os.ReadFile(f.Cert)
+	if err != nil {
+		return err
+	}
+	block, _ := pem.Decode(cert)
+	if block == nil {
+		return fmt.Errorf("%s: no PEM block", f.Cert)
+	}
+	if _, err := x509.ParseCertificates(block.Bytes); err != nil {
+		return fmt.Errorf("%s: %w", f.Cert, err)
+	}
+	key, err := os.ReadFile(f.Key)
+	if err != nil {
+		return err
+	}
+	if block, _ = pem.Decode(key); block == nil {
+		return fmt.Errorf("%s: no PEM block", f.Key)
+	}
+	if _, err := x509.ParsePKCS8PrivateKey(block.Bytes); err != nil {
+		return fmt.Errorf("%s: %w", f.Key, err)
+	}
+	return nil
+}
+
 func TestIdentitySync(t *testing.T) {
 	spire := spiretest.Start(t, spiretest.Options{})
 	id := spiffeid.RequireFromPath(spire.TrustDomain(), "/ns/default/dc/dc1/svc/echo")
@@ -124,13 +152,27 @@ func TestIdentitySync(t *testing.T) {
 		t.Errorf("SVID on disk does not verify against %s: %v", identity.CAFileName, err)
 	}
 
-	// A rotation rewrites the files and is logged.
+	// A rotation rewrites the files and is logged. Each file is replaced
+	// atomically: read alone, it always parses. Key and certificate are
+	// two files, replaced one after the other, so the pair may mismatch
+	// for the moment between the two renames (gRPC's file watchers then
+	// keep the pair they have and read again), and no longer.
+	const pairGrace = 2 * time.Second
+	var mismatchSince time.Time
 	waitUntil(t, 40*time.Second, func() string {
+		if err := eachFileParses(identity.SyncedFiles(dir)); err != nil {
+			t.Fatalf("mid-rotation: %v", err)
+		}
 		svid, err := svidOnDisk(dir)
 		if err != nil {
-			// Files are replaced atomically: a reader never fails.
-			t.Fatalf("reading the SVID files mid-rotation: %v", err)
+			if mismatchSince.IsZero() {
+				mismatchSince = time.Now()
+			} else if time.Since(mismatchSince) > pairGrace {
+				t.Fatalf("the SVID files do not make a pair for more than %v: %v", pairGrace, err)
+			}
+			return fmt.Sprintf("mid-rotation: %v", err)
 		}
+		mismatchSince = time.Time{}
 		if svid.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
 			return "SVID not rotated yet"
 		}

@@ -7,7 +7,11 @@
 // spiffe_bundle_map.json (the SPIFFE trust bundle map of gRFC A87), and
 // rewrites them on every rotation the SPIFFE Workload API delivers. Each
 // file is replaced atomically (a temporary file in the same directory,
-// fsync, rename), so a reader never sees a partial file.
+// fsync, rename), so a reader never sees a partial file. The key and the
+// certificate are two files, replaced one after the other: for the moment
+// between the two renames a reader may find the new key beside the old
+// certificate. gRPC's file_watcher providers (grpc-go, C-core) check that
+// the pair matches and keep the one they have until it does.
 //
 // The package must not import anything of Trellis outside identity, but
 // for the dependency-free internal/atomicfile.

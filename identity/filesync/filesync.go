@@ -11,7 +11,8 @@
 // certificate are two files, replaced one after the other: for the moment
 // between the two renames a reader may find the new key beside the old
 // certificate. gRPC's file_watcher providers (grpc-go, C-core) check that
-// the pair matches and keep the one they have until it does.
+// the pair matches, and otherwise keep the pair they have and read again
+// at their next refresh.
 //
 // The package must not import anything of Trellis outside identity, but
 // for the dependency-free internal/atomicfile.
